@@ -1,0 +1,188 @@
+//! Response bodies: either a small one the gateway made, or the upstream's, passed through frame by
+//! frame (never buffered) with an idle timeout between frames.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+/// Errors of a response body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The upstream fell silent for longer than `gemini.stream_idle_timeout_seconds` mid-body.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {0:?} (gemini.stream_idle_timeout_seconds)")]
+pub struct StreamIdle(pub Duration);
+
+pin_project! {
+    /// The body of every response the gateway sends.
+    #[project = GatewayBodyProj]
+    #[allow(missing_docs)] // pin-project-lite cannot carry docs on variant fields
+
+    pub enum GatewayBody {
+        /// A body the gateway built (errors, health).
+        Full { #[pin] inner: Full<Bytes> },
+        /// The upstream's body, streamed through.
+        Upstream { #[pin] inner: IdleTimeout<Incoming> },
+    }
+}
+
+impl GatewayBody {
+    /// A body made of one buffer.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        GatewayBody::Full {
+            inner: Full::new(bytes.into()),
+        }
+    }
+
+    /// The upstream's body, ended with [`StreamIdle`] if no frame arrives within `idle`.
+    pub fn upstream(inner: Incoming, idle: Duration) -> Self {
+        GatewayBody::Upstream {
+            inner: IdleTimeout::new(inner, idle),
+        }
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            GatewayBodyProj::Full { inner } => inner.poll_frame(cx).map_err(|never| match never {}),
+            GatewayBodyProj::Upstream { inner } => inner.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            GatewayBody::Full { inner } => inner.is_end_stream(),
+            GatewayBody::Upstream { inner } => inner.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            GatewayBody::Full { inner } => inner.size_hint(),
+            GatewayBody::Upstream { inner } => inner.inner.size_hint(),
+        }
+    }
+}
+
+pin_project! {
+    /// A body with an idle timer that restarts on every frame: a body that falls silent for
+    /// longer than the timeout ends with [`StreamIdle`] (an abnormal end, never a clean one).
+    pub struct IdleTimeout<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        idle: Sleep,
+        idle_timeout: Duration,
+    }
+}
+
+impl<B> IdleTimeout<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B, idle_timeout: Duration) -> Self {
+        Self {
+            inner,
+            idle: tokio::time::sleep(idle_timeout),
+            idle_timeout,
+        }
+    }
+}
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle.reset(Instant::now() + *this.idle_timeout);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                ready!(this.idle.poll(cx));
+                Poll::Ready(Some(Err(StreamIdle(*this.idle_timeout).into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+    use tokio::sync::mpsc;
+    use tokio_stream_shim::ReceiverStream;
+
+    mod tokio_stream_shim {
+        use super::*;
+        /// A minimal `Stream` over an mpsc receiver (avoids a dependency for one test).
+        pub(super) struct ReceiverStream(pub(super) mpsc::Receiver<Result<Frame<Bytes>, BoxError>>);
+        impl futures_core::Stream for ReceiverStream {
+            type Item = Result<Frame<Bytes>, BoxError>;
+            fn poll_next(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<Option<Self::Item>> {
+                self.0.poll_recv(cx)
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timer_restarts_on_each_frame_and_ends_a_silent_body_with_an_error() {
+        let (tx, rx) = mpsc::channel(4);
+        let mut body = std::pin::pin!(IdleTimeout::new(
+            StreamBody::new(ReceiverStream(rx)),
+            Duration::from_secs(10)
+        ));
+
+        tokio::time::advance(Duration::from_secs(9)).await;
+        tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
+            .await
+            .unwrap();
+        assert!(body.as_mut().frame().await.unwrap().unwrap().is_data());
+
+        // 9 s more: 18 s since start but only 9 s since the last frame, so still open.
+        tokio::time::advance(Duration::from_secs(9)).await;
+        tx.send(Ok(Frame::data(Bytes::from_static(b"b"))))
+            .await
+            .unwrap();
+        assert!(body.as_mut().frame().await.unwrap().unwrap().is_data());
+
+        // Then silence: the body ends with StreamIdle, not a clean end.
+        let err = body.as_mut().frame().await.unwrap().unwrap_err();
+        assert!(err.is::<StreamIdle>(), "{err}");
+        drop(tx);
+    }
+}

@@ -1,0 +1,264 @@
+//! The configuration tree: one typed value, loaded once and swapped whole.
+//!
+//! Sources, later ones winning: built-in defaults → the YAML file → environment variables
+//! `GEM_PROXY__SECTION__KEY` (e.g. `GEM_PROXY__SERVER__PORT=9000`). String values may name
+//! environment variables as `${VAR}` so secrets come from the environment or a mounted secret;
+//! a variable that is not set is an error naming it.
+//!
+//! The seed project's YAML (`server`, `gemini.api_keys[{id,key,weight,max_requests_per_minute}]`,
+//! `gemini.base_url`, `gemini.timeout_seconds`, `auth`, `metrics`, `server.tls`) loads unchanged; new
+//! keys extend it. Unknown keys are errors that carry their path.
+
+mod load;
+mod secret;
+mod validate;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{ConfigError, ConfigLoader, ENV_PREFIX};
+pub use secret::Secret;
+pub use validate::{MIN_JWT_SECRET_CHARS, Problem};
+
+/// The whole configuration of one gateway process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The client-facing proxy listener.
+    pub server: ServerConfig,
+    /// The upstream: Google's Generative Language API and the keys used to call it.
+    pub gemini: GeminiConfig,
+    /// Client authentication and per-client limits.
+    pub auth: AuthConfig,
+    /// The admin listener: health, metrics and (later) the admin API and console.
+    pub metrics: MetricsConfig,
+    /// Log output.
+    pub log: LogConfig,
+}
+
+/// `server`: the client-facing listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to bind, e.g. `0.0.0.0` or `127.0.0.1`.
+    pub host: String,
+    /// Port to bind; `0` picks a free one (logged at start-up).
+    pub port: u16,
+    /// Tokio worker threads; `0` means one per CPU core.
+    pub workers: usize,
+    /// Open client connections at most; further connections wait in the listen backlog.
+    pub max_connections: usize,
+    /// Request bodies are buffered (so a failed attempt can be replayed on another key) up to this
+    /// size; larger requests are answered 413.
+    pub max_request_body_bytes: usize,
+    /// Time a client has to send a request's headers (HTTP/1.1) before the connection is closed.
+    pub header_read_timeout_seconds: u64,
+    /// Time a client has to send a request's whole body once its headers arrived.
+    pub request_body_timeout_seconds: u64,
+    /// On SIGTERM/SIGINT, how long in-flight requests and streams may run before the process exits.
+    pub shutdown_grace_seconds: u64,
+    /// The URL clients use to reach the gateway (e.g. `https://gemini.example.com`). Used to rewrite
+    /// upload URLs; when unset they are built from the request's `Host` header.
+    pub public_url: Option<String>,
+    /// TLS on the proxy listener.
+    pub tls: TlsConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            workers: 0,
+            max_connections: 10_000,
+            max_request_body_bytes: 20 * 1024 * 1024,
+            header_read_timeout_seconds: 30,
+            request_body_timeout_seconds: 60,
+            shutdown_grace_seconds: 30,
+            public_url: None,
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// `header_read_timeout_seconds` as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_seconds)
+    }
+    /// `request_body_timeout_seconds` as a duration.
+    pub fn request_body_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_body_timeout_seconds)
+    }
+    /// `shutdown_grace_seconds` as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+}
+
+/// `server.tls`: TLS on the proxy listener.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Serve HTTPS instead of plain HTTP.
+    pub enabled: bool,
+    /// PEM certificate chain.
+    pub cert_path: Option<String>,
+    /// PEM private key.
+    pub key_path: Option<String>,
+    /// Automatic certificates from an ACME CA (Let's Encrypt).
+    pub acme: AcmeConfig,
+}
+
+/// `server.tls.acme`: certificates from an ACME CA.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    /// Obtain and renew certificates automatically.
+    pub enabled: bool,
+    /// Names the certificate covers.
+    pub domains: Vec<String>,
+    /// Contact address for the CA account.
+    pub email: Option<String>,
+    /// The CA's directory URL.
+    pub directory_url: Option<String>,
+}
+
+/// `gemini`: the upstream API and its keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeminiConfig {
+    /// Where requests go: `https://generativelanguage.googleapis.com`, or any URL serving the same
+    /// API (a path prefix is kept).
+    pub base_url: String,
+    /// Longest wait for the upstream's response headers. Thinking models can be silent for minutes
+    /// before their first token, so keep this generous.
+    pub timeout_seconds: u64,
+    /// Longest silence between two pieces of a response body (a stalled stream ends with an error).
+    pub stream_idle_timeout_seconds: u64,
+    /// Longest wait for a TCP (and TLS) connection to the upstream.
+    pub connect_timeout_seconds: u64,
+    /// The upstream API keys.
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+impl Default for GeminiConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://generativelanguage.googleapis.com".into(),
+            timeout_seconds: 600,
+            stream_idle_timeout_seconds: 300,
+            connect_timeout_seconds: 10,
+            api_keys: Vec::new(),
+        }
+    }
+}
+
+impl GeminiConfig {
+    /// `timeout_seconds` as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_seconds)
+    }
+    /// `stream_idle_timeout_seconds` as a duration.
+    pub fn stream_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.stream_idle_timeout_seconds)
+    }
+    /// `connect_timeout_seconds` as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_seconds)
+    }
+}
+
+/// One entry of `gemini.api_keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// A stable name for the key: shown in logs, metrics and the admin API instead of the key.
+    pub id: String,
+    /// The Gemini API key itself. Never logged or shown.
+    pub key: Secret,
+    /// Share of traffic relative to the other keys.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Requests per minute this key may carry (enforced by the key pool).
+    #[serde(default)]
+    pub max_requests_per_minute: Option<u32>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// `auth`: client authentication.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Require a token we issued on every proxied request.
+    pub enabled: bool,
+    /// HMAC secret for HS256/384/512 tokens; 32 characters or more.
+    pub jwt_secret: Secret,
+    /// Default requests per minute for each client.
+    pub rate_limit_per_minute: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            jwt_secret: Secret::default(),
+            rate_limit_per_minute: 60,
+        }
+    }
+}
+
+/// `metrics`: the admin listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Start the admin listener (`/health`, later `/metrics` and the admin API).
+    pub enabled: bool,
+    /// Its port.
+    pub prometheus_port: u16,
+    /// Its bind address; defaults to `server.host`.
+    pub host: Option<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            prometheus_port: 9090,
+            host: None,
+        }
+    }
+}
+
+/// `log`: log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// Default filter when `RUST_LOG` is not set, e.g. `info` or `gem_proxy=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}

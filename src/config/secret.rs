@@ -1,0 +1,66 @@
+//! A string that is never shown: not by `Debug`, not by `Display`, not when serialized.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A secret value (API key, JWT secret). `Debug` and `Serialize` print [`Secret::MASK`]; the value is
+/// only reachable through [`Secret::expose`], so every use of it is visible in the code.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// What is shown instead of the value.
+    pub const MASK: &'static str = "********";
+
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself. Call only where the value is needed (signing, the upstream header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// True when no value is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Length in characters, for validation messages that must not show the value.
+    pub fn char_len(&self) -> usize {
+        self.0.chars().count()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(Self::MASK)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(Self::MASK)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_shows_the_value() {
+        let s = Secret::new("AIzaSECRET");
+        assert_eq!(format!("{s:?}"), Secret::MASK);
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"********\"");
+        assert_eq!(s.expose(), "AIzaSECRET");
+    }
+}

@@ -1,0 +1,243 @@
+//! The rules a parsed configuration must follow. Every broken rule is reported, each with the exact
+//! path of the key it is about, so one run of `gem-proxy check-config` shows everything to fix.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use http::Uri;
+
+use super::Config;
+
+/// One thing wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: `gemini.api_keys[1].weight`; empty for the document as a whole.
+    pub path: String,
+    /// What is wrong, without any secret value.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Smallest `auth.jwt_secret` accepted: HS256 needs at least 256 bits of key.
+pub const MIN_JWT_SECRET_CHARS: usize = 32;
+
+impl Config {
+    /// Checks every rule; an empty list means the configuration can be used.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut bad = |path: &str, msg: &str| p.push(Problem::new(path, msg));
+
+        let s = &self.server;
+        if s.host.is_empty() {
+            bad("server.host", "must not be empty");
+        }
+        if s.max_connections == 0 {
+            bad("server.max_connections", "must be > 0");
+        }
+        if s.max_request_body_bytes == 0 {
+            bad("server.max_request_body_bytes", "must be > 0");
+        }
+        for (path, v) in [
+            (
+                "server.header_read_timeout_seconds",
+                s.header_read_timeout_seconds,
+            ),
+            (
+                "server.request_body_timeout_seconds",
+                s.request_body_timeout_seconds,
+            ),
+            ("gemini.timeout_seconds", self.gemini.timeout_seconds),
+            (
+                "gemini.stream_idle_timeout_seconds",
+                self.gemini.stream_idle_timeout_seconds,
+            ),
+            (
+                "gemini.connect_timeout_seconds",
+                self.gemini.connect_timeout_seconds,
+            ),
+        ] {
+            if v == 0 {
+                bad(path, "must be > 0");
+            }
+        }
+        if let Some(url) = &s.public_url {
+            if let Err(msg) = check_http_url(url) {
+                bad("server.public_url", &msg);
+            }
+        }
+        if s.tls.enabled {
+            bad(
+                "server.tls.enabled",
+                "TLS is not available in this version yet; set it to false and terminate TLS in front of the gateway",
+            );
+        }
+
+        let g = &self.gemini;
+        if let Err(msg) = check_http_url(&g.base_url) {
+            bad("gemini.base_url", &msg);
+        }
+        if g.api_keys.is_empty() {
+            bad("gemini.api_keys", "at least one key is required");
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, k) in g.api_keys.iter().enumerate() {
+            let at = |field: &str| format!("gemini.api_keys[{i}].{field}");
+            if k.id.trim().is_empty() {
+                bad(&at("id"), "must not be empty");
+            } else if let Some(first) = seen.insert(k.id.as_str(), i) {
+                bad(
+                    &at("id"),
+                    &format!("duplicate id {:?} (also gemini.api_keys[{first}])", k.id),
+                );
+            }
+            if k.key.expose().trim().is_empty() {
+                bad(&at("key"), "must not be empty");
+            } else if k.key.expose().chars().any(|c| c.is_control() || c == ' ') {
+                bad(&at("key"), "must not contain spaces or control characters");
+            }
+            if k.weight == 0 {
+                bad(&at("weight"), "must be > 0");
+            }
+            if k.max_requests_per_minute == Some(0) {
+                bad(
+                    &at("max_requests_per_minute"),
+                    "must be > 0 (or left out for no limit)",
+                );
+            }
+        }
+
+        let a = &self.auth;
+        if a.enabled {
+            if a.jwt_secret.char_len() < MIN_JWT_SECRET_CHARS {
+                bad(
+                    "auth.jwt_secret",
+                    &format!(
+                        "must be at least {MIN_JWT_SECRET_CHARS} characters when auth is enabled (has {})",
+                        a.jwt_secret.char_len()
+                    ),
+                );
+            }
+            bad(
+                "auth.enabled",
+                "client authentication is not available in this version yet; set it to false",
+            );
+        }
+
+        let m = &self.metrics;
+        if m.enabled && m.prometheus_port != 0 && m.prometheus_port == s.port {
+            let admin_host = m.host.as_deref().unwrap_or(&s.host);
+            if admin_host == s.host {
+                bad("metrics.prometheus_port", "must differ from server.port");
+            }
+        }
+        p
+    }
+}
+
+fn check_http_url(url: &str) -> Result<(), String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("{url:?} must start with http:// or https://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("{url:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{url:?} must not have a query string"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::ConfigLoader;
+
+    fn problems(yaml: &str) -> Vec<String> {
+        ConfigLoader::default()
+            .parse_str(yaml)
+            .unwrap()
+            .validate()
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let yaml = r#"
+server: { max_connections: 0 }
+gemini:
+  base_url: "ftp://example.com"
+  timeout_seconds: 0
+  api_keys:
+    - { id: "a", key: "k1", weight: 1 }
+    - { id: "a", key: "k2", weight: 0, max_requests_per_minute: 0 }
+    - { id: "", key: "" }
+"#;
+        let got = problems(yaml);
+        let want = [
+            "server.max_connections: must be > 0",
+            "gemini.timeout_seconds: must be > 0",
+            "gemini.base_url: \"ftp://example.com\" must start with http:// or https://",
+            "gemini.api_keys[1].id: duplicate id \"a\" (also gemini.api_keys[0])",
+            "gemini.api_keys[1].weight: must be > 0",
+            "gemini.api_keys[1].max_requests_per_minute: must be > 0 (or left out for no limit)",
+            "gemini.api_keys[2].id: must not be empty",
+            "gemini.api_keys[2].key: must not be empty",
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn needs_a_key() {
+        assert_eq!(
+            problems("{}"),
+            ["gemini.api_keys: at least one key is required"]
+        );
+    }
+
+    #[test]
+    fn short_jwt_secret_is_reported_without_its_value() {
+        let yaml = "auth: { enabled: true, jwt_secret: \"tooshort\" }\ngemini: { api_keys: [{ id: a, key: k }] }";
+        let got = problems(yaml);
+        assert!(
+            got.contains(
+                &"auth.jwt_secret: must be at least 32 characters when auth is enabled (has 8)"
+                    .to_string()
+            ),
+            "{got:?}"
+        );
+        assert!(!got.iter().any(|m| m.contains("tooshort")));
+    }
+
+    #[test]
+    fn admin_port_must_differ_from_proxy_port() {
+        let yaml = "server: { port: 9090 }\ngemini: { api_keys: [{ id: a, key: k }] }";
+        assert_eq!(
+            problems(yaml),
+            ["metrics.prometheus_port: must differ from server.port"]
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! The state every layer shares: the running configuration and what is built from it.
+//!
+//! [`Live`] is the configuration plus everything derived from it (the parsed upstream target, the
+//! key pool with pre-built headers, the upstream client). It is swapped whole through an
+//! [`ArcSwap`]: a request takes one snapshot and finishes on it, even if the config is replaced
+//! meanwhile; reading it costs no lock.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, Uri, header};
+
+use crate::config::{Config, Problem};
+use crate::key_pool::KeyPool;
+use crate::upstream::{self, UpstreamClient, UpstreamTarget};
+
+/// A configuration and what is built from it.
+#[derive(Debug)]
+pub struct Live {
+    /// The configuration.
+    pub config: Config,
+    /// `gemini.base_url`, parsed.
+    pub target: UpstreamTarget,
+    /// `gemini.api_keys`, ready to use.
+    pub keys: KeyPool,
+    /// The pooled client to the upstream.
+    pub client: UpstreamClient,
+}
+
+impl Live {
+    /// Builds everything a validated configuration needs.
+    pub fn build(config: Config) -> Result<Self, Vec<Problem>> {
+        let target = UpstreamTarget::parse(&config.gemini.base_url)
+            .ok_or_else(|| vec![Problem::new("gemini.base_url", "not a usable URL")])?;
+        let keys = KeyPool::new(&config.gemini.api_keys)
+            .map_err(|e| vec![Problem::new("", e.to_string())])?;
+        let client = upstream::build_client(config.gemini.connect_timeout());
+        Ok(Self {
+            config,
+            target,
+            keys,
+            client,
+        })
+    }
+}
+
+/// The gateway's shared state.
+#[derive(Debug)]
+pub struct Gateway {
+    live: ArcSwap<Live>,
+    started: Instant,
+}
+
+impl Gateway {
+    /// A gateway running `live`.
+    pub fn new(live: Live) -> Arc<Self> {
+        Arc::new(Self {
+            live: ArcSwap::from_pointee(live),
+            started: Instant::now(),
+        })
+    }
+
+    /// The current snapshot; hold it for the whole request.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Replaces the running configuration; requests already under way keep theirs.
+    pub fn replace(&self, live: Live) {
+        self.live.store(Arc::new(live));
+    }
+
+    /// When the gateway started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The scheme and host the client used to reach us (`server.public_url` when set), for URLs we
+    /// hand back to clients.
+    pub fn client_origin(&self, config: &Config, uri: &Uri, headers: &HeaderMap) -> String {
+        if let Some(url) = &config.server.public_url {
+            return url.trim_end_matches('/').to_owned();
+        }
+        let scheme = if config.server.tls.enabled {
+            "https"
+        } else {
+            "http"
+        };
+        let host = uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+        match host {
+            Some(host) => format!("{scheme}://{host}"),
+            None => String::new(),
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Access log: one line per request, written when the response body ends (so a stream's line
+//! carries its whole duration and size), under the target `gem_proxy::access`.
+//!
+//! Sits just inside the request-id layers (so it sees `x-request-id`) and outside the error
+//! response layer (so it sees the gateway's own errors as statuses). Fields: method, path (never
+//! the query, which may hold a `key=`), status, duration, bytes sent, upstream key id (never the
+//! key), request id, how the body ended (`complete`, `error` or `client_gone`) and the gateway error
+//! kind when there was one.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::error::ErrorKind;
+use crate::key_pool::SelectedKey;
+
+/// Applies [`AccessLog`].
+#[derive(Debug, Clone, Default)]
+pub struct AccessLogLayer;
+
+impl AccessLogLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessLog { inner }
+    }
+}
+
+/// Logs each request once its response body has ended.
+#[derive(Debug, Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+}
+
+impl<S, B, ResB> Service<Request<B>> for AccessLog<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    ResB: Body,
+{
+    type Response = Response<LoggedBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let request_id = req.headers().get("x-request-id").cloned();
+        ResponseFuture {
+            future: self.inner.call(req),
+            pending: Some(Pending {
+                start,
+                method,
+                uri,
+                request_id,
+            }),
+        }
+    }
+}
+
+struct Pending {
+    start: Instant,
+    method: Method,
+    uri: Uri,
+    request_id: Option<HeaderValue>,
+}
+
+pin_project! {
+    /// Response future of [`AccessLog`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        future: F,
+        pending: Option<Pending>,
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+    ResB: Body,
+{
+    type Output = Result<Response<LoggedBody<ResB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = ready!(this.future.poll(cx))?;
+        let p = this.pending.take().expect("polled after completion");
+        let ended = if res.body().is_end_stream() {
+            Ended::Complete
+        } else {
+            Ended::ClientGone
+        };
+        let record = Record {
+            start: p.start,
+            method: p.method,
+            uri: p.uri,
+            request_id: p.request_id,
+            status: res.status(),
+            key_id: res
+                .extensions()
+                .get::<SelectedKey>()
+                .map(|k| k.0.id.clone()),
+            error_kind: res.extensions().get::<ErrorKind>().map(|k| k.0),
+            bytes: 0,
+            ended,
+        };
+        Poll::Ready(Ok(res.map(|inner| LoggedBody { inner, record })))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Ended {
+    Complete,
+    Error,
+    ClientGone,
+}
+
+/// Everything one access line says; written when dropped, i.e. when the body is done with.
+struct Record {
+    start: Instant,
+    method: Method,
+    uri: Uri,
+    request_id: Option<HeaderValue>,
+    status: StatusCode,
+    key_id: Option<Arc<str>>,
+    error_kind: Option<&'static str>,
+    bytes: u64,
+    ended: Ended,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let ended = match self.ended {
+            Ended::Complete => "complete",
+            Ended::Error => "error",
+            Ended::ClientGone => "client_gone",
+        };
+        tracing::info!(
+            target: "gem_proxy::access",
+            method = %self.method,
+            path = self.uri.path(),
+            status = self.status.as_u16(),
+            duration_ms = (self.start.elapsed().as_micros() as f64) / 1000.0,
+            bytes = self.bytes,
+            key_id = self.key_id.as_deref().unwrap_or("-"),
+            request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            ended,
+            error = self.error_kind.unwrap_or("-"),
+        );
+    }
+}
+
+pin_project! {
+    /// A response body that counts what it sends and writes the access line when it is done.
+    pub struct LoggedBody<B> {
+        #[pin]
+        inner: B,
+        record: Record,
+    }
+}
+
+impl<B> Body for LoggedBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    this.record.bytes += d.len() as u64;
+                }
+                // hyper stops polling once a body says it has ended.
+                if this.inner.is_end_stream() {
+                    this.record.ended = Ended::Complete;
+                }
+            }
+            Some(Err(_)) => this.record.ended = Ended::Error,
+            None => this.record.ended = Ended::Complete,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

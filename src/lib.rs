@@ -1,0 +1,21 @@
+//! gem-proxy: a high-performance gateway for Google's Gemini API.
+//!
+//! Clients keep using the official SDKs (only the base URL changes); the gateway forwards their
+//! requests to Google with an upstream key from its pool, streams the answers back untouched and
+//! answers its own errors in Google's shape.
+//!
+//! Start reading at [`stack`]: it builds the whole request path in one place and numbers its
+//! layers.
+
+pub mod admin;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod key_pool;
+pub mod layers;
+pub mod logging;
+pub mod server;
+pub mod stack;
+pub mod upstream;

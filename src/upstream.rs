@@ -1,0 +1,390 @@
+//! The innermost service: sends the request to Gemini with the selected key and streams the answer
+//! back.
+//!
+//! What crosses, and what does not:
+//! - method, path, query and body unchanged; end-to-end headers unchanged;
+//! - hop-by-hop headers (RFC 9110 §7.6.1, and any the `Connection` header names) dropped both ways;
+//! - every client credential dropped: `Authorization`, `x-goog-api-key`, `key=` in the query;
+//! - the key injected as `x-goog-api-key`, or as `Authorization: Bearer` on the OpenAI-compatible
+//!   surface (`/v1beta/openai/`);
+//! - the resumable-upload URL Google answers with (`X-Goog-Upload-URL`, which carries the key) is
+//!   rewritten to point at the gateway, without the key.
+//!
+//! Time limits: `gemini.connect_timeout_seconds` for the connection, `gemini.timeout_seconds` for the
+//! response headers (504), `gemini.stream_idle_timeout_seconds` between body frames. An upstream that
+//! cannot be reached is a 502. The upstream's own errors pass through untouched.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::Service;
+
+use crate::body::GatewayBody;
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::key_pool::SelectedKey;
+use crate::layers::route::{Api, Route};
+
+/// The pooled HTTP client to the upstream: HTTP/2 by ALPN, HTTP/1.1 otherwise, rustls with the
+/// aws-lc-rs provider, `TCP_NODELAY`.
+pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// `x-goog-api-key`.
+pub static X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+/// `x-goog-upload-url`: where a resumable upload continues; Google puts the key in it.
+pub static X_GOOG_UPLOAD_URL: HeaderName = HeaderName::from_static("x-goog-upload-url");
+/// `x-goog-upload-control-url`: the same for status queries and cancels; also carries the key.
+pub static X_GOOG_UPLOAD_CONTROL_URL: HeaderName =
+    HeaderName::from_static("x-goog-upload-control-url");
+
+/// Builds the upstream client.
+pub fn build_client(connect_timeout: Duration) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(provider)
+        .expect("aws-lc-rs supports the default TLS versions")
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(https)
+}
+
+/// Where upstream requests go, parsed once from `gemini.base_url`.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    scheme: Scheme,
+    authority: Authority,
+    /// Path prefix of the base URL without a trailing slash (usually empty).
+    prefix: String,
+}
+
+impl UpstreamTarget {
+    /// Parses a base URL that [`Config::validate`](crate::config::Config::validate) accepted.
+    pub fn parse(base_url: &str) -> Option<Self> {
+        let uri: Uri = base_url.parse().ok()?;
+        let parts = uri.into_parts();
+        Some(Self {
+            scheme: parts.scheme?,
+            authority: parts.authority?,
+            prefix: parts
+                .path_and_query
+                .map(|pq| pq.path().trim_end_matches('/').to_owned())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// The upstream URI for a client request URI: same path and query, without `key=`.
+    pub fn uri_for(&self, client: &Uri) -> Result<Uri, GatewayError> {
+        let pq = client.path_and_query().map_or("/", PathAndQuery::as_str);
+        let (path, query) = match pq.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (pq, None),
+        };
+        let query = query.map(strip_key_param);
+        let path_and_query = match (&query, self.prefix.is_empty()) {
+            (None | Some(Cow::Borrowed(_)), true) => match client.path_and_query() {
+                Some(pq) => pq.clone(),
+                None => PathAndQuery::from_static("/"),
+            },
+            _ => {
+                let mut s = String::with_capacity(self.prefix.len() + pq.len());
+                s.push_str(&self.prefix);
+                s.push_str(path);
+                if let Some(q) = query.as_deref().filter(|q| !q.is_empty()) {
+                    s.push('?');
+                    s.push_str(q);
+                }
+                PathAndQuery::try_from(s)
+                    .map_err(|_| GatewayError::Internal("bad upstream path"))?
+            }
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| GatewayError::Internal("bad upstream URI"))
+    }
+}
+
+/// Drops every `key` parameter from a query string, keeping the rest byte for byte.
+pub fn strip_key_param(query: &str) -> Cow<'_, str> {
+    fn is_key(p: &str) -> bool {
+        p == "key" || p.starts_with("key=")
+    }
+    if !query.split('&').any(is_key) {
+        return Cow::Borrowed(query);
+    }
+    Cow::Owned(
+        query
+            .split('&')
+            .filter(|p| !is_key(p))
+            .collect::<Vec<_>>()
+            .join("&"),
+    )
+}
+
+/// Headers that belong to one connection, never to be forwarded (RFC 9110 §7.6.1).
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header lists.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The upstream client as a tower service over buffered requests.
+#[derive(Clone)]
+pub struct Upstream {
+    gateway: Arc<Gateway>,
+}
+
+impl Upstream {
+    /// The service for this gateway.
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
+    }
+}
+
+impl Service<Request<Bytes>> for Upstream {
+    type Response = Response<GatewayBody>;
+    type Error = GatewayError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        let gateway = self.gateway.clone();
+        Box::pin(async move { forward(&gateway, req).await })
+    }
+}
+
+async fn forward(
+    gateway: &Gateway,
+    req: Request<Bytes>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let live = gateway.live();
+    let (parts, body) = req.into_parts();
+    let key = parts
+        .extensions
+        .get::<SelectedKey>()
+        .cloned()
+        .ok_or(GatewayError::Internal("no upstream key was selected"))?;
+    let api = parts.extensions.get::<Route>().map(|r| r.api);
+
+    let mut headers = parts.headers;
+    // Where the client reached us, for rewriting the upload URL; read before Host is dropped.
+    let client_origin = (api == Some(Api::Upload))
+        .then(|| gateway.client_origin(&live.config, &parts.uri, &headers));
+    strip_hop_by_hop(&mut headers);
+    for name in [
+        &header::HOST,
+        &header::AUTHORIZATION,
+        &header::PROXY_AUTHORIZATION,
+        &X_GOOG_API_KEY,
+        &header::CONTENT_LENGTH,
+    ] {
+        headers.remove(name);
+    }
+    match api {
+        Some(Api::OpenAi) => headers.insert(header::AUTHORIZATION, key.0.bearer_header.clone()),
+        _ => headers.insert(X_GOOG_API_KEY.clone(), key.0.api_key_header.clone()),
+    };
+
+    let mut up = Request::new(Full::new(body));
+    *up.method_mut() = parts.method;
+    *up.uri_mut() = live.target.uri_for(&parts.uri)?;
+    // The pooled client picks HTTP/2 or HTTP/1.1 per connection (ALPN); it wants 1.1 here.
+    *up.version_mut() = Version::HTTP_11;
+    *up.headers_mut() = headers;
+
+    let gemini = &live.config.gemini;
+    let res = match tokio::time::timeout(gemini.timeout(), live.client.request(up)).await {
+        Err(_) => return Err(GatewayError::UpstreamTimeout(gemini.timeout_seconds)),
+        Ok(Err(e)) => {
+            tracing::warn!(key_id = %key.0.id, error = %error_chain(&e), "upstream request failed");
+            return Err(GatewayError::UpstreamUnavailable);
+        }
+        Ok(Ok(res)) => res,
+    };
+
+    let (mut parts, body) = res.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(origin) = client_origin {
+        rewrite_upload_url(&mut parts.headers, &live.target, &origin);
+    }
+    parts.extensions = http::Extensions::new();
+    parts.extensions.insert(key);
+    Ok(Response::from_parts(
+        parts,
+        GatewayBody::upstream(body, gemini.stream_idle_timeout()),
+    ))
+}
+
+/// Points the upload URLs Google answers with (`X-Goog-Upload-URL`, `X-Goog-Upload-Control-URL`) at
+/// the gateway and removes the key from them, so the client's next upload request comes back
+/// through us and never sees an upstream key.
+fn rewrite_upload_url(headers: &mut HeaderMap, target: &UpstreamTarget, client_origin: &str) {
+    for name in [&X_GOOG_UPLOAD_URL, &X_GOOG_UPLOAD_CONTROL_URL] {
+        let Some(value) = headers.get(name) else {
+            continue;
+        };
+        let rewritten = value
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<Uri>().ok())
+            .and_then(|uri| {
+                let path = uri.path();
+                let path = path.strip_prefix(target.prefix.as_str()).unwrap_or(path);
+                let mut url = format!("{client_origin}{path}");
+                if let Some(q) = uri.query().map(strip_key_param).filter(|q| !q.is_empty()) {
+                    url.push('?');
+                    url.push_str(&q);
+                }
+                HeaderValue::try_from(url).ok()
+            });
+        match rewritten {
+            Some(v) => {
+                headers.insert(name.clone(), v);
+            }
+            // Never let a URL we could not clean reach the client: it may carry the key.
+            None => {
+                headers.remove(name);
+            }
+        }
+    }
+}
+
+/// An error and its causes on one line (hyper's top-level messages are terse).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_params_are_removed_and_the_rest_kept() {
+        assert_eq!(strip_key_param("alt=sse&key=SECRET"), "alt=sse");
+        assert_eq!(strip_key_param("key=SECRET&alt=sse&x=1"), "alt=sse&x=1");
+        assert_eq!(strip_key_param("alt=sse&keyword=1"), "alt=sse&keyword=1");
+        assert!(matches!(strip_key_param("alt=sse"), Cow::Borrowed(_)));
+        assert_eq!(strip_key_param("key"), "");
+    }
+
+    #[test]
+    fn upstream_uri_keeps_path_and_query_and_applies_prefix() {
+        let t = UpstreamTarget::parse("https://example.com").unwrap();
+        let u = t
+            .uri_for(
+                &"/v1beta/models/m:streamGenerateContent?alt=sse&key=K"
+                    .parse()
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(
+            u.to_string(),
+            "https://example.com/v1beta/models/m:streamGenerateContent?alt=sse"
+        );
+        let t = UpstreamTarget::parse("http://127.0.0.1:9/base/").unwrap();
+        let u = t
+            .uri_for(&"/v1/models?pageSize=5".parse().unwrap())
+            .unwrap();
+        assert_eq!(
+            u.to_string(),
+            "http://127.0.0.1:9/base/v1/models?pageSize=5"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-custom-hop"),
+        );
+        h.insert("x-custom-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-end-to-end", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-end-to-end"]);
+    }
+
+    #[test]
+    fn upload_url_points_at_the_gateway_without_the_key() {
+        let t = UpstreamTarget::parse("https://generativelanguage.googleapis.com").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_GOOG_UPLOAD_URL.clone(),
+            HeaderValue::from_static(
+                "https://generativelanguage.googleapis.com/upload/v1beta/files?key=AIzaSECRET&upload_id=abc&upload_protocol=resumable",
+            ),
+        );
+        rewrite_upload_url(&mut h, &t, "http://gw.local:8080");
+        assert_eq!(
+            h[&X_GOOG_UPLOAD_URL],
+            "http://gw.local:8080/upload/v1beta/files?upload_id=abc&upload_protocol=resumable"
+        );
+    }
+}
