@@ -214,8 +214,12 @@ fn expand(input: &str, env: &HashMap<String, String>) -> Result<String, String> 
     Ok(out)
 }
 
-/// serde's messages name Rust types ("expected u16"); keep them but drop the noise.
+/// serde's messages are fine; drop the noise around them (the path is already in front).
 fn clean_serde_message(msg: &str) -> String {
+    let msg = match msg.rfind(" for key `") {
+        Some(at) if msg.ends_with('`') => &msg[..at],
+        _ => msg,
+    };
     msg.replace("invalid type: ", "")
         .replace("invalid value: ", "")
 }
