@@ -1,0 +1,109 @@
+//! `gem-proxy-mock`: the mock Gemini upstream as a process, for out-of-process tests and benchmarks.
+//!
+//! Prints `listening on http://HOST:PORT` once bound, then serves until SIGTERM or SIGINT (exit 0).
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use gem_proxy_mock::{MockOptions, MockUpstream};
+
+/// A mock of Google's Gemini API for gem-proxy's tests and benchmarks.
+#[derive(Parser, Debug)]
+#[command(name = "gem-proxy-mock", version, about)]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port to listen on; 0 lets the system choose (the chosen one is printed).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Events per streamed answer.
+    #[arg(long, default_value_t = 3)]
+    chunks: usize,
+    /// Pause between two events of a stream, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    chunk_delay_ms: u64,
+    /// A key to answer with 400 API_KEY_INVALID (repeatable).
+    #[arg(long = "invalid-key", value_name = "KEY")]
+    invalid_keys: Vec<String>,
+    /// File to write this process's id to (removed on exit).
+    #[arg(long, value_name = "PATH")]
+    pid_file: Option<PathBuf>,
+    /// Do not record requests (keeps memory flat under long benchmarks).
+    #[arg(long)]
+    no_record: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let opts = MockOptions {
+        chunks: cli.chunks,
+        chunk_delay: Duration::from_millis(cli.chunk_delay_ms),
+        invalid_keys: cli.invalid_keys,
+    };
+    let mock = match MockUpstream::start_on(SocketAddr::new(cli.host, cli.port), opts).await {
+        Ok(mock) => mock,
+        Err(error) => {
+            eprintln!(
+                "gem-proxy-mock: cannot listen on {}:{}: {error}",
+                cli.host, cli.port
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    mock.set_recording(!cli.no_record);
+    if let Some(path) = &cli.pid_file
+        && let Err(error) = std::fs::write(path, format!("{}\n", std::process::id()))
+    {
+        eprintln!(
+            "gem-proxy-mock: cannot write pid file {}: {error}",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "listening on {}", mock.base_url())
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        return ExitCode::FAILURE;
+    }
+    drop(stdout);
+
+    let result = shutdown_signal().await;
+    drop(mock);
+    if let Some(path) = &cli.pid_file {
+        let _ = std::fs::remove_file(path);
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gem-proxy-mock: cannot wait for signals: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}
