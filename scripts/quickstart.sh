@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to a running gateway:
+#
+#   GEMINI_API_KEY_1=AIza... [GEMINI_API_KEY_2=AIza...] scripts/quickstart.sh
+#
+# Builds the release binary, creates config/proxy.yaml from config/proxy.yaml.example when it is
+# missing, and runs the gateway in the foreground (Ctrl-C stops it). Without GEMINI_API_KEY_1 it
+# runs in demo mode: the bundled mock Gemini upstream stands in for Google, so everything can be
+# tried without a key.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+log() { printf 'quickstart: %s\n' "$*"; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "quickstart: cargo not found; install Rust from https://rustup.rs first" >&2
+    exit 1
+fi
+
+log "building (release)"
+cargo build --release --quiet -p gem-proxy -p gem-proxy-mock --bins
+
+CONFIG="${GEM_PROXY_CONFIG:-config/proxy.yaml}"
+if [ ! -f "$CONFIG" ]; then
+    log "creating $CONFIG from config/proxy.yaml.example"
+    mkdir -p "$(dirname "$CONFIG")"
+    cp config/proxy.yaml.example "$CONFIG"
+fi
+
+mock_pid=""
+cleanup() { [ -n "$mock_pid" ] && kill "$mock_pid" 2>/dev/null || true; }
+trap cleanup EXIT
+
+if [ -z "${GEMINI_API_KEY_1:-}" ]; then
+    log "GEMINI_API_KEY_1 is not set: demo mode, with the bundled mock upstream instead of Google"
+    mkdir -p .run
+    rm -f .run/quickstart-mock.out
+    target/release/gem-proxy-mock --host 127.0.0.1 --port 0 --pid-file .run/quickstart-mock.pid \
+        > .run/quickstart-mock.out &
+    mock_pid=$!
+    for _ in $(seq 1 100); do
+        grep -q '^listening on ' .run/quickstart-mock.out 2>/dev/null && break
+        sleep 0.05
+    done
+    mock_url="$(sed -n 's/^listening on //p' .run/quickstart-mock.out)"
+    [ -n "$mock_url" ] || { echo "quickstart: the mock upstream did not start" >&2; exit 1; }
+    export GEM_PROXY__GEMINI__BASE_URL="$mock_url"
+    export GEMINI_API_KEY_1="demo-key-1" GEMINI_API_KEY_2="demo-key-2"
+fi
+export GEMINI_API_KEY_2="${GEMINI_API_KEY_2:-$GEMINI_API_KEY_1}"
+
+target/release/gem-proxy check-config --config "$CONFIG"
+log "starting gem-proxy (Ctrl-C to stop)"
+target/release/gem-proxy serve --config "$CONFIG" &
+gw_pid=$!
+trap 'kill -TERM "$gw_pid" 2>/dev/null; wait "$gw_pid"; cleanup' INT TERM
+wait "$gw_pid"

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Installs everything the tests need beyond the Rust toolchain. Idempotent: a
+# second run only checks stamps and returns in well under a second.
+#
+#   scripts/setup.sh            # from anywhere inside the repo
+#
+# Layout:
+#   .venv/                      Python venv for tests/e2e (the real SDKs + pytest)
+#   .venv/.requirements.sha256  stamp: hash of tests/e2e/requirements.txt last installed
+#
+# Later additions go into main() below via the helpers:
+#   apt_install PKG...          Debian packages, installed only when missing
+#   npm_install PKG...          npm packages into node_modules/ at the repo root
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+VENV="$ROOT/.venv"
+REQS="$ROOT/tests/e2e/requirements.txt"
+STAMP="$VENV/.requirements.sha256"
+
+export DEBIAN_FRONTEND=noninteractive
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+export PIP_NO_INPUT=1
+
+log() { printf 'setup: %s\n' "$*"; }
+
+_apt_updated=0
+# apt_install PKG... : installs the Debian packages that are not installed yet.
+apt_install() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$'; then
+            missing+=("$pkg")
+        fi
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        return 0
+    fi
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then sudo=(sudo); fi
+    if [ "$_apt_updated" -eq 0 ]; then
+        log "apt-get update"
+        "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq
+        _apt_updated=1
+    fi
+    log "apt-get install ${missing[*]}"
+    "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# npm_install PKG[@VERSION]... : installs npm packages into $ROOT/node_modules when
+# node_modules lacks them (checked by package name only).
+npm_install() {
+    local missing=() spec name
+    for spec in "$@"; do
+        name="${spec%@*}"
+        [ -z "$name" ] && name="$spec"          # scoped package without a version: "@scope/pkg"
+        if [ ! -f "$ROOT/node_modules/$name/package.json" ]; then
+            missing+=("$spec")
+        fi
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        return 0
+    fi
+    log "npm install ${missing[*]}"
+    npm install --prefix "$ROOT" --no-save --no-audit --no-fund --loglevel=error "${missing[@]}"
+}
+
+# Picks a Python 3.10+ interpreter. Prefers a real binary over a pyenv shim.
+find_python() {
+    local cand
+    for cand in "${PYTHON:-}" python3.11 python3.12 python3.13 python3 /usr/bin/python3; do
+        [ -z "$cand" ] && continue
+        if command -v "$cand" >/dev/null 2>&1 &&
+            "$cand" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+            # Resolve a pyenv shim to the real interpreter so the venv doesn't depend on the shim.
+            "$cand" -c 'import sys; print(sys.executable)'
+            return 0
+        fi
+    done
+    return 1
+}
+
+setup_venv() {
+    local want have=""
+    want="$(sha256sum "$REQS" | cut -d' ' -f1)"
+    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+        [ -f "$STAMP" ] && have="$(cat "$STAMP")"
+        if [ "$have" = "$want" ]; then
+            log "python venv up to date (.venv)"
+            return 0
+        fi
+    else
+        local py
+        if ! py="$(find_python)"; then
+            apt_install python3 python3-venv
+            py=/usr/bin/python3
+        fi
+        log "creating .venv with $py ($("$py" -c 'import platform; print(platform.python_version())'))"
+        rm -rf "$VENV"
+        if ! "$py" -m venv "$VENV"; then
+            # Debian's own python3 has venv/ensurepip in a separate package.
+            rm -rf "$VENV"
+            apt_install python3-venv "python$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv"
+            "$py" -m venv "$VENV"
+        fi
+    fi
+    log "pip install -r tests/e2e/requirements.txt"
+    "$VENV/bin/python" -m pip install -q --upgrade -r "$REQS"
+    "$VENV/bin/python" - <<'PY'
+import importlib.metadata as md
+print("setup: " + ", ".join(f"{p} {md.version(p)}" for p in ("google-genai", "openai", "httpx", "pyjwt", "pytest", "pytest-timeout")))
+PY
+    echo "$want" >"$STAMP"
+}
+
+main() {
+    local t0=$SECONDS
+    setup_venv
+    # apt_install ...   (none needed yet)
+    # npm_install ...   (none needed yet)
+    log "done in $((SECONDS - t0))s"
+}
+
+main "$@"

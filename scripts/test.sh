@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The project's test command (what CI runs through .ci/run):
+#   1. scripts/setup.sh                         installs the test tools (.venv with the real SDKs)
+#   2. cargo build --workspace --bins           gem-proxy and gem-proxy-mock in target/debug
+#   3. cargo test --workspace --no-fail-fast    unit + integration tests
+#   4. .venv/bin/python -m pytest tests/e2e     end-to-end tests with the real Gemini/OpenAI SDKs
+# Extra arguments go to pytest (e.g. `scripts/test.sh -k stream -x`).
+# Steps 3 and 4 both run even if one fails; the exit code is non-zero if any step failed.
+# The last line counts the tests of steps 3 and 4: "summary: N passed, N failed".
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+if [ -n "${CI:-}" ]; then
+    export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+fi
+export PYTHONDONTWRITEBYTECODE=1
+
+LOGS="$(mktemp -d "${TMPDIR:-/tmp}/gem-proxy-test.XXXXXX")"
+trap 'rm -rf "$LOGS"' EXIT
+
+failed=()
+results=()
+
+# run NAME CMD... : runs a step (output shown and kept in $LOGS/NAME.log), records the result.
+run() {
+    local name="$1" t0=$SECONDS rc=0
+    shift
+    printf '\n==> %s: %s\n' "$name" "$*"
+    "$@" 2>&1 | tee "$LOGS/$name.log" || rc=$?
+    if [ "$rc" -eq 0 ]; then
+        results+=("ok    ${name} ($((SECONDS - t0))s)")
+    else
+        results+=("FAIL  ${name} (exit ${rc}, $((SECONDS - t0))s)")
+        failed+=("$name")
+    fi
+    return "$rc"
+}
+
+# Test counts from cargo's "test result:" lines and pytest's closing line.
+count() {
+    local what="$1" n=0 m
+    if [ -f "$LOGS/cargo-test.log" ]; then
+        m="$(grep -aoE "test result: .*" "$LOGS/cargo-test.log" | grep -aoE "[0-9]+ $what" | awk '{s += $1} END {print s + 0}')"
+        n=$((n + m))
+    fi
+    if [ -f "$LOGS/e2e.log" ]; then
+        m="$(grep -aE "^=*.* in [0-9.]+s" "$LOGS/e2e.log" | tail -n 1 | grep -aoE "[0-9]+ $what" | awk '{s += $1} END {print s + 0}')"
+        n=$((n + m))
+    fi
+    echo "$n"
+}
+
+summary() {
+    printf '\n==> summary\n'
+    printf '  %s\n' "${results[@]}"
+    local passed failed_n errors
+    passed="$(count passed)"
+    failed_n="$(count failed)"
+    errors="$(count error)"
+    failed_n=$((failed_n + errors))
+    if [ "${#failed[@]}" -ne 0 ]; then
+        printf 'test.sh: FAILED: %s\n' "${failed[*]}"
+    else
+        printf 'test.sh: all steps passed\n'
+    fi
+    printf 'summary: %s passed, %s failed\n' "$passed" "$failed_n"
+    [ "${#failed[@]}" -eq 0 ]
+}
+
+# Setup and build are prerequisites: stop at the first failure.
+run setup scripts/setup.sh || { summary; exit 1; }
+run build cargo build --workspace --bins || { summary; exit 1; }
+
+# Both suites run; both are reported.
+run cargo-test cargo test --workspace --no-fail-fast || true
+# pytest exits 0 only when tests ran and passed (5 = none collected, which is a failure here).
+run e2e .venv/bin/python -m pytest tests/e2e -q "$@" || true
+
+summary
