@@ -43,14 +43,43 @@ fn route<B>(gateway: &Gateway, req: &Request<B>) -> Response<GatewayBody> {
     }
 }
 
-/// `/health`: liveness with version, uptime and the number of keys.
+/// `/health`: liveness with version, uptime, and each key's state (never the key itself).
 fn health(gateway: &Gateway) -> serde_json::Value {
     let live = gateway.live();
+    let now = tokio::time::Instant::now();
+    let store = gateway.store();
+    let mut counts = std::collections::BTreeMap::from([
+        ("active", 0u32),
+        ("cooling", 0),
+        ("invalid", 0),
+        ("disabled", 0),
+    ]);
+    let states: Vec<serde_json::Value> = live
+        .keys
+        .keys()
+        .map(|k| {
+            let mut status = store.status(&k.id, now);
+            if !live.keys.is_enabled(&k.id) {
+                status.state = "disabled";
+            }
+            *counts.entry(status.state).or_default() += 1;
+            let mut v = serde_json::to_value(&status).unwrap_or_default();
+            v["id"] = serde_json::Value::from(&*k.id);
+            v
+        })
+        .collect();
     serde_json::json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": gateway.started().elapsed().as_secs(),
-        "keys": live.keys.len(),
+        "keys": {
+            "total": live.keys.len(),
+            "active": counts["active"],
+            "cooling": counts["cooling"],
+            "invalid": counts["invalid"],
+            "disabled": counts["disabled"],
+        },
+        "key_states": states,
     })
 }
 

@@ -12,6 +12,8 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::layers::usage::UsageTap;
+
 /// Errors of a response body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -29,7 +31,7 @@ pin_project! {
         /// A body the gateway built (errors, health).
         Full { #[pin] inner: Full<Bytes> },
         /// The upstream's body, streamed through.
-        Upstream { #[pin] inner: IdleTimeout<Incoming> },
+        Upstream { #[pin] inner: IdleTimeout<Incoming>, tap: Option<UsageTap> },
     }
 }
 
@@ -45,6 +47,14 @@ impl GatewayBody {
     pub fn upstream(inner: Incoming, idle: Duration) -> Self {
         GatewayBody::Upstream {
             inner: IdleTimeout::new(inner, idle),
+            tap: None,
+        }
+    }
+
+    /// Has an upstream body report its token usage when it ends (see [`crate::layers::usage`]).
+    pub fn tap(&mut self, usage: UsageTap) {
+        if let GatewayBody::Upstream { tap, .. } = self {
+            *tap = Some(usage);
         }
     }
 }
@@ -59,21 +69,39 @@ impl Body for GatewayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             GatewayBodyProj::Full { inner } => inner.poll_frame(cx).map_err(|never| match never {}),
-            GatewayBodyProj::Upstream { inner } => inner.poll_frame(cx),
+            GatewayBodyProj::Upstream { mut inner, tap } => {
+                let frame = ready!(inner.as_mut().poll_frame(cx));
+                if let Some(tap) = tap {
+                    match &frame {
+                        Some(Ok(f)) => {
+                            if let Some(data) = f.data_ref() {
+                                tap.frame(data);
+                            }
+                            // hyper stops polling once a body says it has ended.
+                            if inner.is_end_stream() {
+                                tap.end();
+                            }
+                        }
+                        Some(Err(_)) => tap.failed(),
+                        None => tap.end(),
+                    }
+                }
+                Poll::Ready(frame)
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             GatewayBody::Full { inner } => inner.is_end_stream(),
-            GatewayBody::Upstream { inner } => inner.inner.is_end_stream(),
+            GatewayBody::Upstream { inner, .. } => inner.inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             GatewayBody::Full { inner } => inner.size_hint(),
-            GatewayBody::Upstream { inner } => inner.inner.size_hint(),
+            GatewayBody::Upstream { inner, .. } => inner.inner.size_hint(),
         }
     }
 }

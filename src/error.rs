@@ -5,10 +5,20 @@
 //! never pass through here: the upstream's status and body reach the client untouched.
 //! Messages never contain a key, a token or an upstream URL with a key in it.
 
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use std::sync::Arc;
 
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
+
+use crate::auth::AuthFailure;
 use crate::body::GatewayBody;
+
+/// `x-ratelimit-limit`: the client's requests per minute.
+pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// `x-ratelimit-remaining`: requests left right now.
+pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// `x-ratelimit-reset`: seconds until the whole per-minute budget is available again.
+pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// Where an error came from, for logs and (later) metrics labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,10 +65,47 @@ pub enum GatewayError {
     NoKey,
     /// The upstream could not be reached (connect, TLS or protocol failure before a response).
     #[error("the upstream API could not be reached")]
-    UpstreamUnavailable,
+    UpstreamUnavailable {
+        /// The id of the key the attempt used (for failover: errors know their source).
+        key: Arc<str>,
+    },
     /// The upstream sent no response headers within `gemini.timeout_seconds`.
-    #[error("the upstream API did not answer within {0} seconds (gemini.timeout_seconds)")]
-    UpstreamTimeout(u64),
+    #[error("the upstream API did not answer within {seconds} seconds (gemini.timeout_seconds)")]
+    UpstreamTimeout {
+        /// The time-out.
+        seconds: u64,
+        /// The id of the key the attempt used.
+        key: Arc<str>,
+    },
+    /// Every usable upstream key is at its limit or resting.
+    #[error(
+        "all upstream API keys are at their quota for this model; retry in {retry_after_seconds} s"
+    )]
+    KeysExhausted {
+        /// Seconds until the first key has headroom again (at least 1).
+        retry_after_seconds: u64,
+    },
+    /// The client sent no token, or one we refuse; the reason is the message.
+    #[error("{0}")]
+    Unauthenticated(AuthFailure),
+    /// The client's token does not allow this request (e.g. the model).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The client is over its per-minute limit.
+    #[error(
+        "rate limit exceeded: this client may send {limit} requests per minute; retry in {retry_after_seconds} s"
+    )]
+    RateLimited {
+        /// Requests per minute allowed to this client.
+        limit: u32,
+        /// Seconds until the next request will be accepted (at least 1).
+        retry_after_seconds: u64,
+        /// Seconds until the whole per-minute budget is available again.
+        reset_seconds: u64,
+    },
+    /// The keys needed to check the client's token are not available yet (JWKS not fetched).
+    #[error("{0}")]
+    AuthUnavailable(AuthFailure),
     /// A bug: the request could not be handled.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -73,8 +120,13 @@ impl GatewayError {
             GatewayError::BodyRead(_) => StatusCode::BAD_REQUEST,
             GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::NoKey => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
-            GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::KeysExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -84,8 +136,17 @@ impl GatewayError {
         match self {
             GatewayError::NotFound { .. } => "NOT_FOUND",
             GatewayError::PayloadTooLarge { .. } | GatewayError::BodyRead(_) => "INVALID_ARGUMENT",
-            GatewayError::BodyTimeout(_) | GatewayError::UpstreamTimeout(_) => "DEADLINE_EXCEEDED",
-            GatewayError::NoKey | GatewayError::UpstreamUnavailable => "UNAVAILABLE",
+            GatewayError::BodyTimeout(_) | GatewayError::UpstreamTimeout { .. } => {
+                "DEADLINE_EXCEEDED"
+            }
+            GatewayError::NoKey
+            | GatewayError::UpstreamUnavailable { .. }
+            | GatewayError::AuthUnavailable(_) => "UNAVAILABLE",
+            GatewayError::Unauthenticated(_) => "UNAUTHENTICATED",
+            GatewayError::PermissionDenied(_) => "PERMISSION_DENIED",
+            GatewayError::RateLimited { .. } | GatewayError::KeysExhausted { .. } => {
+                "RESOURCE_EXHAUSTED"
+            }
             GatewayError::Internal(_) => "INTERNAL",
         }
     }
@@ -98,9 +159,23 @@ impl GatewayError {
             GatewayError::BodyRead(_) => "body_read",
             GatewayError::BodyTimeout(_) => "body_timeout",
             GatewayError::NoKey => "no_key",
-            GatewayError::UpstreamUnavailable => "upstream_unavailable",
-            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
+            GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
+            GatewayError::KeysExhausted { .. } => "keys_exhausted",
+            GatewayError::Unauthenticated(_) => "unauthenticated",
+            GatewayError::PermissionDenied(_) => "permission_denied",
+            GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::AuthUnavailable(_) => "auth_unavailable",
             GatewayError::Internal(_) => "internal",
+        }
+    }
+
+    /// The upstream key an upstream failure happened on, for failover.
+    pub fn upstream_key(&self) -> Option<&Arc<str>> {
+        match self {
+            GatewayError::UpstreamUnavailable { key }
+            | GatewayError::UpstreamTimeout { key, .. } => Some(key),
+            _ => None,
         }
     }
 
@@ -110,18 +185,66 @@ impl GatewayError {
             GatewayError::NotFound { .. }
             | GatewayError::PayloadTooLarge { .. }
             | GatewayError::BodyRead(_)
-            | GatewayError::BodyTimeout(_) => Source::Downstream,
-            GatewayError::UpstreamUnavailable | GatewayError::UpstreamTimeout(_) => {
-                Source::Upstream
+            | GatewayError::BodyTimeout(_)
+            | GatewayError::Unauthenticated(_)
+            | GatewayError::PermissionDenied(_)
+            | GatewayError::RateLimited { .. } => Source::Downstream,
+            GatewayError::UpstreamUnavailable { .. }
+            | GatewayError::UpstreamTimeout { .. }
+            | GatewayError::KeysExhausted { .. } => Source::Upstream,
+            GatewayError::NoKey | GatewayError::AuthUnavailable(_) | GatewayError::Internal(_) => {
+                Source::Internal
             }
-            GatewayError::NoKey | GatewayError::Internal(_) => Source::Internal,
         }
     }
 
     /// The Google-shaped response. The error's [`kind`](Self::kind) rides along as an
     /// [`ErrorKind`] response extension for the access log and metrics.
+    ///
+    /// A 429 also carries `Retry-After`, `x-ratelimit-limit`, `x-ratelimit-remaining` and
+    /// `x-ratelimit-reset`, and a `google.rpc.RetryInfo` detail as Google's own 429s do; a 401
+    /// carries `WWW-Authenticate: Bearer`.
     pub fn into_response(self) -> Response<GatewayBody> {
-        let mut res = google_error(self.status(), self.google_status(), &self.to_string());
+        let mut res = match &self {
+            GatewayError::RateLimited {
+                retry_after_seconds,
+                ..
+            }
+            | GatewayError::KeysExhausted {
+                retry_after_seconds,
+            } => google_error_with_details(
+                self.status(),
+                self.google_status(),
+                &self.to_string(),
+                serde_json::json!([{
+                    "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                    "retryDelay": format!("{retry_after_seconds}s"),
+                }]),
+            ),
+            _ => google_error(self.status(), self.google_status(), &self.to_string()),
+        };
+        let headers = res.headers_mut();
+        match &self {
+            GatewayError::RateLimited {
+                limit,
+                retry_after_seconds,
+                reset_seconds,
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
+                headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(*limit));
+                headers.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from_static("0"));
+                headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(*reset_seconds));
+            }
+            GatewayError::KeysExhausted {
+                retry_after_seconds,
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
+            }
+            GatewayError::Unauthenticated(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
         res.extensions_mut().insert(ErrorKind(self.kind()));
         res
     }
@@ -140,6 +263,28 @@ pub fn google_error(
     let body = serde_json::json!({
         "error": { "code": status.as_u16(), "message": message, "status": google_status }
     });
+    json_response(status, &body)
+}
+
+/// [`google_error`] with Google's `details` list (`google.rpc.RetryInfo` and the like).
+fn google_error_with_details(
+    status: StatusCode,
+    google_status: &str,
+    message: &str,
+    details: serde_json::Value,
+) -> Response<GatewayBody> {
+    let body = serde_json::json!({
+        "error": {
+            "code": status.as_u16(),
+            "message": message,
+            "status": google_status,
+            "details": details,
+        }
+    });
+    json_response(status, &body)
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<GatewayBody> {
     let mut res = Response::new(GatewayBody::full(Bytes::from(body.to_string())));
     *res.status_mut() = status;
     res.headers_mut().insert(
@@ -167,5 +312,36 @@ mod tests {
         assert_eq!(v["error"]["code"], 413);
         assert_eq!(v["error"]["status"], "INVALID_ARGUMENT");
         assert!(v["error"]["message"].as_str().unwrap().contains("10 bytes"));
+    }
+
+    #[tokio::test]
+    async fn rate_limited_carries_retry_headers_and_retry_info() {
+        let res = GatewayError::RateLimited {
+            limit: 60,
+            retry_after_seconds: 2,
+            reset_seconds: 60,
+        }
+        .into_response();
+        assert_eq!(res.status(), 429);
+        let h = res.headers();
+        assert_eq!(h["retry-after"], "2");
+        assert_eq!(h["x-ratelimit-limit"], "60");
+        assert_eq!(h["x-ratelimit-remaining"], "0");
+        assert_eq!(h["x-ratelimit-reset"], "60");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED");
+        assert_eq!(v["error"]["details"][0]["retryDelay"], "2s");
+    }
+
+    #[tokio::test]
+    async fn unauthenticated_says_why() {
+        let res = GatewayError::Unauthenticated(AuthFailure::Expired).into_response();
+        assert_eq!(res.status(), 401);
+        assert_eq!(res.headers()["www-authenticate"], "Bearer");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["status"], "UNAUTHENTICATED");
+        assert_eq!(v["error"]["message"], "the token has expired");
     }
 }

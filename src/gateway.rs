@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderMap, Uri, header};
 
 use crate::config::{Config, Problem};
-use crate::key_pool::KeyPool;
+use crate::key_pool::{KeyPool, KeyStateStore, MemoryStore};
 use crate::upstream::{self, UpstreamClient, UpstreamTarget};
 
 /// A configuration and what is built from it.
@@ -49,16 +49,36 @@ impl Live {
 #[derive(Debug)]
 pub struct Gateway {
     live: ArcSwap<Live>,
+    /// Key state (headroom, rests, invalid keys, affinity). Outlives config reloads; keyed by
+    /// key id, so a key that survives a reload keeps its state.
+    store: Arc<dyn KeyStateStore>,
     started: Instant,
 }
 
 impl Gateway {
     /// A gateway running `live`.
     pub fn new(live: Live) -> Arc<Self> {
+        Self::with_store(live, Arc::new(MemoryStore::new()))
+    }
+
+    /// A gateway running `live` with its key state in `store`.
+    pub fn with_store(live: Live, store: Arc<dyn KeyStateStore>) -> Arc<Self> {
+        live.keys.attach(&*store);
         Arc::new(Self {
             live: ArcSwap::from_pointee(live),
+            store,
             started: Instant::now(),
         })
+    }
+
+    /// The key state.
+    pub fn store(&self) -> &dyn KeyStateStore {
+        &*self.store
+    }
+
+    /// The key state, shared (for response bodies that report usage when they end).
+    pub fn store_handle(&self) -> Arc<dyn KeyStateStore> {
+        self.store.clone()
     }
 
     /// The current snapshot; hold it for the whole request.
@@ -68,6 +88,9 @@ impl Gateway {
 
     /// Replaces the running configuration; requests already under way keep theirs.
     pub fn replace(&self, live: Live) {
+        let ids: Vec<&str> = live.keys.ids().collect();
+        self.store.retain_keys(&ids);
+        live.keys.attach(&*self.store);
         self.live.store(Arc::new(live));
     }
 

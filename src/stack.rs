@@ -16,20 +16,42 @@
 //!    Google-shaped response; every layer below returns `Result<_, GatewayError>`.
 //! 7. **route** ([`RouteLayer`]) — classifies the path (API, version, model); 404 before any body is
 //!    read.
-//! 8. **buffer body** ([`BufferBodyLayer`]) — reads the body (≤ `server.max_request_body_bytes`) so
-//!    an attempt can be replayed; 413 / 408.
-//! 9. **key select** ([`KeySelectLayer`]) — picks the upstream key.
-//! 10. **upstream** ([`Upstream`]) — strips client credentials and hop-by-hop headers, injects the
+//! 8. **auth** ([`AuthLayer`]) — checks the client's token (JWT) when `auth.enabled`; 401 / 403
+//!    (model not allowed) before any body is read. After route because the model policy needs
+//!    the model.
+//! 9. **client limit** ([`ClientLimitLayer`]) — per-client requests per minute (GCRA), keyed by
+//!    token subject, or by client IP when auth is off; 429 before any body is read. After auth
+//!    so an unauthenticated flood cannot spend a real client's budget.
+//! 10. **buffer body** ([`BufferBodyLayer`]) — reads the body (≤ `server.max_request_body_bytes`)
+//!     so an attempt can be replayed; 413 / 408.
+//! 11. **affinity** ([`AffinityLayer`]) — binds requests about a file or cached content to the
+//!     key that created it (only that key can see it), and learns new bindings from answers.
+//!     After buffer body because it reads the body for file and cache references.
+//! 12. **failover** ([`FailoverLayer`]) — reads what Google's answer means for the key (rest,
+//!     invalid, overloaded…), applies it, and replays the buffered request on another key while
+//!     nothing has reached the client. Above key balance so each attempt picks afresh.
+//! 13. **key balance** ([`KeyBalanceLayer`]) — weighted pick over the keys with headroom for the
+//!     model; 429 with `Retry-After` when none has.
+//! 14. **usage** ([`UsageLayer`]) — taps successful answers for `usageMetadata` (tokens per key)
+//!     without buffering them. Inside key balance: it needs the key.
+//! 15. **upstream** ([`Upstream`]) — strips client credentials and hop-by-hop headers, injects the
 //!     key, sends, streams the answer back.
 //!
 //! Request extensions (who inserts → who reads):
-//! - [`Route`](crate::layers::route::Route): route → upstream (credential header choice).
-//! - [`SelectedKey`](crate::key_pool::SelectedKey): key select → upstream, which copies it onto the
-//!   response for the access log.
-//! - [`ClientAddr`](crate::server::ClientAddr): server → (client limits, later).
+//! - [`Route`](crate::layers::route::Route): route → auth (model policy), upstream (credential
+//!   header choice).
+//! - [`Client`](crate::auth::Client): auth (when `auth.enabled`) → client limit (key and `rpm`);
+//!   later the admin API (`role`) and per-client statistics.
+//! - [`BoundKey`](crate::layers::key_balance::BoundKey): affinity → failover (no replay), key
+//!   balance.
+//! - [`TriedKeys`](crate::layers::key_balance::TriedKeys): failover → key balance (retries only).
+//! - [`SelectedKey`](crate::key_pool::SelectedKey): key balance → usage, upstream, which copies it
+//!   onto the response for failover, affinity and the access log.
+//! - [`ClientAddr`](crate::server::ClientAddr): server → client limit (per-IP key when auth is off).
 //!
 //! Response extensions: [`ErrorKind`](crate::error::ErrorKind) (error response → access log),
-//! [`SelectedKey`](crate::key_pool::SelectedKey) (upstream → access log).
+//! [`SelectedKey`](crate::key_pool::SelectedKey) (upstream → usage, failover, affinity, access
+//! log).
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -47,11 +69,16 @@ use crate::body::{BoxError, GatewayBody};
 use crate::error::{ErrorKind, GatewayError, google_error};
 use crate::gateway::Gateway;
 use crate::layers::access_log::AccessLogLayer;
+use crate::layers::affinity::AffinityLayer;
+use crate::layers::auth::AuthLayer;
 use crate::layers::buffer_body::BufferBodyLayer;
+use crate::layers::client_limit::ClientLimitLayer;
 use crate::layers::error_response::ErrorResponseLayer;
-use crate::layers::key_select::KeySelectLayer;
+use crate::layers::failover::FailoverLayer;
+use crate::layers::key_balance::KeyBalanceLayer;
 use crate::layers::request_id::CounterRequestId;
 use crate::layers::route::RouteLayer;
+use crate::layers::usage::UsageLayer;
 use crate::upstream::{Upstream, X_GOOG_API_KEY};
 
 /// The body of every proxied response (boxed once, by the catch-panic layer).
@@ -79,8 +106,13 @@ where
         ]))
         .layer(ErrorResponseLayer::new())
         .layer(RouteLayer::new())
+        .layer(AuthLayer::new(gateway.clone()))
+        .layer(ClientLimitLayer::new(gateway.clone()))
         .layer(BufferBodyLayer::new(gateway.clone()))
-        .layer(KeySelectLayer::new(gateway.clone()))
+        .layer(AffinityLayer::new(gateway.clone()))
+        .layer(FailoverLayer::new(gateway.clone()))
+        .layer(KeyBalanceLayer::new(gateway.clone()))
+        .layer(UsageLayer::new(gateway.clone()))
         .service(Upstream::new(gateway))
 }
 

@@ -247,10 +247,17 @@ async fn forward(
 
     let gemini = &live.config.gemini;
     let res = match tokio::time::timeout(gemini.timeout(), live.client.request(up)).await {
-        Err(_) => return Err(GatewayError::UpstreamTimeout(gemini.timeout_seconds)),
+        Err(_) => {
+            return Err(GatewayError::UpstreamTimeout {
+                seconds: gemini.timeout_seconds,
+                key: key.0.id.clone(),
+            });
+        }
         Ok(Err(e)) => {
             tracing::warn!(key_id = %key.0.id, error = %error_chain(&e), "upstream request failed");
-            return Err(GatewayError::UpstreamUnavailable);
+            return Err(GatewayError::UpstreamUnavailable {
+                key: key.0.id.clone(),
+            });
         }
         Ok(Ok(res)) => res,
     };

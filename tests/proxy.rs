@@ -192,16 +192,19 @@ async fn hop_by_hop_headers_do_not_cross() {
 /// Google's own errors reach the client byte for byte, with their status.
 #[tokio::test]
 async fn upstream_errors_pass_through_unchanged() {
-    let h = Harness::start().await;
+    // No retries, so each answer is exactly what one key got; a model per case, so one case's
+    // rest does not affect the next; the key-invalidating cases last.
+    let h = Harness::start_with(MockOptions::default(), |c| c.gemini.max_retries = 0).await;
     let direct = http1_client();
     for code in [
-        "429", "429-day", "503", "500", "400", "400-key", "403", "404",
+        "429", "429-day", "503", "500", "400", "404", "403", "400-key",
     ] {
-        let path = "/v1beta/models/gemini-2.5-flash:generateContent";
-        let mut req = request(Method::POST, &h.url(path), GENERATE_BODY);
+        let path = format!("/v1beta/models/m-{code}:generateContent");
+        let mut req = request(Method::POST, &h.url(&path), GENERATE_BODY);
         req.headers_mut()
             .insert("x-mock-error", code.parse().unwrap());
         let (status, _, body) = h.call(req).await;
+        let key = h.mock.requests().last().unwrap().key.clone().unwrap();
 
         let mut req = request(
             Method::POST,
@@ -211,7 +214,7 @@ async fn upstream_errors_pass_through_unchanged() {
         req.headers_mut()
             .insert("x-mock-error", code.parse().unwrap());
         req.headers_mut()
-            .insert("x-goog-api-key", KEY1.parse().unwrap());
+            .insert("x-goog-api-key", key.parse().unwrap());
         let (d_status, _, d_body) = read_all(direct.request(req).await.unwrap()).await;
         assert_eq!(status, d_status, "{code}");
         assert!(
@@ -539,7 +542,10 @@ async fn health_reports_status_version_and_keys() {
     assert_eq!(status, StatusCode::OK);
     let v = json(&body);
     assert_eq!(v["status"], "ok");
-    assert_eq!(v["keys"], 2);
+    assert_eq!(v["keys"]["total"], 2);
+    assert_eq!(v["keys"]["active"], 2);
+    assert_eq!(v["key_states"][0]["id"], "key1");
+    assert_eq!(v["key_states"][0]["state"], "active");
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     assert!(v["uptime_seconds"].is_number());
     assert!(!String::from_utf8_lossy(&body).contains("AIza"));

@@ -9,6 +9,7 @@
 //! `gemini.base_url`, `gemini.timeout_seconds`, `auth`, `metrics`, `server.tls`) loads unchanged; new
 //! keys extend it. Unknown keys are errors that carry their path.
 
+mod cidr;
 mod load;
 mod secret;
 mod validate;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use cidr::{Cidr, CidrError};
 pub use load::{ConfigError, ConfigLoader, ENV_PREFIX};
 pub use secret::Secret;
 pub use validate::{MIN_JWT_SECRET_CHARS, Problem};
@@ -61,6 +63,10 @@ pub struct ServerConfig {
     /// The URL clients use to reach the gateway (e.g. `https://gemini.example.com`). Used to rewrite
     /// upload URLs; when unset they are built from the request's `Host` header.
     pub public_url: Option<String>,
+    /// Reverse proxies and load balancers in front of the gateway (addresses or CIDR networks).
+    /// Only when a request comes from one of them is its `X-Forwarded-For` header believed, to find
+    /// the client's address for per-IP rate limits. Empty: the header is ignored.
+    pub trusted_proxies: Vec<Cidr>,
     /// TLS on the proxy listener.
     pub tls: TlsConfig,
 }
@@ -77,6 +83,7 @@ impl Default for ServerConfig {
             request_body_timeout_seconds: 60,
             shutdown_grace_seconds: 30,
             public_url: None,
+            trusted_proxies: Vec::new(),
             tls: TlsConfig::default(),
         }
     }
@@ -139,6 +146,14 @@ pub struct GeminiConfig {
     pub stream_idle_timeout_seconds: u64,
     /// Longest wait for a TCP (and TLS) connection to the upstream.
     pub connect_timeout_seconds: u64,
+    /// Extra attempts on other keys after a retryable failure (429, invalid key, 5xx, connect
+    /// errors, time-outs), made only while nothing has been sent to the client.
+    pub max_retries: u32,
+    /// How long a key rests for a model after a 429 that gives no `retryDelay`.
+    pub default_retry_delay_seconds: u64,
+    /// How long a key rests for a model Google says it cannot use (`FAILED_PRECONDITION`:
+    /// billing or region).
+    pub unusable_rest_seconds: u64,
     /// The upstream API keys.
     pub api_keys: Vec<ApiKeyConfig>,
 }
@@ -150,6 +165,9 @@ impl Default for GeminiConfig {
             timeout_seconds: 600,
             stream_idle_timeout_seconds: 300,
             connect_timeout_seconds: 10,
+            max_retries: 2,
+            default_retry_delay_seconds: 60,
+            unusable_rest_seconds: 3600,
             api_keys: Vec::new(),
         }
     }
@@ -181,25 +199,59 @@ pub struct ApiKeyConfig {
     /// Share of traffic relative to the other keys.
     #[serde(default = "default_weight")]
     pub weight: u32,
-    /// Requests per minute this key may carry (enforced by the key pool).
+    /// Requests per minute this key may carry, per model (Google's quotas are per model).
     #[serde(default)]
     pub max_requests_per_minute: Option<u32>,
+    /// Requests per Pacific-time day this key may carry, per model.
+    #[serde(default)]
+    pub max_requests_per_day: Option<u32>,
+    /// Tokens per minute this key may carry, per model (counted from `usageMetadata`).
+    #[serde(default)]
+    pub max_tokens_per_minute: Option<u32>,
+    /// Whether the key is used at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_weight() -> u32 {
     1
 }
 
-/// `auth`: client authentication.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `auth`: client authentication (JWT) and per-client rate limits. See `docs/auth.md`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Require a token we issued on every proxied request.
+    /// Require a token on every proxied request (`Authorization: Bearer`, `x-goog-api-key` or
+    /// `?key=`).
     pub enabled: bool,
-    /// HMAC secret for HS256/384/512 tokens; 32 characters or more.
+    /// HMAC secret for HS256/384/512 tokens (the ones `gem-proxy token` issues); 32 characters or
+    /// more.
     pub jwt_secret: Secret,
-    /// Default requests per minute for each client.
+    /// Requests per minute for each client; `0` means no limit. With auth on, each token subject
+    /// (`sub`) has its own budget and a token's `rpm` claim overrides this value; with auth off,
+    /// each client IP address has one (IPv6 by /64).
     pub rate_limit_per_minute: u32,
+    /// When set, tokens must carry this `iss` claim.
+    pub issuer: Option<String>,
+    /// When set, tokens must carry this value in their `aud` claim. When unset, `aud` is not
+    /// checked.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_seconds: u64,
+    /// A PEM public key (RSA, EC P-256/P-384 or Ed25519) for tokens signed by an identity
+    /// provider with RS256/384/512, PS256/384/512, ES256/384 or EdDSA.
+    pub jwt_public_key_path: Option<String>,
+    /// A JWKS URL (an identity provider's public signing keys), fetched at start-up and refreshed
+    /// in the background; never fetched while a request waits.
+    pub jwks_url: Option<String>,
+    /// How often the JWKS is fetched again.
+    pub jwks_refresh_seconds: u64,
+    /// Token ids (`jti` claims) that are refused although their signature is good.
+    pub revoked_token_ids: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -207,8 +259,26 @@ impl Default for AuthConfig {
         Self {
             enabled: false,
             jwt_secret: Secret::default(),
-            rate_limit_per_minute: 60,
+            rate_limit_per_minute: 0,
+            issuer: None,
+            audience: None,
+            leeway_seconds: 30,
+            jwt_public_key_path: None,
+            jwks_url: None,
+            jwks_refresh_seconds: 300,
+            revoked_token_ids: Vec::new(),
         }
+    }
+}
+
+impl AuthConfig {
+    /// `leeway_seconds` as a duration.
+    pub fn leeway(&self) -> Duration {
+        Duration::from_secs(self.leeway_seconds)
+    }
+    /// `jwks_refresh_seconds` as a duration.
+    pub fn jwks_refresh(&self) -> Duration {
+        Duration::from_secs(self.jwks_refresh_seconds)
     }
 }
 

@@ -39,6 +39,10 @@ impl fmt::Display for Problem {
 
 /// Smallest `auth.jwt_secret` accepted: HS256 needs at least 256 bits of key.
 pub const MIN_JWT_SECRET_CHARS: usize = 32;
+/// Largest `auth.leeway_seconds` accepted.
+const MAX_LEEWAY_SECONDS: u64 = 300;
+/// Smallest `auth.jwks_refresh_seconds` accepted (be kind to the identity provider).
+const MIN_JWKS_REFRESH_SECONDS: u64 = 10;
 
 impl Config {
     /// Checks every rule; an empty list means the configuration can be used.
@@ -117,11 +121,14 @@ impl Config {
             if k.weight == 0 {
                 bad(&at("weight"), "must be > 0");
             }
-            if k.max_requests_per_minute == Some(0) {
-                bad(
-                    &at("max_requests_per_minute"),
-                    "must be > 0 (or left out for no limit)",
-                );
+            for (field, v) in [
+                ("max_requests_per_minute", k.max_requests_per_minute),
+                ("max_requests_per_day", k.max_requests_per_day),
+                ("max_tokens_per_minute", k.max_tokens_per_minute),
+            ] {
+                if v == Some(0) {
+                    bad(&at(field), "must be > 0 (or left out for no limit)");
+                }
             }
         }
 
@@ -136,10 +143,38 @@ impl Config {
                     ),
                 );
             }
+            if let Some(path) = &a.jwt_public_key_path {
+                if let Err(msg) = crate::auth::load_public_key(path) {
+                    bad("auth.jwt_public_key_path", &msg);
+                }
+            }
+        }
+        if let Some(url) = &a.jwks_url {
+            if let Err(msg) = check_http_url(url) {
+                bad("auth.jwks_url", &msg);
+            }
+        }
+        if a.jwks_refresh_seconds < MIN_JWKS_REFRESH_SECONDS {
             bad(
-                "auth.enabled",
-                "client authentication is not available in this version yet; set it to false",
+                "auth.jwks_refresh_seconds",
+                &format!("must be at least {MIN_JWKS_REFRESH_SECONDS}"),
             );
+        }
+        if a.leeway_seconds > MAX_LEEWAY_SECONDS {
+            bad(
+                "auth.leeway_seconds",
+                &format!("must be at most {MAX_LEEWAY_SECONDS} (clock skew, not a grace period)"),
+            );
+        }
+        for (path, v) in [("auth.issuer", &a.issuer), ("auth.audience", &a.audience)] {
+            if v.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                bad(path, "must not be empty (leave it out to not check it)");
+            }
+        }
+        for (i, id) in a.revoked_token_ids.iter().enumerate() {
+            if id.trim().is_empty() {
+                bad(&format!("auth.revoked_token_ids[{i}]"), "must not be empty");
+            }
         }
 
         let m = &self.metrics;
@@ -230,6 +265,62 @@ gemini:
             "{got:?}"
         );
         assert!(!got.iter().any(|m| m.contains("tooshort")));
+    }
+
+    #[test]
+    fn auth_rules_name_their_keys() {
+        let yaml = r#"
+gemini: { api_keys: [{ id: a, key: k }] }
+auth:
+  enabled: true
+  jwt_secret: "0123456789abcdef0123456789abcdef"
+  jwt_public_key_path: "/nonexistent/key.pem"
+  jwks_url: "ftp://idp.example.com/jwks"
+  jwks_refresh_seconds: 1
+  leeway_seconds: 3600
+  issuer: ""
+  revoked_token_ids: ["ok", " "]
+"#;
+        let got = problems(yaml);
+        let want = [
+            "auth.jwt_public_key_path: cannot read \"/nonexistent/key.pem\": No such file or directory (os error 2)",
+            "auth.jwks_url: \"ftp://idp.example.com/jwks\" must start with http:// or https://",
+            "auth.jwks_refresh_seconds: must be at least 10",
+            "auth.leeway_seconds: must be at most 300 (clock skew, not a grace period)",
+            "auth.issuer: must not be empty (leave it out to not check it)",
+            "auth.revoked_token_ids[1]: must not be empty",
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_good_auth_config_passes() {
+        let yaml = r#"
+gemini: { api_keys: [{ id: a, key: k }] }
+server: { trusted_proxies: ["10.0.0.0/8", "2001:db8::1"] }
+auth:
+  enabled: true
+  jwt_secret: "0123456789abcdef0123456789abcdef"
+  issuer: "gem-proxy"
+  audience: "gemini"
+  jwks_url: "https://idp.example.com/.well-known/jwks.json"
+  revoked_token_ids: ["3f2a"]
+  rate_limit_per_minute: 100
+"#;
+        assert_eq!(problems(yaml), Vec::<String>::new());
+    }
+
+    #[test]
+    fn bad_trusted_proxies_are_reported_with_their_index() {
+        let err = ConfigLoader::default()
+            .parse_str("server: { trusted_proxies: [\"10.0.0.0/8\", \"nope\"] }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("server.trusted_proxies[1]"), "{err}");
+        assert!(
+            err.contains("\"nope\" is not an IP address or network"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,14 +1,26 @@
-//! The upstream API keys and which one carries the next request.
+//! The upstream API keys, and which one carries the next request.
 //!
-//! Keys are used in turn (plain round-robin). Every header value a key needs is built once, when
-//! the pool is built, so picking a key costs one atomic increment and no allocation.
+//! [`KeyPool::pick`] runs smooth weighted round-robin (nginx's algorithm) over the keys that can
+//! take the request *now*: enabled, not invalid, not resting for the request's model, and with
+//! headroom under their per-minute, per-day and token limits for that model. With weights 2:1 the
+//! split is 2:1 and evenly interleaved. State lives in a [`KeyStateStore`]; the pool itself is
+//! rebuilt from config on reload (the store, keyed by key id, survives it). Every header value a key
+//! needs is built once, so a pick allocates nothing.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+pub mod pacific;
+pub mod store;
+pub mod verdict;
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use http::HeaderValue;
+use tokio::time::Instant;
 
-use crate::config::ApiKeyConfig;
+use crate::config::{ApiKeyConfig, Secret};
+pub use store::{
+    Admission, KeyLimits, KeyStateStore, MemoryStore, Outcome, RestReason, Slot, Tokens,
+};
 
 /// One upstream API key, ready to be put on a request.
 #[derive(Debug)]
@@ -19,21 +31,18 @@ pub struct UpstreamKey {
     pub api_key_header: HeaderValue,
     /// `Authorization: Bearer <key>` for the OpenAI-compatible surface (marked sensitive).
     pub bearer_header: HeaderValue,
+    /// The key itself, to scrub it from anything Google echoes back.
+    pub secret: Secret,
+    /// Its limits, per model.
+    pub limits: KeyLimits,
 }
 
-/// The key chosen for a request; inserted as a request extension by the key selection layer and
-/// read by the upstream client (and copied onto the response for the access log).
+/// The key chosen for a request; inserted as a request extension by the key-balance layer and
+/// read by the upstream client (and copied onto the response for the layers above).
 #[derive(Debug, Clone)]
 pub struct SelectedKey(pub Arc<UpstreamKey>);
 
-/// The configured keys.
-#[derive(Debug)]
-pub struct KeyPool {
-    keys: Vec<Arc<UpstreamKey>>,
-    next: AtomicUsize,
-}
-
-/// A key whose value cannot be sent in an HTTP header.
+/// A key value that cannot be sent in an HTTP header.
 #[derive(Debug, thiserror::Error)]
 #[error("gemini.api_keys[{index}].key: not a valid HTTP header value")]
 pub struct InvalidKeyValue {
@@ -41,10 +50,43 @@ pub struct InvalidKeyValue {
     pub index: usize,
 }
 
+/// Why no key was picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickError {
+    /// Every usable key is at its limit or resting; one will have headroom after this long.
+    Exhausted {
+        /// Time until the earliest key has headroom again.
+        retry_after: Duration,
+    },
+    /// No key can be used at all (all invalid, disabled, or already tried).
+    NoUsableKey,
+}
+
+#[derive(Debug)]
+struct PoolKey {
+    key: Arc<UpstreamKey>,
+    weight: i64,
+    enabled: bool,
+}
+
+/// The configured keys.
+///
+/// A pool is used with one [`KeyStateStore`] (the gateway's): [`KeyPool::attach`] resolves each
+/// key's state slot once, so a pick looks nothing up by name.
+#[derive(Debug)]
+pub struct KeyPool {
+    keys: Vec<PoolKey>,
+    /// Each key's state slot and limits, in key order.
+    slots: OnceLock<Vec<(Slot, KeyLimits)>>,
+    /// Smooth weighted round-robin's current weights, one per key, and a scratch buffer for the
+    /// admissions of one pick (kept to avoid an allocation per pick).
+    current: Mutex<(Vec<i64>, Vec<Admission>)>,
+}
+
 impl KeyPool {
     /// Builds the pool, pre-building each key's header values.
     pub fn new(keys: &[ApiKeyConfig]) -> Result<Self, InvalidKeyValue> {
-        let keys = keys
+        let keys: Vec<PoolKey> = keys
             .iter()
             .enumerate()
             .map(|(index, k)| {
@@ -55,26 +97,129 @@ impl KeyPool {
                 let mut bearer_header = HeaderValue::from_str(&format!("Bearer {secret}"))
                     .map_err(|_| InvalidKeyValue { index })?;
                 bearer_header.set_sensitive(true);
-                Ok(Arc::new(UpstreamKey {
-                    id: Arc::from(k.id.as_str()),
-                    api_key_header,
-                    bearer_header,
-                }))
+                Ok(PoolKey {
+                    key: Arc::new(UpstreamKey {
+                        id: Arc::from(k.id.as_str()),
+                        api_key_header,
+                        bearer_header,
+                        secret: k.key.clone(),
+                        limits: KeyLimits {
+                            requests_per_minute: k.max_requests_per_minute,
+                            requests_per_day: k.max_requests_per_day,
+                            tokens_per_minute: k.max_tokens_per_minute,
+                        },
+                    }),
+                    weight: i64::from(k.weight.max(1)),
+                    enabled: k.enabled,
+                })
             })
             .collect::<Result<_, _>>()?;
+        let current = Mutex::new((vec![0; keys.len()], Vec::with_capacity(keys.len())));
         Ok(Self {
             keys,
-            next: AtomicUsize::new(0),
+            slots: OnceLock::new(),
+            current,
         })
     }
 
-    /// The key for the next request, or `None` when the pool is empty.
-    pub fn pick(&self) -> Option<&Arc<UpstreamKey>> {
-        if self.keys.is_empty() {
-            return None;
+    /// Resolves every key's state slot in `store` (done once; later calls do nothing).
+    pub fn attach(&self, store: &dyn KeyStateStore) -> &[(Slot, KeyLimits)] {
+        self.slots.get_or_init(|| {
+            self.keys
+                .iter()
+                .map(|k| (store.slot(&k.key.id), k.key.limits))
+                .collect()
+        })
+    }
+
+    /// Picks the key for a request for `model` (empty when the request names none), skipping
+    /// `exclude` (keys already tried), and counts the request against it.
+    pub fn pick(
+        &self,
+        store: &dyn KeyStateStore,
+        model: &str,
+        exclude: &[Arc<str>],
+        now: Instant,
+    ) -> Result<Arc<UpstreamKey>, PickError> {
+        let slots = self.attach(store);
+        let mut guard = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let (current, admissions) = &mut *guard;
+        // Another replica (or thread) may take the last slot between check and take: try again.
+        for _ in 0..4 {
+            store.admit_all(slots, model, now, admissions);
+            let mut total = 0;
+            let mut best: Option<usize> = None;
+            let mut earliest: Option<Instant> = None;
+            for (i, k) in self.keys.iter().enumerate() {
+                if !k.enabled || exclude.contains(&k.key.id) {
+                    continue;
+                }
+                match admissions[i] {
+                    Admission::Yes => {
+                        current[i] += k.weight;
+                        total += k.weight;
+                        if best.is_none_or(|b| current[i] > current[b]) {
+                            best = Some(i);
+                        }
+                    }
+                    Admission::NotUntil(t) => earliest = Some(earliest.map_or(t, |e| e.min(t))),
+                    Admission::Never => {}
+                }
+            }
+            match (best, earliest) {
+                (Some(b), _) => {
+                    current[b] -= total;
+                    let k = &self.keys[b];
+                    if store.admit(&k.key.id, model, &k.key.limits, now, true) == Admission::Yes {
+                        return Ok(k.key.clone());
+                    }
+                }
+                (None, Some(t)) => {
+                    return Err(PickError::Exhausted {
+                        retry_after: t.saturating_duration_since(now),
+                    });
+                }
+                (None, None) => return Err(PickError::NoUsableKey),
+            }
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        self.keys.get(n % self.keys.len())
+        Err(PickError::Exhausted {
+            retry_after: Duration::from_secs(1),
+        })
+    }
+
+    /// Takes the key with this id for a request (a file or cache bound to it), if it can take one.
+    pub fn pick_bound(
+        &self,
+        store: &dyn KeyStateStore,
+        id: &str,
+        model: &str,
+        now: Instant,
+    ) -> Result<Arc<UpstreamKey>, PickError> {
+        let Some(k) = self.keys.iter().find(|k| &*k.key.id == id && k.enabled) else {
+            return Err(PickError::NoUsableKey);
+        };
+        match store.admit(id, model, &k.key.limits, now, true) {
+            Admission::Yes => Ok(k.key.clone()),
+            Admission::NotUntil(t) => Err(PickError::Exhausted {
+                retry_after: t.saturating_duration_since(now),
+            }),
+            Admission::Never => Err(PickError::NoUsableKey),
+        }
+    }
+
+    /// Whether the key with this id is enabled in the config.
+    pub fn is_enabled(&self, id: &str) -> bool {
+        self.keys.iter().any(|k| &*k.key.id == id && k.enabled)
+    }
+
+    /// The ids, in config order.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| &*k.key.id)
+    }
+
+    /// Every key, in config order.
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<UpstreamKey>> {
+        self.keys.iter().map(|k| &k.key)
     }
 
     /// Number of keys.
@@ -91,30 +236,122 @@ impl KeyPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
 
-    fn key(id: &str) -> ApiKeyConfig {
+    fn key(id: &str, weight: u32) -> ApiKeyConfig {
         ApiKeyConfig {
             id: id.into(),
             key: Secret::new(format!("AIza-{id}")),
-            weight: 1,
+            weight,
             max_requests_per_minute: None,
+            max_requests_per_day: None,
+            max_tokens_per_minute: None,
+            enabled: true,
+        }
+    }
+
+    fn picks(pool: &KeyPool, store: &MemoryStore, n: usize) -> Vec<String> {
+        let now = Instant::now();
+        (0..n)
+            .map(|_| pool.pick(store, "m", &[], now).unwrap().id.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn equal_weights_alternate() {
+        let pool = KeyPool::new(&[key("a", 1), key("b", 1), key("c", 1)]).unwrap();
+        assert_eq!(
+            picks(&pool, &MemoryStore::new(), 6),
+            ["a", "b", "c", "a", "b", "c"]
+        );
+    }
+
+    #[test]
+    fn weights_two_to_one_interleave_evenly() {
+        let pool = KeyPool::new(&[key("a", 2), key("b", 1)]).unwrap();
+        assert_eq!(
+            picks(&pool, &MemoryStore::new(), 6),
+            ["a", "b", "a", "a", "b", "a"]
+        );
+    }
+
+    #[test]
+    fn weighted_split_over_ten_thousand_picks_is_within_one_percent() {
+        let pool = KeyPool::new(&[key("a", 5), key("b", 3), key("c", 2)]).unwrap();
+        let got = picks(&pool, &MemoryStore::new(), 10_000);
+        for (id, share) in [("a", 0.5), ("b", 0.3), ("c", 0.2)] {
+            let n = got.iter().filter(|k| *k == id).count() as f64 / 10_000.0;
+            assert!((n - share).abs() <= 0.01, "{id}: {n}");
         }
     }
 
     #[test]
-    fn keys_are_used_in_turn() {
-        let pool = KeyPool::new(&[key("a"), key("b"), key("c")]).unwrap();
-        let ids: Vec<_> = (0..6)
-            .map(|_| pool.pick().unwrap().id.to_string())
+    fn excluded_invalid_and_disabled_keys_are_skipped() {
+        let mut cfg = vec![key("a", 1), key("b", 1), key("c", 1), key("d", 1)];
+        cfg[3].enabled = false;
+        let pool = KeyPool::new(&cfg).unwrap();
+        let store = MemoryStore::new();
+        store.invalidate("b", "API_KEY_INVALID");
+        let now = Instant::now();
+        let exclude = [Arc::from("a")];
+        for _ in 0..3 {
+            assert_eq!(&*pool.pick(&store, "m", &exclude, now).unwrap().id, "c");
+        }
+        store.invalidate("c", "x");
+        assert_eq!(
+            pool.pick(&store, "m", &exclude, now).unwrap_err(),
+            PickError::NoUsableKey
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_at_its_limit_is_skipped_and_comes_back_when_the_window_allows() {
+        let mut cfg = vec![key("a", 1), key("b", 1)];
+        cfg[0].max_requests_per_minute = Some(2);
+        let pool = KeyPool::new(&cfg).unwrap();
+        let store = MemoryStore::new();
+        let now = Instant::now();
+        let got: Vec<String> = (0..6)
+            .map(|_| pool.pick(&store, "m", &[], now).unwrap().id.to_string())
             .collect();
-        assert_eq!(ids, ["a", "b", "c", "a", "b", "c"]);
+        assert_eq!(got, ["a", "b", "a", "b", "b", "b"]);
+        // 30 s later (60 s / 2 per minute) "a" has room for one more.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let now = Instant::now();
+        let got: Vec<String> = (0..3)
+            .map(|_| pool.pick(&store, "m", &[], now).unwrap().id.to_string())
+            .collect();
+        assert!(got.contains(&"a".to_string()), "{got:?}");
+        assert_eq!(got.iter().filter(|k| *k == "a").count(), 1, "{got:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_keys_exhausted_says_when_the_first_comes_back() {
+        let mut cfg = vec![key("a", 1), key("b", 1)];
+        cfg[0].max_requests_per_minute = Some(1);
+        cfg[1].max_requests_per_minute = Some(2);
+        let pool = KeyPool::new(&cfg).unwrap();
+        let store = MemoryStore::new();
+        let now = Instant::now();
+        for _ in 0..3 {
+            pool.pick(&store, "m", &[], now).unwrap();
+        }
+        // "b" (2/min) frees a slot after 30 s, "a" (1/min) after 60 s.
+        assert_eq!(
+            pool.pick(&store, "m", &[], now).unwrap_err(),
+            PickError::Exhausted {
+                retry_after: Duration::from_secs(30)
+            }
+        );
+        // Other models have their own quota.
+        assert!(pool.pick(&store, "other", &[], now).is_ok());
     }
 
     #[test]
-    fn header_values_are_sensitive() {
-        let pool = KeyPool::new(&[key("a")]).unwrap();
-        let k = pool.pick().unwrap();
+    fn header_values_are_sensitive_and_debug_never_shows_the_key() {
+        let pool = KeyPool::new(&[key("a", 1)]).unwrap();
+        let k = pool
+            .pick(&MemoryStore::new(), "", &[], Instant::now())
+            .unwrap();
         assert!(k.api_key_header.is_sensitive() && k.bearer_header.is_sensitive());
         assert_eq!(k.bearer_header.to_str().unwrap(), "Bearer AIza-a");
         assert!(

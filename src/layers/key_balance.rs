@@ -1,52 +1,69 @@
-//! Key select: chooses the upstream key for a request and inserts it as
+//! Key balance: chooses the upstream key for one attempt and inserts it as
 //! [`SelectedKey`](crate::key_pool::SelectedKey).
 //!
-//! Sits right above the upstream client (and, once failover lands, inside it, so each attempt can
-//! pick another key). Keys are used in turn; an empty pool is answered 503 `UNAVAILABLE`.
+//! Sits inside failover (each attempt picks again, skipping the keys already tried, listed in
+//! [`TriedKeys`]) and above usage and the upstream client. A request bound to a key by affinity
+//! ([`BoundKey`]: a file or cached content that only that key can see) goes to that key.
+//! Otherwise [`KeyPool::pick`](crate::key_pool::KeyPool::pick): smooth weighted round-robin over
+//! the keys with headroom for the request's model.
+//!
+//! Errors: 429 `RESOURCE_EXHAUSTED` with `Retry-After` (the earliest time a key has headroom) when
+//! every usable key is at its limit or resting; 503 `UNAVAILABLE` when no key is usable at all.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Request;
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::ShortCircuit;
+use super::route::Route;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::key_pool::SelectedKey;
+use crate::key_pool::{PickError, SelectedKey};
 
-/// Applies [`KeySelect`].
+/// Keys already tried for this request; inserted by failover on retries.
+#[derive(Debug, Clone, Default)]
+pub struct TriedKeys(pub Vec<Arc<str>>);
+
+/// The key this request must use (it names a resource only that key can see); inserted by the
+/// affinity layer.
 #[derive(Debug, Clone)]
-pub struct KeySelectLayer {
+pub struct BoundKey(pub Arc<str>);
+
+/// Applies [`KeyBalance`].
+#[derive(Debug, Clone)]
+pub struct KeyBalanceLayer {
     gateway: Arc<Gateway>,
 }
 
-impl KeySelectLayer {
+impl KeyBalanceLayer {
     /// Picks from the gateway's live key pool.
     pub fn new(gateway: Arc<Gateway>) -> Self {
         Self { gateway }
     }
 }
 
-impl<S> Layer<S> for KeySelectLayer {
-    type Service = KeySelect<S>;
+impl<S> Layer<S> for KeyBalanceLayer {
+    type Service = KeyBalance<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        KeySelect {
+        KeyBalance {
             inner,
             gateway: self.gateway.clone(),
         }
     }
 }
 
-/// Inserts the key for this request.
+/// Inserts the key for this attempt.
 #[derive(Debug, Clone)]
-pub struct KeySelect<S> {
+pub struct KeyBalance<S> {
     inner: S,
     gateway: Arc<Gateway>,
 }
 
-impl<S, B> Service<Request<B>> for KeySelect<S>
+impl<S, B> Service<Request<B>> for KeyBalance<S>
 where
     S: Service<Request<B>, Error = GatewayError>,
 {
@@ -59,13 +76,32 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let picked = self.gateway.live().keys.pick().cloned();
+        let live = self.gateway.live();
+        let store = self.gateway.store();
+        let now = Instant::now();
+        let ext = req.extensions();
+        let model = ext
+            .get::<Route>()
+            .and_then(|r| r.model.as_deref())
+            .unwrap_or("");
+        let picked = match ext.get::<BoundKey>() {
+            Some(BoundKey(id)) => live.keys.pick_bound(store, id, model, now),
+            None => {
+                let tried = ext.get::<TriedKeys>().map_or(&[][..], |t| &t.0[..]);
+                live.keys.pick(store, model, tried, now)
+            }
+        };
         match picked {
-            Some(key) => {
+            Ok(key) => {
                 req.extensions_mut().insert(SelectedKey(key));
                 ShortCircuit::inner(self.inner.call(req))
             }
-            None => ShortCircuit::ready(Err(GatewayError::NoKey)),
+            Err(PickError::Exhausted { retry_after }) => {
+                ShortCircuit::ready(Err(GatewayError::KeysExhausted {
+                    retry_after_seconds: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+                }))
+            }
+            Err(PickError::NoUsableKey) => ShortCircuit::ready(Err(GatewayError::NoKey)),
         }
     }
 }

@@ -4,11 +4,16 @@
 //! there; these are the ones that are ours.
 
 pub mod access_log;
+pub mod affinity;
+pub mod auth;
 pub mod buffer_body;
+pub mod client_limit;
 pub mod error_response;
-pub mod key_select;
+pub mod failover;
+pub mod key_balance;
 pub mod request_id;
 pub mod route;
+pub mod usage;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -44,7 +44,12 @@ pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 pub fn http1_client() -> HttpClient {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).build(http)
+    // Shorter than the gateway's 30 s keep-alive (header read) timeout, so tests that move paused
+    // time forward never reuse a connection the gateway has closed.
+    Client::builder(TokioExecutor::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(10))
+        .build(http)
 }
 
 pub fn http2_client() -> HttpClient {

@@ -1,0 +1,717 @@
+//! Key state: headroom, rests, invalid and disabled keys, counters, and file/cache affinity.
+//!
+//! All of it sits behind [`KeyStateStore`], so the same pool logic can serve one process (the
+//! in-memory [`MemoryStore`], here) or several replicas sharing state (a Redis backend). The trait
+//! is synchronous on purpose: the request path never waits on a network round-trip. A shared
+//! backend keeps a local copy like this one and reconciles in the background (leasing blocks of
+//! quota, learning rests and invalid keys), so each replica decides locally, a little
+//! conservatively when the shared store is slow or gone.
+//!
+//! State is keyed by key *id*, so a key that survives a config reload keeps its state.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+/// Limits of one key, per model (Google's quotas are per project and model).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    /// Requests per minute.
+    pub requests_per_minute: Option<u32>,
+    /// Requests per Pacific-time day.
+    pub requests_per_day: Option<u32>,
+    /// Tokens per minute (counted from `usageMetadata` after each answer).
+    pub tokens_per_minute: Option<u32>,
+}
+
+/// Why a key rests for a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestReason {
+    /// Google answered 429 with a per-minute (or unspecified) quota.
+    RateLimited,
+    /// Google answered 429 with a per-day quota: parked until midnight Pacific.
+    ExhaustedToday,
+    /// Google said the key cannot use this model (e.g. billing or region): `FAILED_PRECONDITION`.
+    Unusable,
+}
+
+/// One request's outcome on a key, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A 2xx/3xx answer.
+    Success,
+    /// 429 from Google.
+    RateLimited,
+    /// The key is invalid or suspended.
+    Invalid,
+    /// 503 overloaded: not the key's fault.
+    Overloaded,
+    /// 500/504, connect failures, time-outs.
+    ServerError,
+    /// A 4xx that is the request's fault.
+    ClientError,
+}
+
+/// Tokens of one answer, from `usageMetadata`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Tokens {
+    /// `promptTokenCount`.
+    pub prompt: u64,
+    /// `candidatesTokenCount`.
+    pub candidates: u64,
+    /// `thoughtsTokenCount`.
+    pub thoughts: u64,
+    /// `cachedContentTokenCount`.
+    pub cached: u64,
+    /// `totalTokenCount`.
+    pub total: u64,
+}
+
+/// What an operator sees of one key (never the key itself).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KeyStatus {
+    /// `active`, `cooling`, `invalid` or `disabled`.
+    pub state: &'static str,
+    /// Why the key is invalid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid_reason: Option<String>,
+    /// Models this key rests for, and until when.
+    pub resting: Vec<RestStatus>,
+    /// Counters since start.
+    pub requests: u64,
+    /// Errors by kind.
+    pub errors: ErrorCounts,
+    /// Tokens by kind.
+    pub tokens: Tokens,
+}
+
+/// A model a key rests for.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestStatus {
+    /// The model.
+    pub model: String,
+    /// Why.
+    pub reason: RestReason,
+    /// Seconds until it is used again.
+    pub remaining_seconds: u64,
+}
+
+/// Error counters of a key.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ErrorCounts {
+    /// 429s.
+    pub rate_limited: u64,
+    /// Invalid / suspended answers.
+    pub invalid: u64,
+    /// 503 overloaded.
+    pub overloaded: u64,
+    /// 500/504/connect/time-out.
+    pub server: u64,
+    /// The client's fault.
+    pub client: u64,
+}
+
+/// Shared key state. Every method is quick and never waits on I/O.
+pub trait KeyStateStore: Send + Sync + fmt::Debug {
+    /// A stable handle for `key`'s state, resolved once when a pool is built so a pick need not
+    /// look keys up by name.
+    fn slot(&self, key: &str) -> Slot;
+    /// For each `(slot, limits)`, whether that key may take one request for `model` now (nothing is
+    /// counted). `out` gets one answer per key, in order. The whole pool under one lock.
+    fn admit_all(
+        &self,
+        keys: &[(Slot, KeyLimits)],
+        model: &str,
+        now: Instant,
+        out: &mut Vec<Admission>,
+    );
+    /// Whether `key` may take one request for `model` now; with `take`, the request is counted.
+    /// `Err` carries the earliest time it could.
+    fn admit(
+        &self,
+        key: &str,
+        model: &str,
+        limits: &KeyLimits,
+        now: Instant,
+        take: bool,
+    ) -> Admission;
+    /// Counts the tokens of an answer against the key's tokens-per-minute and its counters.
+    fn add_tokens(&self, key: &str, model: &str, limits: &KeyLimits, tokens: Tokens, now: Instant);
+    /// Rests `key` for `model` until `until`.
+    fn rest(&self, key: &str, model: &str, until: Instant, reason: RestReason);
+    /// Takes `key` out of rotation until it is re-enabled (or replaced).
+    fn invalidate(&self, key: &str, reason: &str);
+    /// Disables (or re-enables) a key; re-enabling also clears `invalid` and every rest.
+    fn set_disabled(&self, key: &str, disabled: bool);
+    /// Counts one request's outcome.
+    fn record(&self, key: &str, outcome: Outcome);
+    /// What an operator sees of `key`.
+    fn status(&self, key: &str, now: Instant) -> KeyStatus;
+    /// Drops the state of keys not in `keep` (after a reload removed them).
+    fn retain_keys(&self, keep: &[&str]);
+    /// Remembers that `resource` (`files/abc`, `cachedContents/xyz`, an upload id) belongs to `key`.
+    fn bind(&self, resource: &str, key: &str, expires: Instant);
+    /// The key `resource` belongs to, if known and not expired.
+    fn bound_key(&self, resource: &str, now: Instant) -> Option<Arc<str>>;
+}
+
+/// A handle for one key's state in a [`KeyStateStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot(pub usize);
+
+/// The answer of [`KeyStateStore::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Go ahead.
+    Yes,
+    /// Not before this time.
+    NotUntil(Instant),
+    /// Invalid or disabled: not until an operator acts.
+    Never,
+}
+
+/// The in-memory store: one process, nothing to install.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    keys: Mutex<Keys>,
+    bindings: Mutex<HashMap<Box<str>, (Arc<str>, Instant)>>,
+}
+
+/// Key states by slot; slots are never reused, so a pool built before a reload stays valid.
+#[derive(Debug, Default)]
+struct Keys {
+    slots: HashMap<Arc<str>, usize>,
+    states: Vec<KeyState>,
+    /// Model names interned to small numbers, so a pick compares numbers, not strings.
+    models: HashMap<Arc<str>, u32>,
+    model_names: Vec<Arc<str>>,
+}
+
+impl Keys {
+    fn slot(&mut self, key: &str) -> usize {
+        if let Some(&slot) = self.slots.get(key) {
+            return slot;
+        }
+        self.states.push(KeyState::default());
+        self.slots.insert(Arc::from(key), self.states.len() - 1);
+        self.states.len() - 1
+    }
+
+    fn state(&mut self, key: &str) -> &mut KeyState {
+        let slot = self.slot(key);
+        &mut self.states[slot]
+    }
+
+    fn model(&mut self, model: &str) -> u32 {
+        if let Some(&id) = self.models.get(model) {
+            return id;
+        }
+        let name: Arc<str> = Arc::from(model);
+        let id = self.model_names.len() as u32;
+        self.model_names.push(name.clone());
+        self.models.insert(name, id);
+        id
+    }
+}
+
+#[derive(Debug, Default)]
+struct KeyState {
+    disabled: bool,
+    invalid: Option<String>,
+    /// Per-model state, by interned model number (a key sees few models: a short list).
+    models: Vec<(u32, ModelState)>,
+    requests: u64,
+    errors: ErrorCounts,
+    tokens: Tokens,
+}
+
+#[derive(Debug, Default)]
+struct ModelState {
+    /// GCRA theoretical arrival time for requests per minute.
+    rpm_tat: Option<Instant>,
+    /// GCRA theoretical arrival time for tokens per minute.
+    tpm_tat: Option<Instant>,
+    /// Requests counted in the current Pacific day, and when that day ends.
+    day: Option<(u32, Instant)>,
+    rest: Option<(Instant, RestReason)>,
+}
+
+/// Bindings above this many are pruned of expired entries on the next insert.
+const PRUNE_BINDINGS_ABOVE: usize = 100_000;
+const MINUTE: Duration = Duration::from_secs(60);
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn keys(&self) -> MutexGuard<'_, Keys> {
+        // A panic while holding the lock cannot leave the counters inconsistent in a way that
+        // matters more than losing the whole pool: keep going.
+        self.keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with_key<R>(&self, key: &str, f: impl FnOnce(&mut KeyState) -> R) -> R {
+        f(self.keys().state(key))
+    }
+
+    /// `key`'s state for `model`, created if new.
+    fn with_model<R>(&self, key: &str, model: &str, f: impl FnOnce(&mut ModelState) -> R) -> R {
+        let mut keys = self.keys();
+        let model = keys.model(model);
+        f(keys.state(key).model_mut(model))
+    }
+}
+
+impl KeyState {
+    fn model(&self, model: u32) -> Option<&ModelState> {
+        self.models
+            .iter()
+            .find(|(m, _)| *m == model)
+            .map(|(_, s)| s)
+    }
+
+    fn model_mut(&mut self, model: u32) -> &mut ModelState {
+        match self.models.iter().position(|(m, _)| *m == model) {
+            Some(i) => &mut self.models[i].1,
+            None => {
+                self.models.push((model, ModelState::default()));
+                &mut self.models.last_mut().expect("just pushed").1
+            }
+        }
+    }
+
+    fn admit(
+        &mut self,
+        model: Option<u32>,
+        limits: &KeyLimits,
+        now: Instant,
+        take: bool,
+    ) -> Admission {
+        if self.disabled || self.invalid.is_some() {
+            return Admission::Never;
+        }
+        let Some(model) = model else {
+            return Admission::Yes;
+        };
+        let admission = if take {
+            self.model_mut(model).admit(limits, now, true)
+        } else {
+            match self.model(model) {
+                Some(m) => m.peek(limits, now),
+                None => Admission::Yes,
+            }
+        };
+        if take && admission == Admission::Yes {
+            self.requests += 1;
+        }
+        admission
+    }
+}
+
+impl ModelState {
+    /// Whether a request fits now, changing nothing.
+    fn peek(&self, limits: &KeyLimits, now: Instant) -> Admission {
+        if let Some((until, _)) = self.rest {
+            if until > now {
+                return Admission::NotUntil(until);
+            }
+        }
+        self.check(limits, now)
+    }
+
+    fn admit(&mut self, limits: &KeyLimits, now: Instant, take: bool) -> Admission {
+        if self.rest.is_some_and(|(until, _)| until <= now) {
+            self.rest = None;
+        }
+        let admission = self.peek(limits, now);
+        if take && admission == Admission::Yes {
+            if let Some(rpm) = limits.requests_per_minute {
+                self.rpm_tat = gcra(self.rpm_tat, now, rpm, 1).ok();
+            }
+            if limits.requests_per_day.is_some() {
+                self.day = Some(match self.day {
+                    Some((count, ends)) if ends > now => (count + 1, ends),
+                    _ => (1, now + until_pacific_midnight()),
+                });
+            }
+        }
+        admission
+    }
+
+    /// The limits alone.
+    fn check(&self, limits: &KeyLimits, now: Instant) -> Admission {
+        let mut earliest: Option<Instant> = None;
+        let mut later = |t: Instant| earliest = Some(earliest.map_or(t, |e| e.max(t)));
+        if let Some(rpm) = limits.requests_per_minute {
+            if let Err(t) = gcra(self.rpm_tat, now, rpm, 1) {
+                later(t);
+            }
+        }
+        if let Some(tpm) = limits.tokens_per_minute {
+            // Tokens are counted after the answer, so only check the budget is not overdrawn.
+            if let Err(t) = gcra(self.tpm_tat, now, tpm, 0) {
+                later(t);
+            }
+        }
+        if let Some(rpd) = limits.requests_per_day {
+            if let Some((count, ends)) = self.day {
+                if ends > now && count >= rpd {
+                    later(ends);
+                }
+            }
+        }
+        match earliest {
+            Some(t) => Admission::NotUntil(t),
+            None => Admission::Yes,
+        }
+    }
+}
+
+/// GCRA for `limit` units per minute with a burst of a whole minute: the new theoretical arrival
+/// time after spending `cost` units now, or the earliest time that would be allowed.
+fn gcra(tat: Option<Instant>, now: Instant, limit: u32, cost: u32) -> Result<Instant, Instant> {
+    let interval = MINUTE / limit.max(1);
+    let new_tat = tat.map_or(now, |t| t.max(now)) + interval * cost;
+    match new_tat.checked_sub(MINUTE) {
+        Some(allowed_at) if allowed_at > now => Err(allowed_at),
+        _ => Ok(new_tat),
+    }
+}
+
+/// Time from now until the next midnight in Pacific time (Google's daily quota reset).
+pub fn until_pacific_midnight() -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let next = super::pacific::next_midnight(secs);
+    Duration::from_secs((next - secs).max(1) as u64)
+}
+
+impl KeyStateStore for MemoryStore {
+    fn slot(&self, key: &str) -> Slot {
+        Slot(self.keys().slot(key))
+    }
+
+    fn admit_all(
+        &self,
+        keys: &[(Slot, KeyLimits)],
+        model: &str,
+        now: Instant,
+        out: &mut Vec<Admission>,
+    ) {
+        out.clear();
+        let mut all = self.keys();
+        let model = (!model.is_empty()).then(|| all.models.get(model).copied());
+        for (slot, limits) in keys {
+            let admission = match (all.states.get_mut(slot.0), model) {
+                (None, _) => Admission::Yes,
+                // A model this store has never seen has no state anywhere yet.
+                (Some(state), Some(None)) => state.admit(None, limits, now, false),
+                (Some(state), Some(Some(m))) => state.admit(Some(m), limits, now, false),
+                (Some(state), None) => state.admit(None, limits, now, false),
+            };
+            out.push(admission);
+        }
+    }
+
+    fn admit(
+        &self,
+        key: &str,
+        model: &str,
+        limits: &KeyLimits,
+        now: Instant,
+        take: bool,
+    ) -> Admission {
+        let mut keys = self.keys();
+        let model = (!model.is_empty()).then(|| keys.model(model));
+        keys.state(key).admit(model, limits, now, take)
+    }
+
+    fn add_tokens(&self, key: &str, model: &str, limits: &KeyLimits, tokens: Tokens, now: Instant) {
+        let mut keys = self.keys();
+        let model = (!model.is_empty()).then(|| keys.model(model));
+        let k = keys.state(key);
+        {
+            k.tokens.prompt += tokens.prompt;
+            k.tokens.candidates += tokens.candidates;
+            k.tokens.thoughts += tokens.thoughts;
+            k.tokens.cached += tokens.cached;
+            k.tokens.total += tokens.total;
+            if let (Some(tpm), Some(model)) = (limits.tokens_per_minute, model) {
+                let m = k.model_mut(model);
+                let cost = u32::try_from(tokens.total).unwrap_or(u32::MAX);
+                // Overdrawing is allowed: the key then waits until the budget recovers.
+                let interval = MINUTE / tpm.max(1);
+                m.tpm_tat = Some(m.tpm_tat.map_or(now, |t| t.max(now)) + interval * cost);
+            }
+        }
+    }
+
+    fn rest(&self, key: &str, model: &str, until: Instant, reason: RestReason) {
+        self.with_model(key, model, |m| {
+            // Never shorten a longer rest (a per-day park outlasts a 30 s retry delay).
+            if m.rest.is_none_or(|(u, _)| u < until) {
+                m.rest = Some((until, reason));
+            }
+        });
+    }
+
+    fn invalidate(&self, key: &str, reason: &str) {
+        self.with_key(key, |k| k.invalid = Some(reason.to_owned()));
+    }
+
+    fn set_disabled(&self, key: &str, disabled: bool) {
+        self.with_key(key, |k| {
+            k.disabled = disabled;
+            if !disabled {
+                k.invalid = None;
+                for (_, m) in &mut k.models {
+                    m.rest = None;
+                }
+            }
+        });
+    }
+
+    fn record(&self, key: &str, outcome: Outcome) {
+        self.with_key(key, |k| {
+            let e = &mut k.errors;
+            match outcome {
+                Outcome::Success => {}
+                Outcome::RateLimited => e.rate_limited += 1,
+                Outcome::Invalid => e.invalid += 1,
+                Outcome::Overloaded => e.overloaded += 1,
+                Outcome::ServerError => e.server += 1,
+                Outcome::ClientError => e.client += 1,
+            }
+        });
+    }
+
+    fn status(&self, key: &str, now: Instant) -> KeyStatus {
+        let keys = self.keys();
+        let Some(k) = keys.slots.get(key).map(|&slot| &keys.states[slot]) else {
+            return KeyStatus {
+                state: "active",
+                ..KeyStatus::default()
+            };
+        };
+        let mut resting: Vec<RestStatus> = k
+            .models
+            .iter()
+            .filter_map(|(model, m)| {
+                let (until, reason) = m.rest?;
+                (until > now).then(|| RestStatus {
+                    model: keys.model_names[*model as usize].to_string(),
+                    reason,
+                    remaining_seconds: (until - now).as_secs_f64().ceil() as u64,
+                })
+            })
+            .collect();
+        resting.sort_by(|a, b| a.model.cmp(&b.model));
+        let state = if k.disabled {
+            "disabled"
+        } else if k.invalid.is_some() {
+            "invalid"
+        } else if !resting.is_empty() {
+            "cooling"
+        } else {
+            "active"
+        };
+        KeyStatus {
+            state,
+            invalid_reason: k.invalid.clone(),
+            resting,
+            requests: k.requests,
+            errors: k.errors,
+            tokens: k.tokens,
+        }
+    }
+
+    fn retain_keys(&self, keep: &[&str]) {
+        // Slots stay (pools built earlier may still use them); only the state is forgotten.
+        let mut keys = self.keys();
+        let Keys { slots, states, .. } = &mut *keys;
+        for (id, &slot) in slots.iter() {
+            if !keep.contains(&&**id) {
+                states[slot] = KeyState::default();
+            }
+        }
+    }
+
+    fn bind(&self, resource: &str, key: &str, expires: Instant) {
+        let mut b = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+        if b.len() >= PRUNE_BINDINGS_ABOVE {
+            let now = Instant::now();
+            b.retain(|_, (_, exp)| *exp > now);
+        }
+        b.insert(resource.into(), (Arc::from(key), expires));
+    }
+
+    fn bound_key(&self, resource: &str, now: Instant) -> Option<Arc<str>> {
+        let b = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+        b.get(resource)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(k, _)| k.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: &str = "gemini-2.5-flash";
+
+    fn rpm(n: u32) -> KeyLimits {
+        KeyLimits {
+            requests_per_minute: Some(n),
+            ..KeyLimits::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_per_minute_allows_a_burst_then_one_per_interval() {
+        let s = MemoryStore::new();
+        let now = Instant::now();
+        for _ in 0..6 {
+            assert_eq!(s.admit("k", M, &rpm(6), now, true), Admission::Yes);
+        }
+        // The seventh waits 10 s (60 s / 6).
+        assert_eq!(
+            s.admit("k", M, &rpm(6), now, true),
+            Admission::NotUntil(now + Duration::from_secs(10))
+        );
+        // Checking without taking changes nothing.
+        assert_eq!(
+            s.admit("k", M, &rpm(6), now, false),
+            Admission::NotUntil(now + Duration::from_secs(10))
+        );
+        // Other models on the same key are unaffected.
+        assert_eq!(
+            s.admit("k", "gemini-2.5-pro", &rpm(6), now, true),
+            Admission::Yes
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(
+            s.admit("k", M, &rpm(6), Instant::now(), true),
+            Admission::Yes
+        );
+        assert_eq!(s.status("k", Instant::now()).requests, 8);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_per_minute_blocks_once_overdrawn() {
+        let s = MemoryStore::new();
+        let limits = KeyLimits {
+            tokens_per_minute: Some(1000),
+            ..KeyLimits::default()
+        };
+        let now = Instant::now();
+        assert_eq!(s.admit("k", M, &limits, now, true), Admission::Yes);
+        let tokens = Tokens {
+            total: 1500,
+            ..Tokens::default()
+        };
+        s.add_tokens("k", M, &limits, tokens, now);
+        // 1500 tokens at 1000/min: the budget is back in 30 s.
+        assert_eq!(
+            s.admit("k", M, &limits, now, true),
+            Admission::NotUntil(now + Duration::from_secs(30))
+        );
+        assert_eq!(s.status("k", now).tokens.total, 1500);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_per_day_park_until_the_day_ends() {
+        let s = MemoryStore::new();
+        let limits = KeyLimits {
+            requests_per_day: Some(2),
+            ..KeyLimits::default()
+        };
+        let now = Instant::now();
+        assert_eq!(s.admit("k", M, &limits, now, true), Admission::Yes);
+        assert_eq!(s.admit("k", M, &limits, now, true), Admission::Yes);
+        match s.admit("k", M, &limits, now, true) {
+            Admission::NotUntil(t) => {
+                let wait = t - now;
+                let expected = until_pacific_midnight();
+                assert!(
+                    wait <= expected && wait + Duration::from_secs(2) >= expected,
+                    "{wait:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rests_are_per_model_and_never_shortened() {
+        let s = MemoryStore::new();
+        let now = Instant::now();
+        s.rest(
+            "k",
+            M,
+            now + Duration::from_secs(3600),
+            RestReason::ExhaustedToday,
+        );
+        s.rest(
+            "k",
+            M,
+            now + Duration::from_secs(30),
+            RestReason::RateLimited,
+        );
+        assert_eq!(
+            s.admit("k", M, &KeyLimits::default(), now, true),
+            Admission::NotUntil(now + Duration::from_secs(3600))
+        );
+        assert_eq!(
+            s.admit("k", "other", &KeyLimits::default(), now, true),
+            Admission::Yes
+        );
+        let st = s.status("k", now);
+        assert_eq!(st.state, "cooling");
+        assert_eq!(st.resting[0].reason, RestReason::ExhaustedToday);
+    }
+
+    #[test]
+    fn invalid_and_disabled_keys_are_never_admitted_until_re_enabled() {
+        let s = MemoryStore::new();
+        let now = Instant::now();
+        s.invalidate("k", "API_KEY_INVALID");
+        assert_eq!(
+            s.admit("k", M, &KeyLimits::default(), now, true),
+            Admission::Never
+        );
+        assert_eq!(
+            s.admit("k", "", &KeyLimits::default(), now, true),
+            Admission::Never
+        );
+        assert_eq!(s.status("k", now).state, "invalid");
+        s.set_disabled("k", false);
+        assert_eq!(
+            s.admit("k", M, &KeyLimits::default(), now, true),
+            Admission::Yes
+        );
+        s.set_disabled("k", true);
+        assert_eq!(s.status("k", now).state, "disabled");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bindings_expire() {
+        let s = MemoryStore::new();
+        let now = Instant::now();
+        s.bind("files/abc", "k1", now + Duration::from_secs(10));
+        assert_eq!(s.bound_key("files/abc", now).as_deref(), Some("k1"));
+        assert_eq!(
+            s.bound_key("files/abc", now + Duration::from_secs(10)),
+            None
+        );
+        assert_eq!(s.bound_key("files/zzz", now), None);
+    }
+}

@@ -1,0 +1,315 @@
+//! Affinity: files and cached contents are visible only to the key (the Google project) that
+//! created them, so every later request that names one must use that key.
+//!
+//! Sits below buffer body (it reads the request body for file and cache references) and above
+//! failover (a bound request is not replayed on other keys: they cannot see the resource).
+//!
+//! - Learns: the upload id of a resumable upload (from the rewritten `X-Goog-Upload-URL`), and the
+//!   name of each created file (`upload, finalize`, or a one-shot upload) and cached content
+//!   (`POST …/cachedContents`), bound to the key that served the request for
+//!   [`BINDING_LIFETIME`] (files live 48 h).
+//! - Binds: a request whose path names `files/{id}` or `cachedContents/{id}`, whose upload id is
+//!   known, or whose body refers to a known file (`fileData.fileUri`) or cached content
+//!   (`cachedContent`), gets [`BoundKey`] for key balance.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, header};
+use http_body_util::{BodyExt, Limited};
+use memchr::memmem;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+use super::key_balance::BoundKey;
+use super::route::{Api, Route};
+use crate::body::GatewayBody;
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::key_pool::SelectedKey;
+use crate::upstream::X_GOOG_UPLOAD_URL;
+
+/// How long a binding is kept: the lifetime of an uploaded file.
+pub const BINDING_LIFETIME: Duration = Duration::from_secs(48 * 3600);
+/// Creation answers are small metadata; larger ones are passed on unread.
+const MAX_CREATE_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// Applies [`Affinity`].
+#[derive(Debug, Clone)]
+pub struct AffinityLayer {
+    gateway: Arc<Gateway>,
+}
+
+impl AffinityLayer {
+    /// Bindings live in the gateway's key state.
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
+    }
+}
+
+impl<S> Layer<S> for AffinityLayer {
+    type Service = Affinity<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Affinity {
+            inner,
+            gateway: self.gateway.clone(),
+        }
+    }
+}
+
+/// Routes requests about a file or cached content to the key that owns it.
+#[derive(Debug, Clone)]
+pub struct Affinity<S> {
+    inner: S,
+    gateway: Arc<Gateway>,
+}
+
+/// What a request creates, so the answer can be bound to its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Creates {
+    /// A resumable upload session (its id is in the upload URL).
+    UploadSession,
+    /// A file or cached content (its name is in the answer).
+    Resource,
+}
+
+impl<S> Service<Request<Bytes>> for Affinity<S>
+where
+    S: Service<Request<Bytes>, Response = Response<GatewayBody>, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<GatewayBody>;
+    type Error = GatewayError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<GatewayBody>, GatewayError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Bytes>) -> Self::Future {
+        let store = self.gateway.store();
+        let now = Instant::now();
+        let bound = referenced_resources(&req)
+            .into_iter()
+            .find_map(|resource| store.bound_key(&resource, now));
+        if let Some(key) = bound {
+            req.extensions_mut().insert(BoundKey(key));
+        }
+        let creates = creates(&req);
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let gateway = self.gateway.clone();
+        Box::pin(async move {
+            let res = inner.ready().await?.call(req).await?;
+            let Some(creates) = creates.filter(|_| res.status().is_success()) else {
+                return Ok(res);
+            };
+            let Some(SelectedKey(key)) = res.extensions().get::<SelectedKey>().cloned() else {
+                return Ok(res);
+            };
+            let expires = Instant::now() + BINDING_LIFETIME;
+            let store = gateway.store();
+            if let Some(id) = upload_id_in(res.headers()) {
+                store.bind(&format!("upload:{id}"), &key.id, expires);
+            }
+            if creates == Creates::UploadSession {
+                return Ok(res);
+            }
+            let (mut parts, body) = res.into_parts();
+            let bytes = Limited::new(body, MAX_CREATE_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|_| GatewayError::UpstreamUnavailable {
+                    key: key.id.clone(),
+                })?
+                .to_bytes();
+            if let Some(name) = created_name(&bytes) {
+                store.bind(&name, &key.id, expires);
+            }
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Ok(Response::from_parts(parts, GatewayBody::full(bytes)))
+        })
+    }
+}
+
+fn creates<B>(req: &Request<B>) -> Option<Creates> {
+    if req.method() != Method::POST {
+        return None;
+    }
+    let route = req.extensions().get::<Route>()?;
+    let command = req
+        .headers()
+        .get("x-goog-upload-command")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let path = req.uri().path();
+    if route.api == Api::Upload {
+        if command.contains("finalize") || command.is_empty() {
+            Some(Creates::Resource)
+        } else if command.contains("start") {
+            Some(Creates::UploadSession)
+        } else {
+            None
+        }
+    } else if path.ends_with("/files") || path.ends_with("/cachedContents") {
+        Some(Creates::Resource)
+    } else {
+        None
+    }
+}
+
+/// Resources the request names: in its path, its upload id, or (for model calls) its body.
+fn referenced_resources(req: &Request<Bytes>) -> Vec<String> {
+    let mut found = Vec::new();
+    let path = req.uri().path();
+    for prefix in ["files/", "cachedContents/"] {
+        if let Some(at) = path.find(&format!("/{prefix}")) {
+            let id = resource_id(&path.as_bytes()[at + 1 + prefix.len()..]);
+            if !id.is_empty() {
+                found.push(format!("{prefix}{id}"));
+            }
+        }
+    }
+    if let Some(q) = req.uri().query() {
+        if let Some(id) = q
+            .split('&')
+            .find_map(|p| p.strip_prefix("upload_id="))
+            .filter(|id| !id.is_empty())
+        {
+            found.push(format!("upload:{id}"));
+        }
+    }
+    let body = req.body();
+    if !body.is_empty()
+        && req
+            .extensions()
+            .get::<Route>()
+            .is_some_and(|r| r.model.is_some())
+    {
+        for (needle, prefix) in [
+            (&b"cachedContents/"[..], "cachedContents/"),
+            (b"/files/", "files/"),
+        ] {
+            for at in memmem::find_iter(body, needle) {
+                let id = resource_id(&body[at + needle.len()..]);
+                if !id.is_empty() {
+                    found.push(format!("{prefix}{id}"));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The id at the start of `rest`: letters, digits, `-` and `_`.
+fn resource_id(rest: &[u8]) -> &str {
+    let end = rest
+        .iter()
+        .position(|c| !(c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_'))
+        .unwrap_or(rest.len());
+    std::str::from_utf8(&rest[..end]).unwrap_or("")
+}
+
+fn upload_id_in(headers: &HeaderMap) -> Option<&str> {
+    let url = headers.get(&X_GOOG_UPLOAD_URL)?.to_str().ok()?;
+    let query = url.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix("upload_id="))
+        .filter(|id| !id.is_empty())
+}
+
+/// `file.name` (an upload) or `name` (a created file or cached content).
+fn created_name(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let name = v
+        .get("file")
+        .and_then(|f| f.get("name"))
+        .or_else(|| v.get("name"))?
+        .as_str()?;
+    (name.starts_with("files/") || name.starts_with("cachedContents/")).then(|| name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method, uri: &str, body: &'static str) -> Request<Bytes> {
+        let mut r = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Bytes::from_static(body.as_bytes()))
+            .unwrap();
+        if let Some(route) = Route::classify(r.uri().path()) {
+            r.extensions_mut().insert(route);
+        }
+        r
+    }
+
+    #[test]
+    fn finds_resources_in_paths_queries_and_bodies() {
+        let r = req(Method::GET, "/v1beta/files/abc-123", "");
+        assert_eq!(referenced_resources(&r), ["files/abc-123"]);
+        let r = req(Method::DELETE, "/v1beta/cachedContents/xyz", "");
+        assert_eq!(referenced_resources(&r), ["cachedContents/xyz"]);
+        let r = req(
+            Method::POST,
+            "/upload/v1beta/files?upload_id=U1&upload_protocol=resumable",
+            "x",
+        );
+        assert_eq!(referenced_resources(&r), ["upload:U1"]);
+        let r = req(
+            Method::POST,
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            r#"{"cachedContent":"cachedContents/c1","contents":[{"parts":[{"fileData":{"fileUri":"https://generativelanguage.googleapis.com/v1beta/files/f1"}}]}]}"#,
+        );
+        assert_eq!(referenced_resources(&r), ["cachedContents/c1", "files/f1"]);
+        let r = req(
+            Method::POST,
+            "/v1beta/models/m:generateContent",
+            r#"{"contents":[]}"#,
+        );
+        assert!(referenced_resources(&r).is_empty());
+    }
+
+    #[test]
+    fn knows_what_creates_what() {
+        let mut r = req(Method::POST, "/upload/v1beta/files", "");
+        r.headers_mut()
+            .insert("x-goog-upload-command", "start".parse().unwrap());
+        assert_eq!(creates(&r), Some(Creates::UploadSession));
+        r.headers_mut()
+            .insert("x-goog-upload-command", "upload, finalize".parse().unwrap());
+        assert_eq!(creates(&r), Some(Creates::Resource));
+        assert_eq!(
+            creates(&req(Method::POST, "/v1beta/cachedContents", "")),
+            Some(Creates::Resource)
+        );
+        assert_eq!(creates(&req(Method::GET, "/v1beta/files", "")), None);
+        assert_eq!(
+            creates(&req(Method::POST, "/v1beta/models/m:generateContent", "")),
+            None
+        );
+    }
+
+    #[test]
+    fn reads_created_names() {
+        assert_eq!(
+            created_name(br#"{"file":{"name":"files/abc"}}"#).as_deref(),
+            Some("files/abc")
+        );
+        assert_eq!(
+            created_name(br#"{"name":"cachedContents/x"}"#).as_deref(),
+            Some("cachedContents/x")
+        );
+        assert_eq!(created_name(br#"{"name":"operations/1"}"#), None);
+    }
+}

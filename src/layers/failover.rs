@@ -1,0 +1,271 @@
+//! Failover: reads what Google's answer means for the key (see
+//! [`verdict`](crate::key_pool::verdict)), applies it to the key's state, and replays the buffered
+//! request on another key when that can help.
+//!
+//! Sits below buffer body (the request is already in memory) and affinity, and above key balance,
+//! so each attempt picks a key afresh, skipping the keys already tried ([`TriedKeys`]).
+//!
+//! - At most `gemini.max_retries` extra attempts, with short jittered backoff.
+//! - Only while nothing has been sent to the client: a successful answer is passed on at once,
+//!   streaming, and is never replayed. If it then fails mid-stream, the client's stream ends with
+//!   an error (see [`crate::body`]).
+//! - Error answers (small) are read whole, classified, and scrubbed of the upstream key before
+//!   they are passed on; the last one reaches the client with Google's status and body.
+//! - Requests bound to one key (a file or cached content) are not replayed elsewhere: no other key
+//!   can see the resource.
+//!
+//! Config: `gemini.max_retries`, `gemini.default_retry_delay_seconds`,
+//! `gemini.unusable_rest_seconds`.
+
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, header};
+use http_body_util::{BodyExt, Limited};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+use super::key_balance::{BoundKey, TriedKeys};
+use super::route::Route;
+use crate::body::GatewayBody;
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::key_pool::store::until_pacific_midnight;
+use crate::key_pool::verdict::{RestFor, Verdict, classify};
+use crate::key_pool::{Outcome, SelectedKey};
+
+/// Error answers larger than this are passed on unread (and classified by status alone).
+const MAX_ERROR_BODY_BYTES: usize = 256 * 1024;
+
+/// Applies [`Failover`].
+#[derive(Debug, Clone)]
+pub struct FailoverLayer {
+    gateway: Arc<Gateway>,
+}
+
+impl FailoverLayer {
+    /// Reads its settings from the gateway's live config on every request.
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
+    }
+}
+
+impl<S> Layer<S> for FailoverLayer {
+    type Service = Failover<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Failover {
+            inner,
+            gateway: self.gateway.clone(),
+        }
+    }
+}
+
+/// Replays a failed attempt on another key.
+#[derive(Debug, Clone)]
+pub struct Failover<S> {
+    inner: S,
+    gateway: Arc<Gateway>,
+}
+
+impl<S> Service<Request<Bytes>> for Failover<S>
+where
+    S: Service<Request<Bytes>, Response = Response<GatewayBody>, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<GatewayBody>;
+    type Error = GatewayError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<GatewayBody>, GatewayError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(attempts(inner, self.gateway.clone(), req))
+    }
+}
+
+async fn attempts<S>(
+    mut inner: S,
+    gateway: Arc<Gateway>,
+    req: Request<Bytes>,
+) -> Result<Response<GatewayBody>, GatewayError>
+where
+    S: Service<Request<Bytes>, Response = Response<GatewayBody>, Error = GatewayError>,
+{
+    let live = gateway.live();
+    let gemini = &live.config.gemini;
+    let bound = req.extensions().get::<BoundKey>().is_some();
+    let max_retries = if bound { 0 } else { gemini.max_retries };
+    let model: Arc<str> = req
+        .extensions()
+        .get::<Route>()
+        .and_then(|r| r.model.clone())
+        .unwrap_or_else(|| Arc::from(""));
+    let about_resource = bound || names_resource(req.uri().path());
+    let (parts, body) = req.into_parts();
+
+    let mut tried: Vec<Arc<str>> = Vec::new();
+    // The last failure (Google's error answer, or ours for a connect failure or time-out), passed
+    // on if no other key does better.
+    let mut last_failure: Option<Result<Response<GatewayBody>, GatewayError>> = None;
+    for attempt in 0..=max_retries {
+        if attempt > 0 {
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+        let mut req = Request::from_parts(parts.clone(), body.clone());
+        if !tried.is_empty() {
+            req.extensions_mut().insert(TriedKeys(tried.clone()));
+        }
+        let last_attempt = attempt == max_retries;
+        let res = match inner.ready().await?.call(req).await {
+            Ok(res) => res,
+            Err(e) => {
+                let Some(key) = e.upstream_key().cloned() else {
+                    // No key could be picked: the last failure says more than "no key" would.
+                    return last_failure.unwrap_or(Err(e));
+                };
+                gateway.store().record(&key, Outcome::ServerError);
+                if last_attempt {
+                    return Err(e);
+                }
+                tracing::info!(key_id = %key, attempt, error = e.kind(), "retrying on another key");
+                tried.push(key);
+                last_failure = Some(Err(e));
+                continue;
+            }
+        };
+        let status = res.status();
+        let Some(key) = res.extensions().get::<SelectedKey>().cloned() else {
+            return Ok(res);
+        };
+        if !status.is_client_error() && !status.is_server_error() {
+            return Ok(res);
+        }
+
+        let (mut res_parts, res_body) = res.into_parts();
+        let bytes = match Limited::new(res_body, MAX_ERROR_BODY_BYTES).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
+        let verdict = classify(status, &bytes, about_resource);
+        apply(&gateway, &key.0.id, &model, &verdict, gemini);
+        let bytes = scrub(bytes, key.0.secret.expose(), &key.0.id);
+        res_parts.headers.remove(header::CONTENT_LENGTH);
+        let answer = Response::from_parts(res_parts, GatewayBody::full(bytes));
+        if !verdict.retry_elsewhere() || last_attempt {
+            return Ok(answer);
+        }
+        tracing::info!(
+            key_id = %key.0.id,
+            attempt,
+            status = status.as_u16(),
+            verdict = ?verdict,
+            "retrying on another key"
+        );
+        tried.push(key.0.id.clone());
+        last_failure = Some(Ok(answer));
+    }
+    last_failure.unwrap_or(Err(GatewayError::Internal(
+        "failover ended without an answer",
+    )))
+}
+
+/// Applies a verdict to the key's state.
+fn apply(
+    gateway: &Gateway,
+    key: &str,
+    model: &str,
+    verdict: &Verdict,
+    gemini: &crate::config::GeminiConfig,
+) {
+    let store = gateway.store();
+    store.record(key, verdict.outcome());
+    match verdict {
+        Verdict::Rest(rest_for, reason) => {
+            let rest = match rest_for {
+                RestFor::Delay(d) => *d,
+                RestFor::Default => Duration::from_secs(gemini.default_retry_delay_seconds),
+                RestFor::UntilMidnightPacific => until_pacific_midnight(),
+                RestFor::Unusable => Duration::from_secs(gemini.unusable_rest_seconds),
+            };
+            tracing::info!(
+                key_id = key,
+                model,
+                rest_seconds = rest.as_secs(),
+                ?reason,
+                "key rests for model"
+            );
+            store.rest(key, model, Instant::now() + rest, *reason);
+        }
+        Verdict::Invalid(reason) => {
+            tracing::warn!(key_id = key, reason = %reason, "upstream key taken out of rotation");
+            store.invalidate(key, reason);
+        }
+        _ => {}
+    }
+}
+
+/// Whether the path names a file or cached content (whose 403 means "not yours").
+pub fn names_resource(path: &str) -> bool {
+    path.contains("/files/") || path.contains("/cachedContents/")
+}
+
+/// 50 ms × attempt, ±50 % jitter, at most 1 s.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(50) * attempt;
+    let jitter = std::hash::RandomState::new().hash_one(attempt) % 1000;
+    (base / 2 + base * jitter as u32 / 1000).min(Duration::from_secs(1))
+}
+
+/// Replaces every occurrence of the upstream key in an error body (Google sometimes quotes it, as
+/// in "Consumer 'api_key:…' has been suspended") with a mention of its id.
+fn scrub(body: Bytes, secret: &str, id: &str) -> Bytes {
+    let needle = secret.as_bytes();
+    if needle.is_empty() || !body.windows(needle.len()).any(|w| w == needle) {
+        return body;
+    }
+    let text = String::from_utf8_lossy(&body);
+    Bytes::from(text.replace(secret, &format!("[key {id}]")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_removes_the_key_and_keeps_the_rest() {
+        let body = Bytes::from_static(
+            b"{\"message\":\"Consumer 'api_key:AIzaSECRET' has been suspended.\"}",
+        );
+        let out = scrub(body, "AIzaSECRET", "key1");
+        assert_eq!(
+            &out[..],
+            &b"{\"message\":\"Consumer 'api_key:[key key1]' has been suspended.\"}"[..]
+        );
+        let clean = Bytes::from_static(b"{}");
+        assert_eq!(scrub(clean.clone(), "AIzaSECRET", "k"), clean);
+    }
+
+    #[test]
+    fn backoff_is_short_and_jittered() {
+        for attempt in 1..5 {
+            let b = backoff(attempt);
+            assert!(
+                b >= Duration::from_millis(25) * attempt && b <= Duration::from_secs(1),
+                "{b:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Usage: counts the tokens of each answer against its key, read from `usageMetadata` (or the
+//! OpenAI-compatible `usage`) at the end of the answer — a plain JSON answer or a stream's last
+//! event alike — without buffering it.
+//!
+//! Sits inside key balance (it needs the key and the model) and above the upstream client. It taps
+//! successful answers: the body keeps the last few frames (reference-counted, no copy) and, when it
+//! ends, finds the usage in them. Tokens feed the key's `max_tokens_per_minute` budget and its
+//! counters. A body that fails mid-stream counts as a server error on the key.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use serde::Deserialize;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use super::route::Route;
+use crate::body::GatewayBody;
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::key_pool::{KeyStateStore, Outcome, SelectedKey, Tokens};
+
+/// How much of an answer's end is kept to find its usage in.
+const TAIL_BYTES: usize = 16 * 1024;
+
+/// Applies [`Usage`].
+#[derive(Debug, Clone)]
+pub struct UsageLayer {
+    gateway: Arc<Gateway>,
+}
+
+impl UsageLayer {
+    /// Reports into the gateway's key state.
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
+    }
+}
+
+impl<S> Layer<S> for UsageLayer {
+    type Service = Usage<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Usage {
+            inner,
+            gateway: self.gateway.clone(),
+        }
+    }
+}
+
+/// Taps successful answers for their token usage.
+#[derive(Debug, Clone)]
+pub struct Usage<S> {
+    inner: S,
+    gateway: Arc<Gateway>,
+}
+
+impl<S, B> Service<Request<B>> for Usage<S>
+where
+    S: Service<Request<B>, Response = Response<GatewayBody>, Error = GatewayError>,
+{
+    type Response = Response<GatewayBody>;
+    type Error = GatewayError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let model = req
+            .extensions()
+            .get::<Route>()
+            .and_then(|r| r.model.clone())
+            .unwrap_or_else(|| Arc::from(""));
+        ResponseFuture {
+            future: self.inner.call(req),
+            tap: Some((self.gateway.store_handle(), model)),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Usage`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        future: F,
+        tap: Option<(Arc<dyn KeyStateStore>, Arc<str>)>,
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<GatewayBody>, GatewayError>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = ready!(this.future.poll(cx))?;
+        if res.status().is_success() {
+            if let (Some(key), Some((store, model))) = (
+                res.extensions().get::<SelectedKey>().cloned(),
+                this.tap.take(),
+            ) {
+                res.body_mut().tap(UsageTap::new(store, key, model));
+            }
+        }
+        Poll::Ready(Ok(res))
+    }
+}
+
+/// Keeps the tail of an answer and reports its usage when it ends.
+pub struct UsageTap {
+    store: Arc<dyn KeyStateStore>,
+    key: SelectedKey,
+    model: Arc<str>,
+    tail: VecDeque<Bytes>,
+    tail_len: usize,
+    reported: bool,
+}
+
+impl std::fmt::Debug for UsageTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageTap")
+            .field("key", &self.key.0.id)
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UsageTap {
+    fn new(store: Arc<dyn KeyStateStore>, key: SelectedKey, model: Arc<str>) -> Self {
+        Self {
+            store,
+            key,
+            model,
+            tail: VecDeque::new(),
+            tail_len: 0,
+            reported: false,
+        }
+    }
+
+    /// A data frame passed by.
+    pub(crate) fn frame(&mut self, data: &Bytes) {
+        self.tail.push_back(data.clone());
+        self.tail_len += data.len();
+        while self.tail.len() > 1 && self.tail_len - self.tail[0].len() >= TAIL_BYTES {
+            let dropped = self.tail.pop_front().map_or(0, |b| b.len());
+            self.tail_len -= dropped;
+        }
+    }
+
+    /// The body ended cleanly.
+    pub(crate) fn end(&mut self) {
+        if std::mem::replace(&mut self.reported, true) {
+            return;
+        }
+        let tail: Vec<u8> = self.tail.iter().flat_map(|b| b.iter().copied()).collect();
+        if let Some(tokens) = find_usage(&tail) {
+            let k = &self.key.0;
+            self.store
+                .add_tokens(&k.id, &self.model, &k.limits, tokens, Instant::now());
+        }
+        self.tail.clear();
+    }
+
+    /// The body failed mid-stream.
+    pub(crate) fn failed(&mut self) {
+        if std::mem::replace(&mut self.reported, true) {
+            return;
+        }
+        self.store.record(&self.key.0.id, Outcome::ServerError);
+        self.tail.clear();
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageMetadata {
+    #[serde(default)]
+    prompt_token_count: u64,
+    #[serde(default)]
+    candidates_token_count: u64,
+    #[serde(default)]
+    thoughts_token_count: u64,
+    #[serde(default)]
+    cached_content_token_count: u64,
+    #[serde(default)]
+    total_token_count: u64,
+}
+
+#[derive(Deserialize)]
+struct OpenAiUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    total_tokens: u64,
+}
+
+/// The usage reported last in `text`: Gemini's `"usageMetadata": {...}` or OpenAI's
+/// `"usage": {...}`.
+pub fn find_usage(text: &[u8]) -> Option<Tokens> {
+    if let Some(obj) = object_after(text, b"\"usageMetadata\"") {
+        let u: UsageMetadata = serde_json::from_slice(obj).ok()?;
+        return Some(Tokens {
+            prompt: u.prompt_token_count,
+            candidates: u.candidates_token_count,
+            thoughts: u.thoughts_token_count,
+            cached: u.cached_content_token_count,
+            total: u.total_token_count,
+        });
+    }
+    let obj = object_after(text, b"\"usage\"")?;
+    let u: OpenAiUsage = serde_json::from_slice(obj).ok()?;
+    Some(Tokens {
+        prompt: u.prompt_tokens,
+        candidates: u.completion_tokens,
+        total: u.total_tokens,
+        ..Tokens::default()
+    })
+}
+
+/// The JSON object that follows the last `name:` in `text`.
+fn object_after<'a>(text: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let at = text.windows(name.len()).rposition(|w| w == name)? + name.len();
+    let rest = &text[at..];
+    let colon = rest.iter().position(|&c| !c.is_ascii_whitespace())?;
+    if rest[colon] != b':' {
+        return None;
+    }
+    let rest = &rest[colon + 1..];
+    let open = rest.iter().position(|&c| !c.is_ascii_whitespace())?;
+    if rest[open] != b'{' {
+        return None;
+    }
+    let obj = &rest[open..];
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &c) in obj.iter().enumerate() {
+        match (in_string, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'{') => depth += 1,
+            (false, _, b'}') => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&obj[..=i]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_gemini_usage_in_a_pretty_answer_and_in_the_last_sse_event() {
+        let pretty = br#"{
+  "candidates": [{"content": {"parts": [{"text": "a \"usage\": {x}"}]}}],
+  "usageMetadata": {
+    "promptTokenCount": 8,
+    "candidatesTokenCount": 12,
+    "totalTokenCount": 24,
+    "thoughtsTokenCount": 4
+  },
+  "modelVersion": "m"
+}"#;
+        assert_eq!(
+            find_usage(pretty),
+            Some(Tokens {
+                prompt: 8,
+                candidates: 12,
+                thoughts: 4,
+                cached: 0,
+                total: 24
+            })
+        );
+        let sse = b"data: {\"usageMetadata\":{\"promptTokenCount\":8,\"totalTokenCount\":8}}\r\n\r\n\
+data: {\"usageMetadata\":{\"promptTokenCount\":8,\"candidatesTokenCount\":3,\"totalTokenCount\":11}}\r\n\r\n";
+        assert_eq!(find_usage(sse).map(|t| t.total), Some(11));
+    }
+
+    #[test]
+    fn finds_openai_usage() {
+        let body = br#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
+        assert_eq!(
+            find_usage(body),
+            Some(Tokens {
+                prompt: 5,
+                candidates: 7,
+                total: 12,
+                ..Tokens::default()
+            })
+        );
+    }
+
+    #[test]
+    fn nothing_when_absent_or_cut() {
+        assert_eq!(find_usage(b"{\"candidates\":[]}"), None);
+        assert_eq!(
+            find_usage(b"{\"usageMetadata\":{\"promptTokenCount\":"),
+            None
+        );
+    }
+}
