@@ -1,0 +1,441 @@
+//! Auth: checks the client's token and inserts who the client is as a [`Client`] extension.
+//!
+//! Sits right after route (it needs [`Route::model`] for the model policy) and before client
+//! limits and body buffering: a request without a valid token is refused before its body is read
+//! and before it costs anyone's rate budget.
+//!
+//! - **Config:** `auth.enabled` (off: every request passes untouched and no [`Client`] is
+//!   inserted), `auth.jwt_secret`, `auth.jwt_public_key_path`, `auth.jwks_url`,
+//!   `auth.jwks_refresh_seconds`, `auth.issuer`, `auth.audience`, `auth.leeway_seconds`,
+//!   `auth.revoked_token_ids`. Read from the live config per request, so reloads apply; the
+//!   [`Verifier`] built from them is kept until the `auth` section changes.
+//! - **Errors:** 401 `UNAUTHENTICATED` saying what is wrong with the token (never repeating
+//!   it); 403 `PERMISSION_DENIED` when the token's `models` claim does not allow the model in the
+//!   path; 503 `UNAVAILABLE` while an identity provider's keys (JWKS) have not been fetched yet.
+//!
+//! The token itself is left in the request: the upstream client strips every client credential.
+//! It is never logged (the sensitive-headers layer hides the headers; the access log omits the
+//! query).
+//!
+//! The model policy applies to the model named in the path. The OpenAI-compatible surface names
+//! its model in the body, which is not read here; [`Client::allows_model`] is there for a layer
+//! that has the body.
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use gem_proxy::{config::ConfigLoader, gateway::{Gateway, Live}};
+//! # use gem_proxy::layers::{auth::AuthLayer, route::RouteLayer};
+//! # let config = ConfigLoader::default().load_str("gemini: { api_keys: [{ id: a, key: k }] }").unwrap();
+//! # let gateway = Gateway::new(Live::build(config).unwrap());
+//! # let inner = tower::service_fn(|_req: http::Request<()>| async {
+//! #     Ok::<_, gem_proxy::error::GatewayError>(http::Response::new(()))
+//! # });
+//! let service = tower::ServiceBuilder::new()
+//!     .layer(RouteLayer::new())
+//!     .layer(AuthLayer::new(gateway))
+//!     .service(inner);
+//! # let _ = service;
+//! ```
+
+use std::sync::{Arc, Mutex, Weak};
+
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use http::Request;
+use tower::{Layer, Service};
+
+use super::ShortCircuit;
+use super::route::Route;
+use crate::auth::{AuthFailure, Client, Verifier, token_from_request, unix_now};
+use crate::config::AuthConfig;
+use crate::error::GatewayError;
+use crate::gateway::{Gateway, Live};
+
+/// Applies [`Auth`].
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    state: Arc<AuthState>,
+}
+
+impl AuthLayer {
+    /// Checks tokens against the gateway's live `auth` config. Key material is loaded now (and
+    /// a JWKS fetch started, when configured), not on the first request.
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        let live = gateway.live();
+        let snapshot = Snapshot::build(&live, None);
+        Self {
+            state: Arc::new(AuthState {
+                gateway,
+                current: ArcSwap::from_pointee(snapshot),
+                rebuild: Mutex::new(()),
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// Authenticates each request and inserts its [`Client`], or answers 401/403/503.
+#[derive(Debug, Clone)]
+pub struct Auth<S> {
+    inner: S,
+    state: Arc<AuthState>,
+}
+
+impl<S> Auth<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B> Service<Request<B>> for Auth<S>
+where
+    S: Service<Request<B>, Error = GatewayError>,
+{
+    type Response = S::Response;
+    type Error = GatewayError;
+    type Future = ShortCircuit<S::Future, Result<S::Response, GatewayError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let live = self.state.gateway.live();
+        if !live.config.auth.enabled {
+            return ShortCircuit::inner(self.inner.call(req));
+        }
+        match self.state.authenticate(&live, &req) {
+            Ok(client) => {
+                req.extensions_mut().insert(client);
+                ShortCircuit::inner(self.inner.call(req))
+            }
+            Err(e) => ShortCircuit::ready(Err(e)),
+        }
+    }
+}
+
+/// Shared by every clone of the service: the verifier for the current `auth` config.
+#[derive(Debug)]
+struct AuthState {
+    gateway: Arc<Gateway>,
+    current: ArcSwap<Snapshot>,
+    /// Serialises rebuilds after a reload (the slow path), so one JWKS refresher is started.
+    rebuild: Mutex<()>,
+}
+
+/// A verifier and the config snapshot it was made for.
+#[derive(Debug)]
+struct Snapshot {
+    /// The snapshot this was last confirmed against. A weak reference keeps the allocation, so
+    /// the pointer cannot be reused by a later snapshot.
+    live: Weak<Live>,
+    /// The `auth` section it was built from.
+    config: AuthConfig,
+    /// `None` while auth is disabled.
+    verifier: Option<Arc<Verifier>>,
+}
+
+impl Snapshot {
+    fn build(live: &Arc<Live>, previous: Option<&Snapshot>) -> Snapshot {
+        let config = live.config.auth.clone();
+        let verifier = config.enabled.then(|| {
+            let jwks = previous
+                .and_then(|p| p.verifier.as_ref())
+                .and_then(|v| v.jwks())
+                .cloned();
+            let verifier = Verifier::new(&config, jwks.clone()).unwrap_or_else(|e| {
+                // validate() read the same file at load time; it changed since. Keep serving
+                // the other kinds of tokens.
+                tracing::error!(error = %e, "auth: cannot load the public key; tokens that need it will be refused");
+                let mut without = config.clone();
+                without.jwt_public_key_path = None;
+                Verifier::new(&without, jwks.clone()).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "auth: bad JWKS URL");
+                    without.jwks_url = None;
+                    Verifier::new(&without, None).expect("an HMAC-only verifier always builds")
+                })
+            });
+            if let Some(set) = verifier.jwks()
+                && !jwks.as_ref().is_some_and(|old| Arc::ptr_eq(old, set))
+            {
+                set.start();
+            }
+            Arc::new(verifier)
+        });
+        Snapshot {
+            live: Arc::downgrade(live),
+            config,
+            verifier,
+        }
+    }
+}
+
+impl AuthState {
+    fn authenticate<B>(&self, live: &Arc<Live>, req: &Request<B>) -> Result<Client, GatewayError> {
+        let mut snapshot = self.current.load();
+        if !std::ptr::eq(snapshot.live.as_ptr(), Arc::as_ptr(live)) {
+            self.refresh(live);
+            snapshot = self.current.load();
+        }
+        let Some(verifier) = &snapshot.verifier else {
+            return Err(GatewayError::Internal(
+                "auth is enabled but has no verifier",
+            ));
+        };
+        let token = token_from_request(req.headers(), req.uri());
+        let verified = match token {
+            Some(token) => verifier.verify(token, unix_now()),
+            None => Err(AuthFailure::Missing),
+        };
+        let client = verified.map_err(|failure| {
+            tracing::debug!(reason = failure.kind(), "client token refused");
+            match failure {
+                AuthFailure::KeysUnavailable => GatewayError::AuthUnavailable(failure),
+                other => GatewayError::Unauthenticated(other),
+            }
+        })?;
+        if let Some(model) = req
+            .extensions()
+            .get::<Route>()
+            .and_then(|r| r.model.as_deref())
+            && !client.allows_model(model)
+        {
+            tracing::debug!(client = %client.id, model, "model not allowed for this client");
+            return Err(GatewayError::PermissionDenied(format!(
+                "this token does not allow the model {model:?}"
+            )));
+        }
+        Ok(client)
+    }
+
+    /// The config snapshot changed: keep the verifier when the `auth` section is the same,
+    /// rebuild it otherwise.
+    fn refresh(&self, live: &Arc<Live>) {
+        let _guard = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.current.load_full();
+        if std::ptr::eq(current.live.as_ptr(), Arc::as_ptr(live)) {
+            return; // another request did it meanwhile
+        }
+        let next = if current.config == live.config.auth {
+            Snapshot {
+                live: Arc::downgrade(live),
+                config: current.config.clone(),
+                verifier: current.verifier.clone(),
+            }
+        } else {
+            tracing::info!("auth configuration changed; token checks follow it");
+            Snapshot::build(live, Some(&current))
+        };
+        self.current.store(Arc::new(next));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Role, TokenRequest, issue};
+    use crate::config::ConfigLoader;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn gateway(auth: &str) -> Arc<Gateway> {
+        let yaml = format!("gemini: {{ api_keys: [{{ id: a, key: k }}] }}\nauth: {auth}");
+        let config = ConfigLoader::default().load_str(&yaml).unwrap();
+        Gateway::new(Live::build(config).unwrap())
+    }
+
+    fn enabled() -> String {
+        format!("{{ enabled: true, jwt_secret: \"{SECRET}\" }}")
+    }
+
+    fn token(gw: &Gateway, models: &[&str]) -> String {
+        let req = TokenRequest {
+            sub: "alice".into(),
+            ttl: Duration::from_secs(600),
+            models: models.iter().map(|m| m.to_string()).collect(),
+            rpm: Some(9),
+            role: Role::Admin,
+        };
+        issue(&gw.live().config.auth, &req, unix_now())
+            .unwrap()
+            .token
+    }
+
+    /// Runs a request through route + auth; the client the inner service saw, or the error.
+    async fn run(gw: &Arc<Gateway>, req: Request<()>) -> Result<Option<Client>, GatewayError> {
+        let svc = tower::ServiceBuilder::new()
+            .layer(super::super::route::RouteLayer::new())
+            .layer(AuthLayer::new(gw.clone()))
+            .service(tower::service_fn(|req: Request<()>| async move {
+                Ok::<_, GatewayError>(req.extensions().get::<Client>().cloned())
+            }));
+        svc.oneshot(req).await
+    }
+
+    fn get(uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn disabled_lets_everything_through_without_a_client() {
+        let gw = gateway("{ enabled: false }");
+        assert_eq!(run(&gw, get("/v1beta/models", &[])).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_good_token_anywhere_becomes_the_client() {
+        let gw = gateway(&enabled());
+        let t = token(&gw, &[]);
+        let bearer = format!("Bearer {t}");
+        for req in [
+            get("/v1beta/models", &[("x-goog-api-key", &t)]),
+            get("/v1beta/models", &[("authorization", &bearer)]),
+            get(&format!("/v1beta/models?key={t}"), &[]),
+        ] {
+            let client = run(&gw, req).await.unwrap().expect("a client");
+            assert_eq!(&*client.id, "alice");
+            assert_eq!(client.role, Role::Admin);
+            assert_eq!(client.rpm, Some(9));
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_or_bad_tokens_are_401_and_never_echoed() {
+        let gw = gateway(&enabled());
+        let err = run(&gw, get("/v1beta/models", &[])).await.unwrap_err();
+        assert_eq!(err.status(), 401);
+        assert!(err.to_string().starts_with("missing credentials"), "{err}");
+
+        let forged = format!("{}x", token(&gw, &[]));
+        let err = run(&gw, get("/v1beta/models", &[("x-goog-api-key", &forged)]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), 401);
+        assert_eq!(err.to_string(), "the token's signature is invalid");
+        assert!(!format!("{err:?}").contains(&forged));
+    }
+
+    #[tokio::test]
+    async fn a_model_outside_the_claim_is_403() {
+        let gw = gateway(&enabled());
+        let t = token(&gw, &["gemini-2.5-*"]);
+        let ok = get(
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            &[("x-goog-api-key", &t)],
+        );
+        assert!(run(&gw, ok).await.unwrap().is_some());
+        // Listing models names no model: allowed.
+        assert!(
+            run(&gw, get("/v1beta/models", &[("x-goog-api-key", &t)]))
+                .await
+                .is_ok()
+        );
+        let no = get(
+            "/v1/models/gemini-3-pro:streamGenerateContent",
+            &[("x-goog-api-key", &t)],
+        );
+        let err = run(&gw, no).await.unwrap_err();
+        assert_eq!(err.status(), 403);
+        assert_eq!(err.google_status(), "PERMISSION_DENIED");
+        assert!(err.to_string().contains("gemini-3-pro"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn reloaded_auth_rules_apply_to_the_next_request() {
+        let gw = gateway(&enabled());
+        let layer = AuthLayer::new(gw.clone());
+        let t = token(&gw, &[]);
+        let jti = {
+            let v = Verifier::new(&gw.live().config.auth, None).unwrap();
+            assert!(v.verify(&t, unix_now()).is_ok());
+            let payload = t.split('.').nth(1).unwrap();
+            let json =
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                    .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&json).unwrap()["jti"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let call = |layer: &AuthLayer| {
+            layer
+                .layer(tower::service_fn(|_req: Request<()>| async {
+                    Ok::<_, GatewayError>(())
+                }))
+                .oneshot(get("/v1beta/models", &[("x-goog-api-key", &t)]))
+        };
+        assert!(call(&layer).await.is_ok());
+
+        let mut config = gw.live().config.clone();
+        config.auth.revoked_token_ids = vec![jti];
+        gw.replace(Live::build(config.clone()).unwrap());
+        let err = call(&layer).await.unwrap_err();
+        assert_eq!(err.to_string(), "the token has been revoked");
+
+        // A reload that leaves `auth` alone keeps the verifier.
+        let before = Arc::as_ptr(layer.state.current.load().verifier.as_ref().unwrap());
+        config.server.max_connections += 1;
+        gw.replace(Live::build(config.clone()).unwrap());
+        assert!(call(&layer).await.is_err());
+        let after = Arc::as_ptr(layer.state.current.load().verifier.as_ref().unwrap());
+        assert_eq!(before, after);
+
+        config.auth.enabled = false;
+        gw.replace(Live::build(config).unwrap());
+        assert!(call(&layer).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn until_the_jwks_is_fetched_its_tokens_get_503() {
+        // Port 9 (discard) on loopback: the fetch fails quickly, the keys stay unloaded.
+        let gw = gateway(&format!(
+            "{{ enabled: true, jwt_secret: \"{SECRET}\", jwks_url: \"http://127.0.0.1:9/jwks\" }}"
+        ));
+        let rs = format!(
+            "{}.{}.c2ln",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                r#"{"alg":"RS256","kid":"k1"}"#
+            ),
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                r#"{"sub":"a","exp":4000000000}"#
+            ),
+        );
+        let err = run(&gw, get("/v1beta/models", &[("x-goog-api-key", &rs)]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), 503);
+        assert_eq!(err.google_status(), "UNAVAILABLE");
+        // HS tokens keep working meanwhile.
+        let t = token(&gw, &[]);
+        assert!(
+            run(&gw, get("/v1beta/models", &[("x-goog-api-key", &t)]))
+                .await
+                .is_ok()
+        );
+    }
+}
