@@ -40,9 +40,31 @@ impl fmt::Debug for Secret {
     }
 }
 
+thread_local! {
+    static EXPOSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with secrets serialized as their values instead of the mask, on this thread only:
+/// for writing a config document to disk, never for anything a client or a log sees.
+pub(crate) fn with_secrets_exposed<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            EXPOSED.with(|e| e.set(false));
+        }
+    }
+    EXPOSED.with(|e| e.set(true));
+    let _reset = Reset;
+    f()
+}
+
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(Self::MASK)
+        if EXPOSED.with(std::cell::Cell::get) {
+            return serializer.serialize_str(&self.0);
+        }
+        // An empty secret reveals nothing, and shows that none is set.
+        serializer.serialize_str(if self.0.is_empty() { "" } else { Self::MASK })
     }
 }
 
@@ -62,5 +84,14 @@ mod tests {
         assert_eq!(format!("{s:?}"), Secret::MASK);
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"********\"");
         assert_eq!(s.expose(), "AIzaSECRET");
+        assert_eq!(serde_json::to_string(&Secret::default()).unwrap(), "\"\"");
+    }
+
+    #[test]
+    fn exposure_is_scoped() {
+        let s = Secret::new("AIzaSECRET");
+        let inside = with_secrets_exposed(|| serde_json::to_string(&s).unwrap());
+        assert_eq!(inside, "\"AIzaSECRET\"");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"********\"");
     }
 }

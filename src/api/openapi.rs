@@ -1,0 +1,155 @@
+//! The admin API as an OpenAPI 3 document, generated from the handlers' own types (utoipa), so
+//! the description cannot drift from what the API takes and answers.
+
+use serde::Serialize;
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::handlers::{History, IssuedToken, KeyTest, KeyView, NewToken, Revoke};
+use crate::config::versions::Applied;
+
+/// Google's error shape, as every admin error is answered.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct GoogleError {
+    /// The error.
+    error: GoogleErrorBody,
+}
+
+/// The inside of [`GoogleError`].
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct GoogleErrorBody {
+    /// The HTTP status.
+    code: u16,
+    /// What went wrong.
+    message: String,
+    /// Google's status name (`INVALID_ARGUMENT`, `UNAUTHENTICATED`, …).
+    status: String,
+    /// For 400s: a `google.rpc.BadRequest` with one field violation per problem.
+    #[schema(value_type = Option<Vec<Object>>)]
+    details: Option<Vec<serde_json::Value>>,
+}
+
+/// The admin API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "gem-proxy admin API", description = "Configuration, keys and tokens of a running gem-proxy."),
+    paths(
+        paths::get_config,
+        paths::put_config,
+        paths::history,
+        paths::rollback,
+        paths::list_keys,
+        paths::add_keys,
+        paths::delete_key,
+        paths::enable_key,
+        paths::disable_key,
+        paths::test_key,
+        paths::issue_token,
+        paths::revoke_token,
+    ),
+    components(schemas(GoogleError, GoogleErrorBody, Applied, History, KeyView, KeyTest, NewToken, IssuedToken, Revoke)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The document served at `/api/openapi.json`.
+pub(crate) fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// Path descriptions only: the handlers themselves are in `handlers.rs`.
+#[allow(dead_code)]
+mod paths {
+    use super::*;
+
+    #[utoipa::path(get, path = "/api/config", tag = "config",
+        responses(
+            (status = 200, description = "The running config, secrets masked", body = Object),
+            (status = 401, body = GoogleError), (status = 403, body = GoogleError)))]
+    pub(super) fn get_config() {}
+
+    #[utoipa::path(put, path = "/api/config", tag = "config",
+        request_body(content = Object, description = "The whole config; masked secrets keep their current value"),
+        responses(
+            (status = 200, description = "Applied", body = Applied),
+            (status = 400, description = "Invalid: nothing changed", body = GoogleError),
+            (status = 401, body = GoogleError), (status = 403, body = GoogleError),
+            (status = 413, body = GoogleError)))]
+    pub(super) fn put_config() {}
+
+    #[utoipa::path(get, path = "/api/config/history", tag = "config",
+        responses((status = 200, body = History),
+            (status = 401, body = GoogleError), (status = 403, body = GoogleError)))]
+    pub(super) fn history() {}
+
+    #[utoipa::path(post, path = "/api/config/rollback/{version}", tag = "config",
+        params(("version" = u64, Path, description = "A version from the history")),
+        responses((status = 200, body = Applied),
+            (status = 400, body = GoogleError), (status = 404, body = GoogleError),
+            (status = 401, body = GoogleError), (status = 403, body = GoogleError)))]
+    pub(super) fn rollback() {}
+
+    #[utoipa::path(get, path = "/api/keys", tag = "keys",
+        responses((status = 200, body = Vec<KeyView>),
+            (status = 401, body = GoogleError), (status = 403, body = GoogleError)))]
+    pub(super) fn list_keys() {}
+
+    #[utoipa::path(post, path = "/api/keys", tag = "keys",
+        request_body(content = Object, description = "A key {id, key, weight?, max_requests_per_minute?, …}, a list of them, or {\"keys\": [...]}"),
+        responses((status = 200, body = Applied), (status = 400, body = GoogleError),
+            (status = 401, body = GoogleError), (status = 403, body = GoogleError),
+            (status = 413, body = GoogleError)))]
+    pub(super) fn add_keys() {}
+
+    #[utoipa::path(delete, path = "/api/keys/{id}", tag = "keys",
+        params(("id" = String, Path, description = "The key's id")),
+        responses((status = 200, body = Applied), (status = 400, body = GoogleError),
+            (status = 404, body = GoogleError),
+            (status = 401, body = GoogleError), (status = 403, body = GoogleError)))]
+    pub(super) fn delete_key() {}
+
+    #[utoipa::path(post, path = "/api/keys/{id}/enable", tag = "keys",
+        params(("id" = String, Path, description = "The key's id")),
+        responses((status = 200, description = "Applied, or the key list when only its state changed", body = Object),
+            (status = 400, body = GoogleError), (status = 404, body = GoogleError),
+            (status = 401, body = GoogleError), (status = 403, body = GoogleError)))]
+    pub(super) fn enable_key() {}
+
+    #[utoipa::path(post, path = "/api/keys/{id}/disable", tag = "keys",
+        params(("id" = String, Path, description = "The key's id")),
+        responses((status = 200, description = "Applied, or the key list when nothing changed", body = Object),
+            (status = 400, body = GoogleError), (status = 404, body = GoogleError),
+            (status = 401, body = GoogleError), (status = 403, body = GoogleError)))]
+    pub(super) fn disable_key() {}
+
+    #[utoipa::path(post, path = "/api/keys/{id}/test", tag = "keys",
+        params(("id" = String, Path, description = "The key's id")),
+        responses((status = 200, body = KeyTest), (status = 404, body = GoogleError),
+            (status = 401, body = GoogleError), (status = 403, body = GoogleError)))]
+    pub(super) fn test_key() {}
+
+    #[utoipa::path(post, path = "/api/tokens", tag = "tokens",
+        request_body = NewToken,
+        responses((status = 200, body = IssuedToken), (status = 400, body = GoogleError),
+            (status = 401, body = GoogleError), (status = 403, body = GoogleError)))]
+    pub(super) fn issue_token() {}
+
+    #[utoipa::path(post, path = "/api/tokens/revoke", tag = "tokens",
+        request_body = Revoke,
+        responses((status = 200, body = Applied), (status = 400, body = GoogleError),
+            (status = 401, body = GoogleError), (status = 403, body = GoogleError)))]
+    pub(super) fn revoke_token() {}
+}
