@@ -231,9 +231,13 @@ pub(crate) struct KeyView {
 
 /// `GET /api/keys`.
 pub(super) fn list_keys(ctx: &Ctx<'_>) -> Answer {
+    json(StatusCode::OK, &key_views(ctx))
+}
+
+fn key_views(ctx: &Ctx<'_>) -> Vec<KeyView> {
     let live = ctx.gateway.live();
     let now = tokio::time::Instant::now();
-    let keys: Vec<KeyView> = live
+    live
         .config
         .gemini
         .api_keys
@@ -253,8 +257,7 @@ pub(super) fn list_keys(ctx: &Ctx<'_>) -> Answer {
                 status,
             }
         })
-        .collect();
-    json(StatusCode::OK, &keys)
+        .collect()
 }
 
 /// `POST /api/keys`: one key object, a list, or `{"keys": [...]}`.
@@ -327,22 +330,28 @@ pub(super) fn set_key_enabled(ctx: &Ctx<'_>, id: &str, enabled: bool) -> Answer 
         "key {}",
         if enabled { "enabled" } else { "disabled" }
     );
-    if current.enabled == enabled {
-        return list_keys(ctx);
-    }
-    edit_document(ctx, |tree| {
+    if current.enabled != enabled {
+        let res = edit_document(ctx, |tree| {
         let keys = api_keys_mut(tree);
         match keys
             .iter_mut()
             .find(|k| k.get("id").and_then(Value::as_str) == Some(id))
         {
-            Some(Value::Object(k)) => {
-                k.insert("enabled".into(), Value::Bool(enabled));
-                Ok(())
+                Some(Value::Object(k)) => {
+                    k.insert("enabled".into(), Value::Bool(enabled));
+                    Ok(())
+                }
+                _ => Err(Box::new(not_found_key(id))),
             }
-            _ => Err(Box::new(not_found_key(id))),
+        });
+        if res.status() != StatusCode::OK {
+            return res;
         }
-    })
+    }
+    match key_views(ctx).into_iter().find(|k| k.id == id) {
+        Some(view) => json(StatusCode::OK, &view),
+        None => not_found_key(id),
+    }
 }
 
 /// The result of a live key test.

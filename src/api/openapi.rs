@@ -123,14 +123,14 @@ mod paths {
 
     #[utoipa::path(post, path = "/api/keys/{id}/enable", tag = "keys",
         params(("id" = String, Path, description = "The key's id")),
-        responses((status = 200, description = "Applied, or the key list when only its state changed", body = Object),
+        responses((status = 200, description = "The key, enabled", body = KeyView),
             (status = 400, body = GoogleError), (status = 404, body = GoogleError),
             (status = 401, body = GoogleError), (status = 403, body = GoogleError)))]
     pub(super) fn enable_key() {}
 
     #[utoipa::path(post, path = "/api/keys/{id}/disable", tag = "keys",
         params(("id" = String, Path, description = "The key's id")),
-        responses((status = 200, description = "Applied, or the key list when nothing changed", body = Object),
+        responses((status = 200, description = "The key, disabled", body = KeyView),
             (status = 400, body = GoogleError), (status = 404, body = GoogleError),
             (status = 401, body = GoogleError), (status = 403, body = GoogleError)))]
     pub(super) fn disable_key() {}

@@ -180,8 +180,10 @@ log: {{ format: "text" }}
 """
 
 
-def start_gateway(tmp: Path, upstream: str, config_text: str | None = None) -> Gateway:
-    """Starts gem-proxy with a config pointing at `upstream`; waits for /health == 200."""
+def start_gateway(tmp: Path, upstream: str, config_text: str | None = None, extra: str = "") -> Gateway:
+    """Starts gem-proxy with a config pointing at `upstream`; waits for /health == 200.
+
+    `extra` is YAML appended to the standard config (sections it does not already have)."""
     binary = _binary("GEM_PROXY_BIN", "gem-proxy")
     port, admin_port = free_port(), free_port()
     while admin_port == port:
@@ -192,6 +194,7 @@ def start_gateway(tmp: Path, upstream: str, config_text: str | None = None) -> G
         or CONFIG_TEMPLATE.format(
             port=port, admin_port=admin_port, upstream=upstream, key1=UPSTREAM_KEYS[0], key2=UPSTREAM_KEYS[1]
         )
+        + extra
     )
     log = tmp / "gem-proxy.stderr.log"
     env = dict(os.environ)
