@@ -10,37 +10,52 @@
 //! 3. **propagate request id** (tower-http) — echoes it on the response, errors included.
 //! 4. **access log** ([`AccessLogLayer`]) — outside the error layer so it sees the final status of
 //!    every request; writes its line when the response body ends.
-//! 5. **sensitive headers** (tower-http) — marks `Authorization` and `x-goog-api-key` sensitive so no
+//! 5. **metrics** ([`MetricsLayer`]) — right inside the access log, for the same reasons: it sees
+//!    every request and its final status, and records it (Prometheus series, `/performance`,
+//!    `/errors`) when the response body ends, so streams count with their whole duration.
+//! 6. **trace** ([`TraceLayer`]) — a span per request (OTLP, when `metrics.otlp.enabled`),
+//!    continuing the client's `traceparent`; ends with the response body. Outside the error layer
+//!    so the span carries the final status.
+//! 7. **sensitive headers** (tower-http) — marks `Authorization` and `x-goog-api-key` sensitive so no
 //!    `Debug` of a request below can print a credential.
-//! 6. **error response** ([`ErrorResponseLayer`]) — the one place a [`GatewayError`] becomes a
+//! 8. **error response** ([`ErrorResponseLayer`]) — the one place a [`GatewayError`] becomes a
 //!    Google-shaped response; every layer below returns `Result<_, GatewayError>`.
-//! 7. **route** ([`RouteLayer`]) — classifies the path (API, version, model); 404 before any body is
+//! 9. **route** ([`RouteLayer`]) — classifies the path (API, version, model); 404 before any body is
 //!    read.
-//! 8. **auth** ([`AuthLayer`]) — checks the client's token (JWT) when `auth.enabled`; 401 / 403
-//!    (model not allowed) before any body is read. After route because the model policy needs
-//!    the model.
-//! 9. **client limit** ([`ClientLimitLayer`]) — per-client requests per minute (GCRA), keyed by
-//!    token subject, or by client IP when auth is off; 429 before any body is read. After auth
-//!    so an unauthenticated flood cannot spend a real client's budget.
-//! 10. **buffer body** ([`BufferBodyLayer`]) — reads the body (≤ `server.max_request_body_bytes`)
+//! 10. **auth** ([`AuthLayer`]) — checks the client's token (JWT) when `auth.enabled`; 401 / 403
+//!     (model not allowed) before any body is read. After route because the model policy needs
+//!     the model.
+//! 11. **client stats** ([`ClientStatsLayer`]) — right inside auth, the first place the client is
+//!     known: names it on the span and, with `metrics.per_client`, counts its requests (its
+//!     client-limit rejections included).
+//! 12. **client limit** ([`ClientLimitLayer`]) — per-client requests per minute (GCRA), keyed by
+//!     token subject, or by client IP when auth is off; 429 before any body is read. After auth
+//!     so an unauthenticated flood cannot spend a real client's budget.
+//! 13. **buffer body** ([`BufferBodyLayer`]) — reads the body (≤ `server.max_request_body_bytes`)
 //!     so an attempt can be replayed; 413 / 408.
-//! 11. **affinity** ([`AffinityLayer`]) — binds requests about a file or cached content to the
+//! 14. **body model** ([`BodyModelLayer`]) — the model named in a JSON body (OpenAI-compatible
+//!     surface, cached-content creation) completes the route's model and is checked against the
+//!     token's `models`; 403. Right after buffer body: the first place the body is there.
+//! 15. **affinity** ([`AffinityLayer`]) — binds requests about a file or cached content to the
 //!     key that created it (only that key can see it), and learns new bindings from answers.
 //!     After buffer body because it reads the body for file and cache references.
-//! 12. **failover** ([`FailoverLayer`]) — reads what Google's answer means for the key (rest,
+//! 16. **failover** ([`FailoverLayer`]) — reads what Google's answer means for the key (rest,
 //!     invalid, overloaded…), applies it, and replays the buffered request on another key while
-//!     nothing has reached the client. Above key balance so each attempt picks afresh.
-//! 13. **key balance** ([`KeyBalanceLayer`]) — weighted pick over the keys with headroom for the
+//!     nothing has reached the client. Above key balance so each attempt picks afresh. Records
+//!     each attempt (duration, result, span) and each retry.
+//! 17. **key balance** ([`KeyBalanceLayer`]) — weighted pick over the keys with headroom for the
 //!     model; 429 with `Retry-After` when none has.
-//! 14. **usage** ([`UsageLayer`]) — taps successful answers for `usageMetadata` (tokens per key)
-//!     without buffering them. Inside key balance: it needs the key.
-//! 15. **upstream** ([`Upstream`]) — strips client credentials and hop-by-hop headers, injects the
-//!     key, sends, streams the answer back.
+//! 18. **usage** ([`UsageLayer`]) — taps successful answers for `usageMetadata` (tokens per key,
+//!     model and client; `gen_ai.usage.*` on the span) without buffering them. Inside key
+//!     balance: it needs the key.
+//! 19. **upstream** ([`Upstream`]) — strips client credentials and hop-by-hop headers, injects the
+//!     key (and the attempt's `traceparent` when tracing), sends, streams the answer back.
 //!
 //! Request extensions (who inserts → who reads):
-//! - [`Route`](crate::layers::route::Route): route → auth (model policy), upstream (credential
+//! - [`Route`](crate::layers::route::Route): route (body model completes its model) → auth and
+//!   body model (model policy), key balance and usage (per-model state), upstream (credential
 //!   header choice).
-//! - [`Client`](crate::auth::Client): auth (when `auth.enabled`) → client limit (key and `rpm`);
+//! - [`Client`](crate::auth::Client): auth (when `auth.enabled`) → client stats, client limit (key and `rpm`);
 //!   later the admin API (`role`) and per-client statistics.
 //! - [`BoundKey`](crate::layers::key_balance::BoundKey): affinity → failover (no replay), key
 //!   balance.
@@ -48,10 +63,15 @@
 //! - [`SelectedKey`](crate::key_pool::SelectedKey): key balance → usage, upstream, which copies it
 //!   onto the response for failover, affinity and the access log.
 //! - [`ClientAddr`](crate::server::ClientAddr): server → client limit (per-IP key when auth is off).
+//! - [`RequestTrace`](crate::trace::RequestTrace) (tracing on): trace → client stats, failover
+//!   (attempt spans), usage (token attributes).
+//! - [`AttemptTrace`](crate::trace::AttemptTrace) (tracing on): failover → upstream
+//!   (`traceparent`).
 //!
-//! Response extensions: [`ErrorKind`](crate::error::ErrorKind) (error response → access log),
+//! Response extensions: [`ErrorKind`](crate::error::ErrorKind) (error response → access log,
+//! metrics, trace), [`ErrorReason`](crate::error::ErrorReason) (error response → metrics),
 //! [`SelectedKey`](crate::key_pool::SelectedKey) (upstream → usage, failover, affinity, access
-//! log).
+//! log, metrics, trace).
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -71,13 +91,16 @@ use crate::gateway::Gateway;
 use crate::layers::access_log::AccessLogLayer;
 use crate::layers::affinity::AffinityLayer;
 use crate::layers::auth::AuthLayer;
+use crate::layers::body_model::BodyModelLayer;
 use crate::layers::buffer_body::BufferBodyLayer;
 use crate::layers::client_limit::ClientLimitLayer;
 use crate::layers::error_response::ErrorResponseLayer;
 use crate::layers::failover::FailoverLayer;
 use crate::layers::key_balance::KeyBalanceLayer;
+use crate::layers::metrics::{ClientStatsLayer, MetricsLayer};
 use crate::layers::request_id::CounterRequestId;
 use crate::layers::route::RouteLayer;
+use crate::layers::trace::TraceLayer;
 use crate::layers::usage::UsageLayer;
 use crate::upstream::{Upstream, X_GOOG_API_KEY};
 
@@ -100,6 +123,8 @@ where
         .layer(SetRequestIdLayer::x_request_id(CounterRequestId::default()))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(AccessLogLayer::new())
+        .layer(MetricsLayer::new(gateway.clone()))
+        .layer(TraceLayer::new(gateway.clone()))
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
             X_GOOG_API_KEY.clone(),
@@ -107,8 +132,10 @@ where
         .layer(ErrorResponseLayer::new())
         .layer(RouteLayer::new())
         .layer(AuthLayer::new(gateway.clone()))
+        .layer(ClientStatsLayer::new(gateway.clone()))
         .layer(ClientLimitLayer::new(gateway.clone()))
         .layer(BufferBodyLayer::new(gateway.clone()))
+        .layer(BodyModelLayer::new())
         .layer(AffinityLayer::new(gateway.clone()))
         .layer(FailoverLayer::new(gateway.clone()))
         .layer(KeyBalanceLayer::new(gateway.clone()))

@@ -344,6 +344,32 @@ async fn a_model_the_token_does_not_allow_is_403() {
     assert_eq!(h.mock.requests().len(), 1, "only the allowed call went out");
 }
 
+/// On the OpenAI-compatible surface the model is in the body: the token's `models` apply there
+/// too.
+#[tokio::test]
+async fn a_model_in_an_openai_body_is_checked_too() {
+    let h = Harness::start_with(MockOptions::default(), enable_auth).await;
+    let mut c = claims("flash-only");
+    c["models"] = json!(["gemini-2.5-*"]);
+    let token = hs256(&c);
+    let chat = |model: &str| {
+        let mut req = request(
+            Method::POST,
+            &h.url("/v1beta/openai/chat/completions"),
+            &format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#),
+        );
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    };
+    let (status, _, body) = h.call(chat("gemini-2.5-flash")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, _, body) = h.call(chat("gemini-3-pro")).await;
+    assert_google_error(status, &body, 403, "PERMISSION_DENIED");
+    assert!(message(&body).contains("gemini-3-pro"), "{body:?}");
+    assert_eq!(h.mock.requests().len(), 1, "only the allowed call went out");
+}
+
 /// RS256, ES256 and EdDSA tokens from an identity provider's public key file.
 #[tokio::test]
 async fn asymmetric_tokens_verify_with_the_configured_public_key() {

@@ -178,3 +178,29 @@ impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
         std::task::Poll::Ready(self.0.next())
     }
 }
+
+/// `server.max_connections` caps open client connections: one more waits, unanswered, in the
+/// listen backlog until a connection closes (paused time: the wait is virtual).
+#[tokio::test(start_paused = true)]
+async fn connections_over_the_cap_wait_until_one_closes() {
+    let h = Harness::start_with(MockOptions::default(), |c| c.server.max_connections = 1).await;
+    let request = "GET /v1beta/models HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut first = TcpStream::connect(h.server.proxy_addr()).await.unwrap();
+    first.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    within("first answer", first.read_exact(&mut head)).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+
+    let mut second = TcpStream::connect(h.server.proxy_addr()).await.unwrap();
+    second.write_all(request.as_bytes()).await.unwrap();
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        second.read_exact(&mut head),
+    )
+    .await;
+    assert!(waited.is_err(), "the second connection was served while the first was open");
+
+    drop(first);
+    within("second answer", second.read_exact(&mut head)).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+}

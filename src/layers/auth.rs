@@ -17,9 +17,9 @@
 //! It is never logged (the sensitive-headers layer hides the headers; the access log omits the
 //! query).
 //!
-//! The model policy applies to the model named in the path. The OpenAI-compatible surface names
-//! its model in the body, which is not read here; [`Client::allows_model`] is there for a layer
-//! that has the body.
+//! The model policy applies here to the model named in the path. The OpenAI-compatible surface
+//! names its model in the body, which is not read here: the body-model layer
+//! ([`crate::layers::body_model`]) checks that one once the body is buffered.
 //!
 //! ```
 //! # use std::sync::Arc;

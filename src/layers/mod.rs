@@ -6,13 +6,16 @@
 pub mod access_log;
 pub mod affinity;
 pub mod auth;
+pub mod body_model;
 pub mod buffer_body;
 pub mod client_limit;
 pub mod error_response;
 pub mod failover;
 pub mod key_balance;
+pub mod metrics;
 pub mod request_id;
 pub mod route;
+pub mod trace;
 pub mod usage;
 
 use std::future::Future;
