@@ -381,3 +381,35 @@ async fn a_reload_keeps_the_state_of_surviving_keys() {
     assert_eq!(key_state(&v, "key3")["state"], "active");
     assert_eq!(StatusCode::OK, h.post(FLASH, GENERATE_BODY).await.0);
 }
+
+/// Each key sees only its own files; listing them through the gateway shows all of them.
+#[tokio::test]
+async fn a_file_listing_merges_every_keys_files() {
+    let h = Harness::start().await;
+    let mut names = Vec::new();
+    for i in 0..2 {
+        let upload = Request::post(h.url("/upload/v1beta/files"))
+            .header("x-goog-upload-protocol", "multipart")
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from(format!("file {i}"))))
+            .unwrap();
+        let (status, _, body) = h.call(upload).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        names.push(json(&body)["file"]["name"].as_str().unwrap().to_owned());
+    }
+    let owners: Vec<String> = keys_seen(&h);
+    assert_eq!(owners, [KEY1, KEY2], "the two files live on different keys");
+    h.mock.clear();
+    let (status, _, body) = h.get("/v1beta/files").await;
+    assert_eq!(status, 200);
+    let listed: Vec<String> = json(&body)["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_owned())
+        .collect();
+    for name in &names {
+        assert!(listed.contains(name), "{name} missing from {listed:?}");
+    }
+    assert_eq!(keys_seen(&h), [KEY1, KEY2], "one listing per key");
+}

@@ -8,6 +8,8 @@
 //!   name of each created file (`upload, finalize`, or a one-shot upload) and cached content
 //!   (`POST …/cachedContents`), bound to the key that served the request for
 //!   [`BINDING_LIFETIME`] (files live 48 h).
+//! - Lists: a first-page `GET …/files` or `GET …/cachedContents` goes to every key and the lists
+//!   are merged, so a client sees all of its files whichever key holds them.
 //! - Binds: a request whose path names `files/{id}` or `cachedContents/{id}`, whose upload id is
 //!   known, or whose body refers to a known file (`fileData.fileUri`) or cached content
 //!   (`cachedContent`), gets [`BoundKey`] for key balance.
@@ -107,6 +109,9 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let gateway = self.gateway.clone();
+        if let Some(field) = merged_list(&req) {
+            return Box::pin(list_every_key(inner, gateway, req, field));
+        }
         Box::pin(async move {
             let res = inner.ready().await?.call(req).await?;
             let Some(creates) = creates.filter(|_| res.status().is_success()) else {
@@ -138,6 +143,85 @@ where
             Ok(Response::from_parts(parts, GatewayBody::full(bytes)))
         })
     }
+}
+
+/// A first-page listing of files or cached contents (`GET /{v}/files`): each key sees only its
+/// own, so the gateway asks every key and merges the lists. Returns the list's field name.
+fn merged_list<B>(req: &Request<B>) -> Option<&'static str> {
+    if req.method() != Method::GET
+        || req.extensions().get::<BoundKey>().is_some()
+        || req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.starts_with("pageToken=")))
+    {
+        return None;
+    }
+    let route = req.extensions().get::<Route>()?;
+    let path = req.uri().path();
+    match route.api {
+        Api::Native if path.ends_with("/files") => Some("files"),
+        Api::Native if path.ends_with("/cachedContents") => Some("cachedContents"),
+        _ => None,
+    }
+}
+
+/// Sends a listing to every enabled key, one after the other, and merges the `field` arrays.
+/// Keys that fail are left out; if every key fails, the first failure is the answer. A key's
+/// `nextPageToken` is dropped: the merged list is the first page of each key.
+async fn list_every_key<S>(
+    mut inner: S,
+    gateway: Arc<Gateway>,
+    req: Request<Bytes>,
+    field: &'static str,
+) -> Result<Response<GatewayBody>, GatewayError>
+where
+    S: Service<Request<Bytes>, Response = Response<GatewayBody>, Error = GatewayError>,
+{
+    let live = gateway.live();
+    let ids: Vec<Arc<str>> = live
+        .keys
+        .keys()
+        .filter(|k| live.keys.is_enabled(&k.id))
+        .map(|k| k.id.clone())
+        .collect();
+    let (parts, body) = req.into_parts();
+    let mut merged: Vec<serde_json::Value> = Vec::new();
+    let mut answered: Option<http::response::Parts> = None;
+    let mut first_failure: Option<Result<Response<GatewayBody>, GatewayError>> = None;
+    for id in ids {
+        let mut one = Request::from_parts(parts.clone(), body.clone());
+        one.extensions_mut().insert(BoundKey(id.clone()));
+        let res = match inner.ready().await?.call(one).await {
+            Ok(res) if res.status().is_success() => res,
+            other => {
+                tracing::debug!(key_id = %id, "a key's listing failed; left out of the merged list");
+                first_failure.get_or_insert(other);
+                continue;
+            }
+        };
+        let (res_parts, res_body) = res.into_parts();
+        let Ok(collected) = Limited::new(res_body, MAX_CREATE_ANSWER_BYTES).collect().await else {
+            continue;
+        };
+        if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&collected.to_bytes())
+            && let Some(serde_json::Value::Array(items)) = v.get_mut(field).map(std::mem::take)
+        {
+            merged.extend(items);
+        }
+        answered.get_or_insert(res_parts);
+    }
+    let Some(mut parts) = answered else {
+        return first_failure.unwrap_or(Err(GatewayError::NoKey));
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.extensions = http::Extensions::new();
+    let body = if merged.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::json!({ field: merged })
+    };
+    Ok(Response::from_parts(parts, GatewayBody::full(body.to_string())))
 }
 
 fn creates<B>(req: &Request<B>) -> Option<Creates> {
@@ -178,14 +262,12 @@ fn referenced_resources(req: &Request<Bytes>) -> Vec<String> {
             }
         }
     }
-    if let Some(q) = req.uri().query() {
-        if let Some(id) = q
-            .split('&')
+    if let Some(id) = req.uri().query().and_then(|q| {
+        q.split('&')
             .find_map(|p| p.strip_prefix("upload_id="))
             .filter(|id| !id.is_empty())
-        {
-            found.push(format!("upload:{id}"));
-        }
+    }) {
+        found.push(format!("upload:{id}"));
     }
     let body = req.body();
     if !body.is_empty()
