@@ -1,5 +1,7 @@
-//! The admin listener (`metrics.prometheus_port`): `GET /health` for probes. The admin API, metrics
-//! and the console join it later.
+//! The admin listener (`metrics.prometheus_port`): `GET /health` for probes, `GET /metrics`
+//! (Prometheus text format), `GET /performance` (QPS, success rate, latency percentiles, overall
+//! and per key), `GET /errors` (error counts and the last 100 errors), and the admin API under
+//! `/api/` (see [`crate::api`]). `/health/live` and `/health/ready` are for Kubernetes probes.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,26 +16,66 @@ use crate::gateway::Gateway;
 /// The admin service.
 pub fn service<B>(
     gateway: Arc<Gateway>,
-) -> impl Service<
-    Request<B>,
-    Response = Response<GatewayBody>,
-    Error = Infallible,
-    Future = std::future::Ready<Result<Response<GatewayBody>, Infallible>>,
-> + Clone
+) -> impl Service<Request<B>, Response = Response<GatewayBody>, Error = Infallible, Future: Send>
++ Clone
 + Send
-+ 'static {
++ 'static
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     tower::service_fn(move |req: Request<B>| {
-        std::future::ready(Ok::<_, Infallible>(route(&gateway, &req)))
+        let gateway = gateway.clone();
+        async move {
+            if req.uri().path().starts_with("/api/") {
+                return Ok::<_, Infallible>(crate::api::handle(gateway, req).await);
+            }
+            Ok(route(&gateway, &req))
+        }
     })
 }
 
 fn route<B>(gateway: &Gateway, req: &Request<B>) -> Response<GatewayBody> {
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/health") => json(StatusCode::OK, &health(gateway)),
-        (_, "/health") => google_error(
+        // Kubernetes probes: alive while the process serves; ready while a key can be used.
+        (&Method::GET | &Method::HEAD, "/health/live") => {
+            json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+        }
+        (&Method::GET | &Method::HEAD, "/health/ready") => {
+            let usable = usable_keys(gateway);
+            let status = if usable > 0 {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json(
+                status,
+                &serde_json::json!({
+                    "status": if usable > 0 { "ready" } else { "no usable key" },
+                    "usable_keys": usable,
+                    "config_version": gateway.versions().version(),
+                }),
+            )
+        }
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            let mut res = Response::new(GatewayBody::full(gateway.metrics().render()));
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            res
+        }
+        (&Method::GET | &Method::HEAD, "/performance") => {
+            json(StatusCode::OK, &gateway.metrics().performance())
+        }
+        (&Method::GET | &Method::HEAD, "/errors") => {
+            json(StatusCode::OK, &gateway.metrics().errors())
+        }
+        (_, path @ ("/health" | "/health/live" | "/health/ready" | "/metrics" | "/performance" | "/errors")) => google_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "INVALID_ARGUMENT",
-            "use GET /health",
+            &format!("use GET {path}"),
         ),
         (_, path) => google_error(
             StatusCode::NOT_FOUND,
@@ -43,7 +85,8 @@ fn route<B>(gateway: &Gateway, req: &Request<B>) -> Response<GatewayBody> {
     }
 }
 
-/// `/health`: liveness with version, uptime, and each key's state (never the key itself).
+/// `/health`: liveness with version, uptime, each key's state (never the key itself), and the
+/// served TLS certificate (source, names, expiry).
 fn health(gateway: &Gateway) -> serde_json::Value {
     let live = gateway.live();
     let now = tokio::time::Instant::now();
@@ -80,7 +123,23 @@ fn health(gateway: &Gateway) -> serde_json::Value {
             "disabled": counts["disabled"],
         },
         "key_states": states,
+        "tls": gateway.tls().health(),
+        "config": {
+            "version": gateway.versions().version(),
+            "rejected_edit": gateway.versions().rejected_edit(),
+        },
     })
+}
+
+/// Keys that are enabled and not invalid (resting keys count: they come back by themselves).
+fn usable_keys(gateway: &Gateway) -> usize {
+    let live = gateway.live();
+    let now = tokio::time::Instant::now();
+    live.keys
+        .keys()
+        .filter(|k| live.keys.is_enabled(&k.id))
+        .filter(|k| !matches!(gateway.store().status(&k.id, now).state, "invalid" | "disabled"))
+        .count()
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<GatewayBody> {

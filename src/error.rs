@@ -246,6 +246,9 @@ impl GatewayError {
             _ => {}
         }
         res.extensions_mut().insert(ErrorKind(self.kind()));
+        if let GatewayError::Unauthenticated(f) | GatewayError::AuthUnavailable(f) = &self {
+            res.extensions_mut().insert(ErrorReason(f.kind()));
+        }
         res
     }
 }
@@ -253,6 +256,11 @@ impl GatewayError {
 /// Marks a response the gateway made from an error; the value is [`GatewayError::kind`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ErrorKind(pub &'static str);
+
+/// A finer, still low-cardinality reason next to [`ErrorKind`], for metrics: why a client's token
+/// was refused ([`AuthFailure::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorReason(pub &'static str);
 
 /// A response with Google's error body: `{"error":{"code","message","status"}}`.
 pub fn google_error(

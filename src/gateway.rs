@@ -11,8 +11,11 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::{HeaderMap, Uri, header};
 
-use crate::config::{Config, Problem};
+use crate::config::document::ConfigDocument;
+use crate::config::versions::ConfigVersions;
+use crate::config::{Config, ConfigLoader, Problem};
 use crate::key_pool::{KeyPool, KeyStateStore, MemoryStore};
+use crate::tls::TlsStatus;
 use crate::upstream::{self, UpstreamClient, UpstreamTarget};
 
 /// A configuration and what is built from it.
@@ -53,6 +56,15 @@ pub struct Gateway {
     /// key id, so a key that survives a reload keeps its state.
     store: Arc<dyn KeyStateStore>,
     started: Instant,
+    /// The config's document, history and file (admin API, rollback, file watch).
+    versions: std::sync::OnceLock<ConfigVersions>,
+    /// The certificate the proxy port serves (empty while TLS is off).
+    tls: TlsStatus,
+    /// Metrics, `/performance` and `/errors` (read at scrape time through a weak reference back
+    /// to this gateway).
+    metrics: Arc<crate::metrics::Metrics>,
+    /// The OTLP tracer, when `metrics.otlp.enabled`.
+    tracing: Option<Arc<crate::trace::Tracing>>,
 }
 
 impl Gateway {
@@ -64,11 +76,65 @@ impl Gateway {
     /// A gateway running `live` with its key state in `store`.
     pub fn with_store(live: Live, store: Arc<dyn KeyStateStore>) -> Arc<Self> {
         live.keys.attach(&*store);
-        Arc::new(Self {
+        let tracing = crate::trace::Tracing::from_config(&live.config.metrics.otlp);
+        Arc::new_cyclic(|me| Self {
+            metrics: Arc::new(crate::metrics::Metrics::new(
+                &live.config.metrics,
+                me.clone(),
+            )),
+            tracing,
             live: ArcSwap::from_pointee(live),
             store,
             started: Instant::now(),
+            versions: std::sync::OnceLock::new(),
+            tls: TlsStatus::default(),
         })
+    }
+
+    /// Metrics, `/performance` and `/errors`.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// The OTLP tracer, when traces are on.
+    pub fn tracing(&self) -> Option<&Arc<crate::trace::Tracing>> {
+        self.tracing.as_ref()
+    }
+
+    /// Says where the running config came from (the file, the loader that expands it, and its
+    /// document before expansion), so changes can be written back and the file watched. Without
+    /// it, changes are kept in memory only. Set once, before serving.
+    pub fn set_config_source(&self, path: Option<std::path::PathBuf>, loader: ConfigLoader, document: ConfigDocument) {
+        let _ = self.versions.set(ConfigVersions::new(path, loader, document));
+    }
+
+    /// The config's versions.
+    pub fn versions(&self) -> &ConfigVersions {
+        self.versions.get_or_init(|| {
+            let live = self.live();
+            ConfigVersions::new(None, ConfigLoader::default(), ConfigDocument::from_config(&live.config))
+        })
+    }
+
+    /// Applies an edit of the config file made on disk, if there is one (see
+    /// [`ConfigVersions::check_file`]).
+    pub fn check_config_file(&self) {
+        let live = self.live();
+        if let Some(Ok(applied)) = self.versions().check_file(&live.config, |c| self.reload(c))
+            && !applied.restart_required.is_empty()
+        {
+            tracing::warn!(
+                changes = %applied.restart_required.join("; "),
+                "these config changes take effect after a restart"
+            );
+        }
+    }
+
+    /// Builds and applies a new config (validated already): requests under way finish on the old
+    /// one.
+    pub fn reload(&self, config: Config) -> Result<(), Vec<Problem>> {
+        self.replace(Live::build(config)?);
+        Ok(())
     }
 
     /// The key state.
@@ -97,6 +163,12 @@ impl Gateway {
     /// When the gateway started.
     pub fn started(&self) -> Instant {
         self.started
+    }
+
+    /// The certificate the proxy port serves: source, names, expiry (for `/health` and the
+    /// expiry gauge).
+    pub fn tls(&self) -> &TlsStatus {
+        &self.tls
     }
 
     /// The scheme and host the client used to reach us (`server.public_url` when set), for URLs we

@@ -8,6 +8,8 @@
 //! layers.
 
 pub mod admin;
+pub mod api;
+pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
@@ -16,6 +18,9 @@ pub mod gateway;
 pub mod key_pool;
 pub mod layers;
 pub mod logging;
+pub mod metrics;
 pub mod server;
 pub mod stack;
+pub mod trace;
+pub mod tls;
 pub mod upstream;

@@ -237,6 +237,10 @@ async fn forward(
         Some(Api::OpenAi) => headers.insert(header::AUTHORIZATION, key.0.bearer_header.clone()),
         _ => headers.insert(X_GOOG_API_KEY.clone(), key.0.api_key_header.clone()),
     };
+    // With tracing on, Google sees this attempt's span as the parent (same trace as the client's).
+    if let Some(trace) = parts.extensions.get::<crate::trace::AttemptTrace>() {
+        trace.inject(&mut headers);
+    }
 
     let mut up = Request::new(Full::new(body));
     *up.method_mut() = parts.method;

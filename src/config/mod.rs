@@ -10,9 +10,11 @@
 //! keys extend it. Unknown keys are errors that carry their path.
 
 mod cidr;
+pub mod document;
 mod load;
 mod secret;
 mod validate;
+pub mod versions;
 
 use std::time::Duration;
 
@@ -35,8 +37,36 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The admin listener: health, metrics and (later) the admin API and console.
     pub metrics: MetricsConfig,
+    /// The admin API: who may use it, and the config file watch.
+    pub admin: AdminConfig,
     /// Log output.
     pub log: LogConfig,
+}
+
+/// `admin`: the admin API on the admin listener (`metrics.prometheus_port`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// A static admin credential, sent as `Authorization: Bearer <token>` (compared in constant
+    /// time). Admin JWTs (`role: admin`, signed with `auth.jwt_secret`) work too. With neither,
+    /// the admin API is off; `/health` and `/metrics` stay open.
+    pub token: Secret,
+    /// Bind address of the admin listener, e.g. `127.0.0.1` to keep it private; defaults to
+    /// `metrics.host`, then `server.host`.
+    pub host: Option<String>,
+    /// How often the config file is checked for edits made on disk (applied like an admin
+    /// change; an invalid edit is refused and reported). `0` turns the watch off.
+    pub config_watch_interval_seconds: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            token: Secret::default(),
+            host: None,
+            config_watch_interval_seconds: 2,
+        }
+    }
 }
 
 /// `server`: the client-facing listener.
@@ -104,32 +134,132 @@ impl ServerConfig {
     }
 }
 
-/// `server.tls`: TLS on the proxy listener.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `server.tls`: TLS on the proxy listener. See [`crate::tls`].
+///
+/// Where the certificate comes from: ACME when `acme.enabled`; otherwise the PEM files at
+/// `cert_path` and `key_path`, generated (self-signed) when neither exists.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
-    /// Serve HTTPS instead of plain HTTP.
+    /// Serve HTTPS (TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`) instead of plain HTTP.
     pub enabled: bool,
-    /// PEM certificate chain.
+    /// PEM certificate chain, leaf first. When neither it nor `key_path` exists, a self-signed
+    /// certificate is generated there. Replacing the files takes effect without a restart.
     pub cert_path: Option<String>,
-    /// PEM private key.
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519), written with mode 0600
+    /// when generated.
     pub key_path: Option<String>,
+    /// Extra names (DNS names or IP addresses) for the generated self-signed certificate, besides
+    /// `localhost`, `127.0.0.1`, `::1`, the host name and `server.host`.
+    pub san: Vec<String>,
+    /// How often `cert_path` and `key_path` are checked for a replacement.
+    pub reload_interval_seconds: u64,
+    /// Time a client has to complete the TLS handshake before its connection is closed.
+    pub handshake_timeout_seconds: u64,
     /// Automatic certificates from an ACME CA (Let's Encrypt).
     pub acme: AcmeConfig,
 }
 
-/// `server.tls.acme`: certificates from an ACME CA.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            cert_path: None,
+            key_path: None,
+            san: Vec::new(),
+            reload_interval_seconds: 10,
+            handshake_timeout_seconds: 10,
+            acme: AcmeConfig::default(),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// `reload_interval_seconds` as a duration.
+    pub fn reload_interval(&self) -> Duration {
+        Duration::from_secs(self.reload_interval_seconds)
+    }
+    /// `handshake_timeout_seconds` as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_seconds)
+    }
+}
+
+/// `server.tls.acme`: certificates from an ACME CA (RFC 8555), obtained and renewed in the
+/// background. Used only when `server.tls.enabled` is true too.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AcmeConfig {
     /// Obtain and renew certificates automatically.
     pub enabled: bool,
-    /// Names the certificate covers.
+    /// Names the certificate covers (DNS names that resolve to this gateway; no wildcards).
     pub domains: Vec<String>,
     /// Contact address for the CA account.
     pub email: Option<String>,
-    /// The CA's directory URL.
+    /// The CA's directory URL; Let's Encrypt's production directory when left out.
     pub directory_url: Option<String>,
+    /// A PEM file with extra CA certificates to trust when talking to the directory (a private
+    /// or test CA); the public web roots are always trusted.
+    pub directory_ca_path: Option<String>,
+    /// Where the account key and the certificates are kept (files mode 0600), so a restart
+    /// reuses them instead of asking the CA again.
+    pub cache_dir: String,
+    /// How the CA checks that we control the domains.
+    pub challenge: AcmeChallenge,
+    /// The plain-HTTP port for `http-01` challenges (the CA always asks on port 80; use
+    /// another only behind a port forward). It redirects everything else to HTTPS.
+    pub http_port: u16,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            domains: Vec::new(),
+            email: None,
+            directory_url: None,
+            directory_ca_path: None,
+            cache_dir: "config/acme".into(),
+            challenge: AcmeChallenge::TlsAlpn01,
+            http_port: 80,
+        }
+    }
+}
+
+impl AcmeConfig {
+    /// Let's Encrypt's production directory, used when `directory_url` is left out.
+    pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+    /// `directory_url`, or Let's Encrypt's.
+    pub fn directory(&self) -> &str {
+        self.directory_url.as_deref().unwrap_or(Self::LETS_ENCRYPT)
+    }
+}
+
+/// `server.tls.acme.challenge`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String")]
+pub enum AcmeChallenge {
+    /// `tls-alpn-01`: answered on the proxy port itself, which the CA reaches on port 443.
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// `http-01`: answered by a plain-HTTP listener on `http_port`.
+    #[serde(rename = "http-01")]
+    Http01,
+}
+
+impl TryFrom<String> for AcmeChallenge {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "tls-alpn-01" => Ok(Self::TlsAlpn01),
+            "http-01" => Ok(Self::Http01),
+            other => Err(format!(
+                "{other:?} is not a supported challenge: use \"tls-alpn-01\" or \"http-01\""
+            )),
+        }
+    }
 }
 
 /// `gemini`: the upstream API and its keys.
@@ -282,16 +412,29 @@ impl AuthConfig {
     }
 }
 
-/// `metrics`: the admin listener.
+/// `metrics`: the admin listener (`/health`, `/metrics`, `/performance`, `/errors`) and
+/// OpenTelemetry traces.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Start the admin listener (`/health`, later `/metrics` and the admin API).
+    /// Start the admin listener and record metrics. When off, nothing is recorded.
     pub enabled: bool,
     /// Its port.
     pub prometheus_port: u16,
     /// Its bind address; defaults to `server.host`.
     pub host: Option<String>,
+    /// Label requests and tokens with the client (the token's `sub`) in
+    /// `gem_proxy_client_requests_total` and `gem_proxy_client_tokens_total`. Off by default: one
+    /// series per client can be many. Read at start-up.
+    pub per_client: bool,
+    /// Distinct `model` label values at most; further models are counted as `other`. A model is
+    /// only admitted once an answer for it succeeded. Read at start-up.
+    pub max_model_labels: usize,
+    /// Distinct `client` label values at most (with `per_client`); further clients are counted as
+    /// `other`. Read at start-up.
+    pub max_client_labels: usize,
+    /// OpenTelemetry traces exported over OTLP.
+    pub otlp: OtlpConfig,
 }
 
 impl Default for MetricsConfig {
@@ -300,8 +443,58 @@ impl Default for MetricsConfig {
             enabled: true,
             prometheus_port: 9090,
             host: None,
+            per_client: false,
+            max_model_labels: 50,
+            max_client_labels: 1000,
+            otlp: OtlpConfig::default(),
         }
     }
+}
+
+/// `metrics.otlp`: a span per request (with attempt spans for retries), exported over OTLP.
+/// Unset values fall back to the standard `OTEL_EXPORTER_OTLP_*` environment variables, then to
+/// the OTLP defaults. Read at start-up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// Export traces. Off by default.
+    pub enabled: bool,
+    /// Collector URL, e.g. `http://otel-collector:4317` (gRPC) or `http://otel-collector:4318`
+    /// (HTTP; `/v1/traces` is added when the URL has no path). Unset:
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`, else
+    /// `http://localhost:4317` or `http://localhost:4318/v1/traces`.
+    pub endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`. Unset: `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` /
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`, else `grpc`.
+    pub protocol: Option<OtlpProtocol>,
+    /// Share of new traces recorded, 0.0–1.0. A client's `traceparent` decides for its own
+    /// traces (parent-based sampling).
+    pub sample_ratio: f64,
+    /// The `service.name` resource attribute. Unset: `OTEL_SERVICE_NAME`, else `gem-proxy`.
+    pub service_name: Option<String>,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: None,
+            protocol: None,
+            sample_ratio: 1.0,
+            service_name: None,
+        }
+    }
+}
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (port 4317 by convention).
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (port 4318 by convention).
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
 }
 
 /// `log`: log output.

@@ -83,16 +83,13 @@ impl Config {
                 bad(path, "must be > 0");
             }
         }
-        if let Some(url) = &s.public_url {
-            if let Err(msg) = check_http_url(url) {
-                bad("server.public_url", &msg);
-            }
+        if let Some(url) = &s.public_url
+            && let Err(msg) = check_http_url(url)
+        {
+            bad("server.public_url", &msg);
         }
-        if s.tls.enabled {
-            bad(
-                "server.tls.enabled",
-                "TLS is not available in this version yet; set it to false and terminate TLS in front of the gateway",
-            );
+        for (path, msg) in crate::tls::problems(s) {
+            bad(&path, &msg);
         }
 
         let g = &self.gemini;
@@ -143,16 +140,16 @@ impl Config {
                     ),
                 );
             }
-            if let Some(path) = &a.jwt_public_key_path {
-                if let Err(msg) = crate::auth::load_public_key(path) {
-                    bad("auth.jwt_public_key_path", &msg);
-                }
+            if let Some(path) = &a.jwt_public_key_path
+                && let Err(msg) = crate::auth::load_public_key(path)
+            {
+                bad("auth.jwt_public_key_path", &msg);
             }
         }
-        if let Some(url) = &a.jwks_url {
-            if let Err(msg) = check_http_url(url) {
-                bad("auth.jwks_url", &msg);
-            }
+        if let Some(url) = &a.jwks_url
+            && let Err(msg) = check_http_url(url)
+        {
+            bad("auth.jwks_url", &msg);
         }
         if a.jwks_refresh_seconds < MIN_JWKS_REFRESH_SECONDS {
             bad(
@@ -177,12 +174,30 @@ impl Config {
             }
         }
 
+        let admin = &self.admin;
+        if !admin.token.is_empty() && admin.token.char_len() < 16 {
+            bad(
+                "admin.token",
+                &format!("must be at least 16 characters (has {})", admin.token.char_len()),
+            );
+        }
         let m = &self.metrics;
         if m.enabled && m.prometheus_port != 0 && m.prometheus_port == s.port {
             let admin_host = m.host.as_deref().unwrap_or(&s.host);
             if admin_host == s.host {
                 bad("metrics.prometheus_port", "must differ from server.port");
             }
+        }
+        if m.max_model_labels == 0 {
+            bad("metrics.max_model_labels", "must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&m.otlp.sample_ratio) {
+            bad("metrics.otlp.sample_ratio", "must be between 0.0 and 1.0");
+        }
+        if let Some(url) = &m.otlp.endpoint
+            && let Err(e) = check_http_url(url)
+        {
+            bad("metrics.otlp.endpoint", &e);
         }
         p
     }

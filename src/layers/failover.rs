@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use super::key_balance::{BoundKey, TriedKeys};
+use super::metrics::{Attempt, retry_reason, retry_reason_for_error};
 use super::route::Route;
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
@@ -129,17 +130,21 @@ where
             req.extensions_mut().insert(TriedKeys(tried.clone()));
         }
         let last_attempt = attempt == max_retries;
+        let telemetry = Attempt::begin(&mut req, attempt);
         let res = match inner.ready().await?.call(req).await {
             Ok(res) => res,
             Err(e) => {
                 let Some(key) = e.upstream_key().cloned() else {
+                    telemetry.no_key();
                     // No key could be picked: the last failure says more than "no key" would.
                     return last_failure.unwrap_or(Err(e));
                 };
+                telemetry.failed(gateway.metrics(), &e);
                 gateway.store().record(&key, Outcome::ServerError);
                 if last_attempt {
                     return Err(e);
                 }
+                gateway.metrics().retry(retry_reason_for_error(&e));
                 tracing::info!(key_id = %key, attempt, error = e.kind(), "retrying on another key");
                 tried.push(key);
                 last_failure = Some(Err(e));
@@ -148,8 +153,10 @@ where
         };
         let status = res.status();
         let Some(key) = res.extensions().get::<SelectedKey>().cloned() else {
+            telemetry.no_key();
             return Ok(res);
         };
+        telemetry.answered(gateway.metrics(), &key.0.id, status);
         if !status.is_client_error() && !status.is_server_error() {
             return Ok(res);
         }
@@ -166,6 +173,9 @@ where
         let answer = Response::from_parts(res_parts, GatewayBody::full(bytes));
         if !verdict.retry_elsewhere() || last_attempt {
             return Ok(answer);
+        }
+        if let Some(reason) = retry_reason(&verdict) {
+            gateway.metrics().retry(reason);
         }
         tracing::info!(
             key_id = %key.0.id,
@@ -208,6 +218,7 @@ fn apply(
                 "key rests for model"
             );
             store.rest(key, model, Instant::now() + rest, *reason);
+            gateway.metrics().cooldown(key, *reason);
         }
         Verdict::Invalid(reason) => {
             tracing::warn!(key_id = key, reason = %reason, "upstream key taken out of rotation");

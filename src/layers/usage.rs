@@ -25,6 +25,7 @@ use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::key_pool::{KeyStateStore, Outcome, SelectedKey, Tokens};
+use crate::layers::metrics::TokenSink;
 
 /// How much of an answer's end is kept to find its usage in.
 const TAIL_BYTES: usize = 16 * 1024;
@@ -78,9 +79,10 @@ where
             .get::<Route>()
             .and_then(|r| r.model.clone())
             .unwrap_or_else(|| Arc::from(""));
+        let sink = TokenSink::for_request(&self.gateway, &req, &model);
         ResponseFuture {
             future: self.inner.call(req),
-            tap: Some((self.gateway.store_handle(), model)),
+            tap: Some((self.gateway.store_handle(), model, sink)),
         }
     }
 }
@@ -90,7 +92,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         future: F,
-        tap: Option<(Arc<dyn KeyStateStore>, Arc<str>)>,
+        tap: Option<(Arc<dyn KeyStateStore>, Arc<str>, Option<TokenSink>)>,
     }
 }
 
@@ -103,13 +105,13 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut res = ready!(this.future.poll(cx))?;
-        if res.status().is_success() {
-            if let (Some(key), Some((store, model))) = (
+        if res.status().is_success()
+            && let (Some(key), Some((store, model, sink))) = (
                 res.extensions().get::<SelectedKey>().cloned(),
                 this.tap.take(),
-            ) {
-                res.body_mut().tap(UsageTap::new(store, key, model));
-            }
+            )
+        {
+            res.body_mut().tap(UsageTap::new(store, key, model, sink));
         }
         Poll::Ready(Ok(res))
     }
@@ -123,6 +125,8 @@ pub struct UsageTap {
     tail: VecDeque<Bytes>,
     tail_len: usize,
     reported: bool,
+    /// Metrics and the request's span, when on.
+    sink: Option<TokenSink>,
 }
 
 impl std::fmt::Debug for UsageTap {
@@ -135,7 +139,12 @@ impl std::fmt::Debug for UsageTap {
 }
 
 impl UsageTap {
-    fn new(store: Arc<dyn KeyStateStore>, key: SelectedKey, model: Arc<str>) -> Self {
+    fn new(
+        store: Arc<dyn KeyStateStore>,
+        key: SelectedKey,
+        model: Arc<str>,
+        sink: Option<TokenSink>,
+    ) -> Self {
         Self {
             store,
             key,
@@ -143,6 +152,7 @@ impl UsageTap {
             tail: VecDeque::new(),
             tail_len: 0,
             reported: false,
+            sink,
         }
     }
 
@@ -166,6 +176,9 @@ impl UsageTap {
             let k = &self.key.0;
             self.store
                 .add_tokens(&k.id, &self.model, &k.limits, tokens, Instant::now());
+            if let Some(sink) = &self.sink {
+                sink.record(&tokens);
+            }
         }
         self.tail.clear();
     }

@@ -1,0 +1,599 @@
+//! Metrics: records every request into [`Metrics`](crate::metrics::Metrics) — the Prometheus
+//! series, the `/performance` windows and the `/errors` log — when its answer ends.
+//!
+//! Sits right inside the access log, outside the error-response layer, so it sees every request
+//! (the gateway's own errors as statuses with their [`ErrorKind`]) and, like the access log,
+//! wraps the response body: a stream is counted when it ends, with its whole duration, its time
+//! to first byte, and whether it ended cleanly, broke off or lost its client.
+//!
+//! Labels come from the path (never the raw path, see
+//! [`RouteLabel`](crate::metrics::labels::RouteLabel)) and from response extensions:
+//! [`ErrorKind`] and [`ErrorReason`] (error response), [`SelectedKey`] (upstream). Recording is a
+//! few atomic additions into pre-bound instruments; with `metrics.enabled: false` the layer only
+//! passes requests through.
+//!
+//! The same file holds the small hooks inner layers call, since they know what this layer cannot
+//! see: [`ClientStatsLayer`] (per-client series and the span's client, right inside auth),
+//! [`TokenSink`] (the usage layer's tokens) and [`Attempt`] (failover's attempts and retries).
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use gem_proxy::{config::ConfigLoader, gateway::{Gateway, Live}};
+//! # use gem_proxy::layers::metrics::MetricsLayer;
+//! # let config = ConfigLoader::default().load_str("gemini: { api_keys: [{ id: a, key: k }] }").unwrap();
+//! # let gateway = Gateway::new(Live::build(config).unwrap());
+//! # let inner = tower::service_fn(|_req: http::Request<()>| async {
+//! #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+//! # });
+//! let service = tower::ServiceBuilder::new()
+//!     .layer(MetricsLayer::new(gateway))
+//!     .service(inner);
+//! # let _ = service;
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use opentelemetry::KeyValue;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::auth::Client;
+use crate::error::{ErrorKind, ErrorReason, GatewayError};
+use crate::gateway::Gateway;
+use crate::key_pool::verdict::Verdict;
+use crate::key_pool::{RestReason, SelectedKey, Tokens};
+use crate::metrics::errors::{ErrorEntry, message_of};
+use crate::metrics::labels::{OTHER, Outcome, RouteLabel};
+use crate::metrics::{AttemptResult, Finished, Limiter, Metrics, RetryReason};
+use crate::trace::{AttemptTrace, RequestTrace};
+
+/// Error bodies are kept up to this size for the `/errors` message.
+const ERROR_BODY_BYTES: usize = 4096;
+
+/// Applies [`MetricsService`].
+#[derive(Debug, Clone)]
+pub struct MetricsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl MetricsLayer {
+    /// Records into the gateway's metrics.
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self {
+            metrics: gateway.metrics().clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Records each request when its answer ends.
+#[derive(Debug, Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> MetricsService<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, ResB> Service<Request<B>> for MetricsService<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    ResB: Body<Data = Bytes>,
+{
+    type Response = Response<MeteredBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let pending = self.metrics.enabled().then(|| {
+            let (route, model) = RouteLabel::classify(req.uri().path());
+            let model_name = model.unwrap_or("");
+            let model_index = self.metrics.model_index(model_name);
+            // Remember the name only while it may still be admitted (once the label set is
+            // full, or the model known, nothing is copied).
+            let new_model = (model_index == OTHER && self.metrics.model_room())
+                .then(|| Box::<str>::from(model_name));
+            self.metrics.request_started();
+            Pending {
+                metrics: self.metrics.clone(),
+                start: Instant::now(),
+                route,
+                model_index,
+                new_model,
+                request_id: req.headers().get("x-request-id").cloned(),
+            }
+        });
+        ResponseFuture {
+            future: self.inner.call(req),
+            pending,
+        }
+    }
+}
+
+/// What is known of a request before its answer.
+struct Pending {
+    metrics: Arc<Metrics>,
+    start: Instant,
+    route: RouteLabel,
+    model_index: usize,
+    new_model: Option<Box<str>>,
+    request_id: Option<HeaderValue>,
+}
+
+pin_project! {
+    /// Response future of [`MetricsService`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        future: F,
+        pending: Option<Pending>,
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+    ResB: Body<Data = Bytes>,
+{
+    type Output = Result<Response<MeteredBody<ResB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = match ready!(this.future.poll(cx)) {
+            Ok(res) => res,
+            Err(e) => {
+                if let Some(p) = this.pending.take() {
+                    p.metrics.request_abandoned();
+                }
+                return Poll::Ready(Err(e));
+            }
+        };
+        let Some(p) = this.pending.take() else {
+            return Poll::Ready(Ok(res.map(|inner| MeteredBody {
+                inner,
+                record: None,
+            })));
+        };
+        let status = res.status();
+        let ext = res.extensions();
+        let kind = ext.get::<ErrorKind>().map(|k| k.0);
+        match kind {
+            Some(kind) => p
+                .metrics
+                .gateway_error(kind, ext.get::<ErrorReason>().map(|r| r.0)),
+            None if status == StatusCode::TOO_MANY_REQUESTS => {
+                p.metrics.rate_limited(Limiter::Upstream)
+            }
+            None => {}
+        }
+        let streamed = p.route == RouteLabel::Stream
+            || res
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let ended = if res.body().is_end_stream() {
+            Ended::Complete
+        } else {
+            Ended::NotYet
+        };
+        let record = Record {
+            key_id: ext.get::<SelectedKey>().map(|k| k.0.id.clone()),
+            status,
+            kind,
+            streamed,
+            ttfb: None,
+            error_body: (status.is_client_error() || status.is_server_error()).then(Vec::new),
+            ended,
+            p,
+        };
+        Poll::Ready(Ok(res.map(|inner| MeteredBody {
+            inner,
+            record: Some(record),
+        })))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    NotYet,
+    Complete,
+    Error,
+}
+
+/// Everything recorded about one request; recorded when dropped, i.e. when the body is done.
+struct Record {
+    p: Pending,
+    key_id: Option<Arc<str>>,
+    status: StatusCode,
+    kind: Option<&'static str>,
+    streamed: bool,
+    ttfb: Option<Duration>,
+    /// The start of an error answer, for its message in `/errors`.
+    error_body: Option<Vec<u8>>,
+    ended: Ended,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let head = Outcome::of(self.status, self.kind);
+        let outcome = match (head, self.ended) {
+            (Outcome::Success, Ended::Complete) => Outcome::Success,
+            (Outcome::Success, Ended::Error) => Outcome::StreamError,
+            (Outcome::Success, Ended::NotYet) => Outcome::ClientGone,
+            (Outcome::RateLimited | Outcome::ClientError, Ended::Error) => Outcome::StreamError,
+            (other, _) => other,
+        };
+        let m = &self.p.metrics;
+        let model = match &self.p.new_model {
+            Some(name) if outcome == Outcome::Success => m.admit_model(name),
+            _ => self.p.model_index,
+        };
+        let duration = self.p.start.elapsed();
+        m.request_finished(&Finished {
+            route: self.p.route,
+            model,
+            status: self.status,
+            outcome,
+            duration,
+            ttfb: self.ttfb,
+            key_id: self.key_id.clone(),
+        });
+        if self.error_body.is_some() || outcome == Outcome::StreamError {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            let (kind, message) = if outcome == Outcome::StreamError {
+                (
+                    "stream_error",
+                    "the answer broke off before its end".to_owned(),
+                )
+            } else {
+                (
+                    self.kind.unwrap_or("upstream"),
+                    message_of(self.error_body.as_deref().unwrap_or_default()),
+                )
+            };
+            m.error_log().record(ErrorEntry {
+                time: format!(
+                    "{}.{:03}Z",
+                    crate::auth::utc_time(now.as_secs()).trim_end_matches('Z'),
+                    now.subsec_millis()
+                ),
+                unix_time: now.as_secs(),
+                request_id: self
+                    .p
+                    .request_id
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                route: self.p.route.as_str(),
+                key_id: self.key_id.clone(),
+                status: self.status.as_u16(),
+                kind,
+                message,
+            });
+        }
+    }
+}
+
+pin_project! {
+    /// A response body that records its request when it is done.
+    pub struct MeteredBody<B> {
+        #[pin]
+        inner: B,
+        record: Option<Record>,
+    }
+}
+
+impl<B> Body for MeteredBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if let Some(r) = this.record.as_mut() {
+            match &frame {
+                Some(Ok(f)) => {
+                    if let Some(d) = f.data_ref() {
+                        if r.streamed && r.ttfb.is_none() && !d.is_empty() {
+                            r.ttfb = Some(r.p.start.elapsed());
+                        }
+                        if let Some(buf) = &mut r.error_body {
+                            let room = ERROR_BODY_BYTES.saturating_sub(buf.len());
+                            buf.extend_from_slice(&d[..d.len().min(room)]);
+                        }
+                    }
+                    // hyper stops polling once a body says it has ended.
+                    if this.inner.is_end_stream() {
+                        r.ended = Ended::Complete;
+                    }
+                }
+                Some(Err(_)) => r.ended = Ended::Error,
+                None => r.ended = Ended::Complete,
+            }
+            if r.ended != Ended::NotYet {
+                // Record now rather than when hyper drops the body.
+                this.record.take();
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Applies [`ClientStats`].
+#[derive(Debug, Clone)]
+pub struct ClientStatsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl ClientStatsLayer {
+    /// Records into the gateway's metrics.
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self {
+            metrics: gateway.metrics().clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for ClientStatsLayer {
+    type Service = ClientStats<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientStats {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Right inside auth, where the [`Client`] is known: names the client on the request's span
+/// (`enduser.id`) and, with `metrics.per_client`, counts its requests by status class — the
+/// client-limit rejections below it included.
+#[derive(Debug, Clone)]
+pub struct ClientStats<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, ResB> Service<Request<B>> for ClientStats<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>, Error = GatewayError>,
+{
+    type Response = S::Response;
+    type Error = GatewayError;
+    type Future = ClientStatsFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let ext = req.extensions();
+        let client = ext.get::<Client>();
+        if let (Some(trace), Some(client)) = (ext.get::<RequestTrace>(), client) {
+            trace.set([KeyValue::new("enduser.id", client.id.to_string())]);
+        }
+        let counted = client
+            .filter(|_| self.metrics.per_client())
+            .map(|c| (self.metrics.clone(), self.metrics.client_index(&c.id)));
+        ClientStatsFuture {
+            future: self.inner.call(req),
+            counted,
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`ClientStats`].
+    pub struct ClientStatsFuture<F> {
+        #[pin]
+        future: F,
+        counted: Option<(Arc<Metrics>, usize)>,
+    }
+}
+
+impl<F, ResB> Future for ClientStatsFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, GatewayError>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = ready!(this.future.poll(cx));
+        if let Some((metrics, client)) = this.counted.take() {
+            let status = match &out {
+                Ok(res) => res.status(),
+                Err(e) => e.status(),
+            };
+            metrics.client_request(client, status);
+        }
+        Poll::Ready(out)
+    }
+}
+
+/// Where the usage layer's token counts go besides the key state: `gem_proxy_tokens_total` (by
+/// model), the client's tokens (`metrics.per_client`) and `gen_ai.usage.*` on the request's span.
+#[derive(Debug)]
+pub struct TokenSink {
+    metrics: Arc<Metrics>,
+    model: Arc<str>,
+    client: Option<usize>,
+    trace: Option<RequestTrace>,
+}
+
+impl TokenSink {
+    /// The sink for one request for `model`; `None` when neither metrics nor traces are on.
+    pub fn for_request<B>(gateway: &Gateway, req: &Request<B>, model: &Arc<str>) -> Option<Self> {
+        let metrics = gateway.metrics();
+        let trace = req.extensions().get::<RequestTrace>().cloned();
+        if !metrics.enabled() && trace.is_none() {
+            return None;
+        }
+        let client = req
+            .extensions()
+            .get::<Client>()
+            .filter(|_| metrics.per_client())
+            .map(|c| metrics.client_index(&c.id));
+        Some(Self {
+            metrics: metrics.clone(),
+            model: model.clone(),
+            client,
+            trace,
+        })
+    }
+
+    /// An answer reported these tokens (it succeeded: its model may join the label set).
+    pub fn record(&self, t: &Tokens) {
+        if self.metrics.enabled() {
+            let model = self.metrics.admit_model(&self.model);
+            self.metrics.tokens(model, t);
+            if let Some(c) = self.client {
+                self.metrics.client_tokens(c, t);
+            }
+        }
+        if let Some(trace) = &self.trace {
+            trace.set([
+                KeyValue::new("gen_ai.usage.input_tokens", t.prompt as i64),
+                KeyValue::new("gen_ai.usage.output_tokens", t.candidates as i64),
+                KeyValue::new("gen_ai.usage.reasoning_tokens", t.thoughts as i64),
+                KeyValue::new("gen_ai.usage.cache_read_tokens", t.cached as i64),
+                KeyValue::new("gen_ai.usage.total_tokens", t.total as i64),
+            ]);
+        }
+    }
+}
+
+/// One upstream attempt, for failover: its duration and result per key, and its span.
+#[derive(Debug)]
+pub struct Attempt {
+    started: Instant,
+    trace: Option<AttemptTrace>,
+}
+
+impl Attempt {
+    /// Attempt `n` (0 for the first) of this request starts now. With tracing on, its span's
+    /// context goes onto the request, for the upstream client's `traceparent`.
+    pub fn begin<B>(req: &mut Request<B>, n: u32) -> Attempt {
+        let trace = req.extensions().get::<RequestTrace>().map(|t| t.attempt(n));
+        if let Some(t) = &trace {
+            req.extensions_mut().insert(t.clone());
+        }
+        Attempt {
+            started: Instant::now(),
+            trace,
+        }
+    }
+
+    /// The attempt got response headers from `key`.
+    pub fn answered(self, metrics: &Metrics, key: &str, status: StatusCode) {
+        self.end(metrics, Some(key), AttemptResult::Status(status));
+    }
+
+    /// The attempt failed before an answer: `error` is the gateway's error for it.
+    pub fn failed(self, metrics: &Metrics, error: &GatewayError) {
+        let result = match error {
+            GatewayError::UpstreamTimeout { .. } => AttemptResult::Timeout,
+            _ => AttemptResult::Unreachable,
+        };
+        self.end(metrics, error.upstream_key().map(|k| &**k), result);
+    }
+
+    fn end(self, metrics: &Metrics, key: Option<&str>, result: AttemptResult) {
+        if let Some(key) = key {
+            metrics.attempt(key, result, self.started.elapsed());
+        }
+        if let Some(t) = self.trace {
+            let mut attrs = Vec::with_capacity(2);
+            if let Some(key) = key {
+                attrs.push(KeyValue::new("gem_proxy.key_id", key.to_owned()));
+            }
+            let error = match result {
+                AttemptResult::Status(s) => {
+                    attrs.push(KeyValue::new(
+                        "http.response.status_code",
+                        i64::from(s.as_u16()),
+                    ));
+                    (s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS)
+                        .then_some("upstream error answer")
+                }
+                AttemptResult::Unreachable => Some("upstream unreachable"),
+                AttemptResult::Timeout => Some("upstream timeout"),
+            };
+            t.end(attrs, error);
+        }
+    }
+
+    /// No key could be picked for the attempt: nothing was sent.
+    pub fn no_key(self) {
+        if let Some(t) = self.trace {
+            t.end(vec![], Some("no upstream key available"));
+        }
+    }
+}
+
+/// Why a verdict led failover to try another key.
+pub fn retry_reason(verdict: &Verdict) -> Option<RetryReason> {
+    Some(match verdict {
+        Verdict::Rest(_, RestReason::RateLimited) => RetryReason::RateLimited,
+        Verdict::Rest(_, RestReason::ExhaustedToday) => RetryReason::ExhaustedToday,
+        Verdict::Rest(_, RestReason::Unusable) => RetryReason::Unusable,
+        Verdict::Invalid(_) => RetryReason::InvalidKey,
+        Verdict::Overloaded => RetryReason::Overloaded,
+        Verdict::ServerError => RetryReason::ServerError,
+        Verdict::Success | Verdict::ClientError => return None,
+    })
+}
+
+/// Why an attempt that failed without an answer is retried.
+pub fn retry_reason_for_error(error: &GatewayError) -> RetryReason {
+    match error {
+        GatewayError::UpstreamTimeout { .. } => RetryReason::Timeout,
+        _ => RetryReason::Unreachable,
+    }
+}
