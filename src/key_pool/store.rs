@@ -179,8 +179,11 @@ pub enum Admission {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     keys: Mutex<Keys>,
-    bindings: Mutex<HashMap<Box<str>, (Arc<str>, Instant)>>,
+    bindings: Mutex<HashMap<Box<str>, Binding>>,
 }
+
+/// The key a resource belongs to, and until when that is remembered.
+type Binding = (Arc<str>, Instant);
 
 /// Key states by slot; slots are never reused, so a pool built before a reload stays valid.
 #[derive(Debug, Default)]
@@ -318,10 +321,10 @@ impl KeyState {
 impl ModelState {
     /// Whether a request fits now, changing nothing.
     fn peek(&self, limits: &KeyLimits, now: Instant) -> Admission {
-        if let Some((until, _)) = self.rest {
-            if until > now {
-                return Admission::NotUntil(until);
-            }
+        if let Some((until, _)) = self.rest
+            && until > now
+        {
+            return Admission::NotUntil(until);
         }
         self.check(limits, now)
     }
@@ -349,23 +352,22 @@ impl ModelState {
     fn check(&self, limits: &KeyLimits, now: Instant) -> Admission {
         let mut earliest: Option<Instant> = None;
         let mut later = |t: Instant| earliest = Some(earliest.map_or(t, |e| e.max(t)));
-        if let Some(rpm) = limits.requests_per_minute {
-            if let Err(t) = gcra(self.rpm_tat, now, rpm, 1) {
-                later(t);
-            }
+        if let Some(rpm) = limits.requests_per_minute
+            && let Err(t) = gcra(self.rpm_tat, now, rpm, 1)
+        {
+            later(t);
         }
-        if let Some(tpm) = limits.tokens_per_minute {
-            // Tokens are counted after the answer, so only check the budget is not overdrawn.
-            if let Err(t) = gcra(self.tpm_tat, now, tpm, 0) {
-                later(t);
-            }
+        // Tokens are counted after the answer, so only check the budget is not overdrawn.
+        if let Some(tpm) = limits.tokens_per_minute
+            && let Err(t) = gcra(self.tpm_tat, now, tpm, 0)
+        {
+            later(t);
         }
-        if let Some(rpd) = limits.requests_per_day {
-            if let Some((count, ends)) = self.day {
-                if ends > now && count >= rpd {
-                    later(ends);
-                }
-            }
+        if let (Some(rpd), Some((count, ends))) = (limits.requests_per_day, self.day)
+            && ends > now
+            && count >= rpd
+        {
+            later(ends);
         }
         match earliest {
             Some(t) => Admission::NotUntil(t),

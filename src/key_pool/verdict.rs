@@ -325,7 +325,7 @@ mod tests {
     fn openai_surface_errors_come_as_a_list() {
         let b = format!(
             "[{}]",
-            String::from_utf8(body(429, "RESOURCE_EXHAUSTED", &format!("{QUOTA_DAY}"))).unwrap()
+            String::from_utf8(body(429, "RESOURCE_EXHAUSTED", QUOTA_DAY)).unwrap()
         );
         assert_eq!(
             v(429, b.as_bytes()),
