@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default) and `check-config`.
+//! The command line: `serve` (the default), `check-config` and `token`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use crate::auth::{Role, TokenRequest, issue, parse_ttl, unix_now, utc_time};
+use crate::config::document::ConfigDocument;
 use crate::config::{Config, ConfigLoader};
-use crate::gateway::Live;
+use crate::gateway::{Gateway, Live};
 use crate::server::Server;
 
 /// gem-proxy: a gateway for Google's Gemini API.
@@ -36,6 +38,34 @@ pub enum Command {
     Serve,
     /// Check a config file: exit 0 with a one-line summary, or 1 with every problem and its path.
     CheckConfig,
+    /// Issue a client token (HS256, signed with `auth.jwt_secret`) and print it on stdout.
+    ///
+    /// Example: `gem-proxy token --sub ci-bot --ttl 30d --models 'gemini-2.5-*' --rpm 60`.
+    /// Clients use the token as their Gemini API key. Its id (`jti`, shown on stderr) can be
+    /// listed in `auth.revoked_token_ids` to revoke it.
+    Token(TokenArgs),
+}
+
+/// `gem-proxy token`.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// The client's identity (`sub`): its rate limit and statistics are kept under this name.
+    #[arg(long)]
+    pub sub: String,
+    /// How long the token is valid: a number with s, m, h, d or w (`30d`, `12h`).
+    #[arg(long, default_value = "30d", value_parser = parse_ttl)]
+    pub ttl: std::time::Duration,
+    /// Models the client may call, as patterns (`gemini-2.5-*`); repeat or list several. Any
+    /// model when left out.
+    #[arg(long, num_args = 1.., value_name = "PATTERN")]
+    pub models: Vec<String>,
+    /// The client's own requests-per-minute limit (`0` = none); `auth.rate_limit_per_minute`
+    /// when left out.
+    #[arg(long)]
+    pub rpm: Option<u32>,
+    /// `admin` lets the client use the admin API.
+    #[arg(long, value_parser = ["admin"])]
+    pub role: Option<String>,
 }
 
 /// Runs the command line; the process's exit code.
@@ -57,7 +87,8 @@ pub fn run() -> ExitCode {
             println!("{}: OK: {}", cli.config.display(), summary(&config));
             ExitCode::SUCCESS
         }
-        Command::Serve => match serve(config) {
+        Command::Token(args) => token(&config, &args),
+        Command::Serve => match serve(config, &cli.config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e:#}");
@@ -65,6 +96,53 @@ pub fn run() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Prints the token alone on stdout (so `TOKEN=$(gem-proxy token ...)` works) and what it
+/// carries on stderr.
+fn token(config: &Config, args: &TokenArgs) -> ExitCode {
+    let req = TokenRequest {
+        sub: args.sub.clone(),
+        ttl: args.ttl,
+        models: args.models.clone(),
+        rpm: args.rpm,
+        role: if args.role.as_deref() == Some("admin") {
+            Role::Admin
+        } else {
+            Role::Client
+        },
+    };
+    match issue(&config.auth, &req, unix_now()) {
+        Ok(issued) => {
+            println!("{}", issued.token);
+            eprintln!(
+                "token for sub {:?}: jti {}, expires {}, models {}, rpm {}, role {}{}",
+                req.sub,
+                issued.jti,
+                utc_time(issued.expires_at),
+                if req.models.is_empty() {
+                    "any".to_owned()
+                } else {
+                    req.models.join(",")
+                },
+                req.rpm.map_or_else(
+                    || "auth.rate_limit_per_minute".to_owned(),
+                    |r| r.to_string()
+                ),
+                req.role.as_str(),
+                if config.auth.enabled {
+                    ""
+                } else {
+                    " (note: auth.enabled is false in this config)"
+                },
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gem-proxy token: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -89,7 +167,14 @@ fn summary(c: &Config) -> String {
     )
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, path: &std::path::Path) -> anyhow::Result<()> {
+    // The document before `${VAR}` expansion: admin changes are written back in this form.
+    let document = std::fs::read_to_string(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|text| ConfigDocument::from_yaml(&text).map_err(anyhow::Error::from))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let path = path.to_path_buf();
+    let loader = ConfigLoader::from_process_env();
     crate::logging::init(&config.log);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.server.workers > 0 {
@@ -111,7 +196,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
                     .join("; ")
             )
         })?;
-        let server = Server::start(live).await?;
+        let gateway = Gateway::new(live);
+        gateway.set_config_source(Some(path), loader, document);
+        let server = Server::start_gateway(gateway).await?;
         shutdown_signal().await;
         tracing::info!("shutting down: no new connections; waiting for running requests");
         server.shutdown();
