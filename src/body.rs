@@ -31,7 +31,7 @@ pin_project! {
         /// A body the gateway built (errors, health).
         Full { #[pin] inner: Full<Bytes> },
         /// The upstream's body, streamed through.
-        Upstream { #[pin] inner: IdleTimeout<Incoming>, tap: Option<UsageTap> },
+        Upstream { #[pin] inner: Observed<IdleTimeout<Incoming>, UsageTap> },
     }
 }
 
@@ -46,15 +46,14 @@ impl GatewayBody {
     /// The upstream's body, ended with [`StreamIdle`] if no frame arrives within `idle`.
     pub fn upstream(inner: Incoming, idle: Duration) -> Self {
         GatewayBody::Upstream {
-            inner: IdleTimeout::new(inner, idle),
-            tap: None,
+            inner: Observed::new(IdleTimeout::new(inner, idle), None),
         }
     }
 
     /// Has an upstream body report its token usage when it ends (see [`crate::layers::usage`]).
     pub fn tap(&mut self, usage: UsageTap) {
-        if let GatewayBody::Upstream { tap, .. } = self {
-            *tap = Some(usage);
+        if let GatewayBody::Upstream { inner } = self {
+            inner.observe(usage);
         }
     }
 }
@@ -69,39 +68,21 @@ impl Body for GatewayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             GatewayBodyProj::Full { inner } => inner.poll_frame(cx).map_err(|never| match never {}),
-            GatewayBodyProj::Upstream { mut inner, tap } => {
-                let frame = ready!(inner.as_mut().poll_frame(cx));
-                if let Some(tap) = tap {
-                    match &frame {
-                        Some(Ok(f)) => {
-                            if let Some(data) = f.data_ref() {
-                                tap.frame(data);
-                            }
-                            // hyper stops polling once a body says it has ended.
-                            if inner.is_end_stream() {
-                                tap.end();
-                            }
-                        }
-                        Some(Err(_)) => tap.failed(),
-                        None => tap.end(),
-                    }
-                }
-                Poll::Ready(frame)
-            }
+            GatewayBodyProj::Upstream { inner } => inner.poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             GatewayBody::Full { inner } => inner.is_end_stream(),
-            GatewayBody::Upstream { inner, .. } => inner.inner.is_end_stream(),
+            GatewayBody::Upstream { inner } => inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             GatewayBody::Full { inner } => inner.size_hint(),
-            GatewayBody::Upstream { inner, .. } => inner.inner.size_hint(),
+            GatewayBody::Upstream { inner } => inner.size_hint(),
         }
     }
 }
@@ -212,5 +193,102 @@ mod tests {
         let err = body.as_mut().frame().await.unwrap().unwrap_err();
         assert!(err.is::<StreamIdle>(), "{err}");
         drop(tx);
+    }
+}
+
+/// How a response body ended, as a [`BodyObserver`] learns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// Every frame was sent.
+    Complete,
+    /// The body failed mid-way (the upstream broke off, or went silent): the client's stream
+    /// ends abnormally.
+    Error,
+}
+
+/// Watches a response body go by: the layers that act when an answer is over (access log,
+/// metrics, trace, usage) observe it this way instead of each wrapping the body.
+///
+/// [`on_end`](Self::on_end) is called once, as soon as the end is known; the observer is dropped
+/// right after. An observer dropped without that call saw its client go away first.
+pub trait BodyObserver {
+    /// A data frame is passing.
+    fn on_data(&mut self, _data: &Bytes) {}
+    /// The body ended.
+    fn on_end(&mut self, end: BodyEnd);
+}
+
+pin_project! {
+    /// A body with an observer (see [`BodyObserver`]). Frames pass through unchanged.
+    pub struct Observed<B, O> {
+        #[pin]
+        inner: B,
+        observer: Option<O>,
+    }
+}
+
+impl<B: Body, O: BodyObserver> Observed<B, O> {
+    /// `inner`, watched by `observer` (if any). A body that is already over (empty) ends at once.
+    pub fn new(inner: B, observer: Option<O>) -> Self {
+        let mut observer = observer;
+        if inner.is_end_stream()
+            && let Some(mut o) = observer.take()
+        {
+            o.on_end(BodyEnd::Complete);
+        }
+        Self { inner, observer }
+    }
+
+    /// Starts watching a body that had no observer yet.
+    pub fn observe(&mut self, observer: O) {
+        if self.inner.is_end_stream() {
+            let mut o = observer;
+            o.on_end(BodyEnd::Complete);
+        } else {
+            self.observer = Some(observer);
+        }
+    }
+}
+
+impl<B, O> Body for Observed<B, O>
+where
+    B: Body<Data = Bytes>,
+    O: BodyObserver,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if let Some(o) = this.observer.as_mut() {
+            let end = match &frame {
+                Some(Ok(f)) => {
+                    if let Some(data) = f.data_ref() {
+                        o.on_data(data);
+                    }
+                    // hyper stops polling once a body says it has ended.
+                    this.inner.is_end_stream().then_some(BodyEnd::Complete)
+                }
+                Some(Err(_)) => Some(BodyEnd::Error),
+                None => Some(BodyEnd::Complete),
+            };
+            if let Some(end) = end {
+                o.on_end(end);
+                *this.observer = None;
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -15,10 +15,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::body::{BodyEnd, BodyObserver, Observed};
 use crate::error::ErrorKind;
 use crate::key_pool::SelectedKey;
 
@@ -104,11 +105,6 @@ where
         let this = self.project();
         let res = ready!(this.future.poll(cx))?;
         let p = this.pending.take().expect("polled after completion");
-        let ended = if res.body().is_end_stream() {
-            Ended::Complete
-        } else {
-            Ended::ClientGone
-        };
         let record = Record {
             start: p.start,
             method: p.method,
@@ -121,9 +117,9 @@ where
                 .map(|k| k.0.id.clone()),
             error_kind: res.extensions().get::<ErrorKind>().map(|k| k.0),
             bytes: 0,
-            ended,
+            ended: Ended::ClientGone,
         };
-        Poll::Ready(Ok(res.map(|inner| LoggedBody { inner, record })))
+        Poll::Ready(Ok(res.map(|inner| Observed::new(inner, Some(record)))))
     }
 }
 
@@ -135,7 +131,7 @@ enum Ended {
 }
 
 /// Everything one access line says; written when dropped, i.e. when the body is done with.
-struct Record {
+pub struct Record {
     start: Instant,
     method: Method,
     uri: Uri,
@@ -169,49 +165,18 @@ impl Drop for Record {
     }
 }
 
-pin_project! {
-    /// A response body that counts what it sends and writes the access line when it is done.
-    pub struct LoggedBody<B> {
-        #[pin]
-        inner: B,
-        record: Record,
-    }
-}
+/// A response body that counts what it sends and writes the access line when it is done.
+pub type LoggedBody<B> = Observed<B, Record>;
 
-impl<B> Body for LoggedBody<B>
-where
-    B: Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        match &frame {
-            Some(Ok(f)) => {
-                if let Some(d) = f.data_ref() {
-                    this.record.bytes += d.len() as u64;
-                }
-                // hyper stops polling once a body says it has ended.
-                if this.inner.is_end_stream() {
-                    this.record.ended = Ended::Complete;
-                }
-            }
-            Some(Err(_)) => this.record.ended = Ended::Error,
-            None => this.record.ended = Ended::Complete,
-        }
-        Poll::Ready(frame)
+impl BodyObserver for Record {
+    fn on_data(&mut self, data: &Bytes) {
+        self.bytes += data.len() as u64;
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    fn on_end(&mut self, end: BodyEnd) {
+        self.ended = match end {
+            BodyEnd::Complete => Ended::Complete,
+            BodyEnd::Error => Ended::Error,
+        };
     }
 }

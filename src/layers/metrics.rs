@@ -39,11 +39,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::body::{BodyEnd, BodyObserver, Observed};
 use crate::auth::Client;
 use crate::error::{ErrorKind, ErrorReason, GatewayError};
 use crate::gateway::Gateway;
@@ -179,10 +180,7 @@ where
             }
         };
         let Some(p) = this.pending.take() else {
-            return Poll::Ready(Ok(res.map(|inner| MeteredBody {
-                inner,
-                record: None,
-            })));
+            return Poll::Ready(Ok(res.map(|inner| Observed::new(inner, None))));
         };
         let status = res.status();
         let ext = res.extensions();
@@ -201,11 +199,6 @@ where
                 .headers()
                 .get(header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        let ended = if res.body().is_end_stream() {
-            Ended::Complete
-        } else {
-            Ended::NotYet
-        };
         let record = Record {
             key_id: ext.get::<SelectedKey>().map(|k| k.0.id.clone()),
             status,
@@ -213,13 +206,10 @@ where
             streamed,
             ttfb: None,
             error_body: (status.is_client_error() || status.is_server_error()).then(Vec::new),
-            ended,
+            ended: Ended::NotYet,
             p,
         };
-        Poll::Ready(Ok(res.map(|inner| MeteredBody {
-            inner,
-            record: Some(record),
-        })))
+        Poll::Ready(Ok(res.map(|inner| Observed::new(inner, Some(record)))))
     }
 }
 
@@ -231,7 +221,7 @@ enum Ended {
 }
 
 /// Everything recorded about one request; recorded when dropped, i.e. when the body is done.
-struct Record {
+pub struct Record {
     p: Pending,
     key_id: Option<Arc<str>>,
     status: StatusCode,
@@ -306,62 +296,25 @@ impl Drop for Record {
     }
 }
 
-pin_project! {
-    /// A response body that records its request when it is done.
-    pub struct MeteredBody<B> {
-        #[pin]
-        inner: B,
-        record: Option<Record>,
-    }
-}
+/// A response body that records its request when it is done.
+pub type MeteredBody<B> = Observed<B, Record>;
 
-impl<B> Body for MeteredBody<B>
-where
-    B: Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        if let Some(r) = this.record.as_mut() {
-            match &frame {
-                Some(Ok(f)) => {
-                    if let Some(d) = f.data_ref() {
-                        if r.streamed && r.ttfb.is_none() && !d.is_empty() {
-                            r.ttfb = Some(r.p.start.elapsed());
-                        }
-                        if let Some(buf) = &mut r.error_body {
-                            let room = ERROR_BODY_BYTES.saturating_sub(buf.len());
-                            buf.extend_from_slice(&d[..d.len().min(room)]);
-                        }
-                    }
-                    // hyper stops polling once a body says it has ended.
-                    if this.inner.is_end_stream() {
-                        r.ended = Ended::Complete;
-                    }
-                }
-                Some(Err(_)) => r.ended = Ended::Error,
-                None => r.ended = Ended::Complete,
-            }
-            if r.ended != Ended::NotYet {
-                // Record now rather than when hyper drops the body.
-                this.record.take();
-            }
+impl BodyObserver for Record {
+    fn on_data(&mut self, d: &Bytes) {
+        if self.streamed && self.ttfb.is_none() && !d.is_empty() {
+            self.ttfb = Some(self.p.start.elapsed());
         }
-        Poll::Ready(frame)
+        if let Some(buf) = &mut self.error_body {
+            let room = ERROR_BODY_BYTES.saturating_sub(buf.len());
+            buf.extend_from_slice(&d[..d.len().min(room)]);
+        }
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    fn on_end(&mut self, end: BodyEnd) {
+        self.ended = match end {
+            BodyEnd::Complete => Ended::Complete,
+            BodyEnd::Error => Ended::Error,
+        };
     }
 }
 

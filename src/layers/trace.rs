@@ -21,11 +21,12 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::body::{BodyEnd, BodyObserver, Observed};
 use crate::error::ErrorKind;
 use crate::gateway::Gateway;
 use crate::key_pool::SelectedKey;
@@ -122,6 +123,7 @@ pin_project! {
 impl<F, ResB, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResB>, E>>,
+    ResB: Body,
 {
     type Output = Result<Response<TracedBody<ResB>>, E>;
 
@@ -155,12 +157,12 @@ where
             }
             SpanGuard(t)
         });
-        Poll::Ready(Ok(res.map(|inner| TracedBody { inner, trace })))
+        Poll::Ready(Ok(res.map(|inner| Observed::new(inner, trace))))
     }
 }
 
 /// Ends the request's span when dropped.
-struct SpanGuard(RequestTrace);
+pub struct SpanGuard(RequestTrace);
 
 impl Drop for SpanGuard {
     fn drop(&mut self) {
@@ -168,51 +170,13 @@ impl Drop for SpanGuard {
     }
 }
 
-pin_project! {
-    /// A response body that ends its request's span when it ends.
-    pub struct TracedBody<B> {
-        #[pin]
-        inner: B,
-        trace: Option<SpanGuard>,
-    }
-}
+/// A response body that ends its request's span when it ends.
+pub type TracedBody<B> = Observed<B, SpanGuard>;
 
-impl<B> Body for TracedBody<B>
-where
-    B: Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        if this.trace.is_some() {
-            let done = match &frame {
-                Some(Ok(_)) => this.inner.is_end_stream(),
-                Some(Err(_)) => {
-                    if let Some(g) = this.trace.as_ref() {
-                        g.0.fail("the answer broke off");
-                    }
-                    true
-                }
-                None => true,
-            };
-            if done {
-                this.trace.take();
-            }
+impl BodyObserver for SpanGuard {
+    fn on_end(&mut self, end: BodyEnd) {
+        if end == BodyEnd::Error {
+            self.0.fail("the answer broke off");
         }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

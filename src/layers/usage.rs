@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::route::Route;
-use crate::body::GatewayBody;
+use crate::body::{BodyEnd, BodyObserver, GatewayBody};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::key_pool::{KeyStateStore, Outcome, SelectedKey, Tokens};
@@ -124,7 +124,6 @@ pub struct UsageTap {
     model: Arc<str>,
     tail: VecDeque<Bytes>,
     tail_len: usize,
-    reported: bool,
     /// Metrics and the request's span, when on.
     sink: Option<TokenSink>,
 }
@@ -151,13 +150,14 @@ impl UsageTap {
             model,
             tail: VecDeque::new(),
             tail_len: 0,
-            reported: false,
             sink,
         }
     }
+}
 
-    /// A data frame passed by.
-    pub(crate) fn frame(&mut self, data: &Bytes) {
+impl BodyObserver for UsageTap {
+    fn on_data(&mut self, data: &Bytes) {
+        // A reference-counted clone: no copy of the answer.
         self.tail.push_back(data.clone());
         self.tail_len += data.len();
         while self.tail.len() > 1 && self.tail_len - self.tail[0].len() >= TAIL_BYTES {
@@ -166,9 +166,9 @@ impl UsageTap {
         }
     }
 
-    /// The body ended cleanly.
-    pub(crate) fn end(&mut self) {
-        if std::mem::replace(&mut self.reported, true) {
+    fn on_end(&mut self, end: BodyEnd) {
+        if end == BodyEnd::Error {
+            self.store.record(&self.key.0.id, Outcome::ServerError);
             return;
         }
         let tail: Vec<u8> = self.tail.iter().flat_map(|b| b.iter().copied()).collect();
@@ -180,16 +180,6 @@ impl UsageTap {
                 sink.record(&tokens);
             }
         }
-        self.tail.clear();
-    }
-
-    /// The body failed mid-stream.
-    pub(crate) fn failed(&mut self) {
-        if std::mem::replace(&mut self.reported, true) {
-            return;
-        }
-        self.store.record(&self.key.0.id, Outcome::ServerError);
-        self.tail.clear();
     }
 }
 
