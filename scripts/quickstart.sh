@@ -4,9 +4,11 @@
 #   GEMINI_API_KEY_1=AIza... [GEMINI_API_KEY_2=AIza...] scripts/quickstart.sh
 #
 # Builds the release binary, creates config/proxy.yaml from config/proxy.yaml.example when it is
-# missing, and runs the gateway in the foreground (Ctrl-C stops it). Without GEMINI_API_KEY_1 it
-# runs in demo mode: the bundled mock Gemini upstream stands in for Google, so everything can be
-# tried without a key.
+# missing, and runs the gateway in the foreground (Ctrl-C stops it). The example serves HTTPS on
+# port 8443: on the first start the gateway generates a self-signed certificate
+# (config/cert.pem, config/key.pem) and reuses it afterwards; this script then prints how to
+# trust it. Without GEMINI_API_KEY_1 it runs in demo mode: the bundled mock Gemini upstream
+# stands in for Google, so everything can be tried without a key.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,9 +52,35 @@ if [ -z "${GEMINI_API_KEY_1:-}" ]; then
 fi
 export GEMINI_API_KEY_2="${GEMINI_API_KEY_2:-$GEMINI_API_KEY_1}"
 
-target/release/gem-proxy check-config --config "$CONFIG"
+summary="$(target/release/gem-proxy check-config --config "$CONFIG")"
+echo "$summary"
 log "starting gem-proxy (Ctrl-C to stop)"
 target/release/gem-proxy serve --config "$CONFIG" &
 gw_pid=$!
 trap 'kill -TERM "$gw_pid" 2>/dev/null; wait "$gw_pid"; cleanup' INT TERM
+
+# Once it answers, say how to reach it (and, over HTTPS, how to trust its certificate).
+port="$(sed -n 's/.*proxy on [^ ]*:\([0-9]*\) (TLS .*/\1/p' <<<"$summary")"
+admin_port="$(sed -n 's/.*admin on [^ ]*:\([0-9]*\),.*/\1/p' <<<"$summary")"
+health=""
+if [ -n "$admin_port" ] && command -v curl >/dev/null 2>&1; then
+    for _ in $(seq 1 100); do
+        health="$(curl -sf "http://127.0.0.1:$admin_port/health" 2>/dev/null)" && break
+        kill -0 "$gw_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+fi
+field() { sed -n "s/.*\"tls\":{[^}]*\"$1\":\"\([^\"]*\)\".*/\1/p" <<<"$health"; }
+if grep -q '(TLS on)' <<<"$summary"; then
+    url="https://localhost:$port"
+    log "gem-proxy serves $url (health: http://localhost:$admin_port/health)"
+    if [ "$(field source)" = "self-signed" ]; then
+        cert="$(sed -n 's/^ *cert_path: *"\{0,1\}\([^"#]*[^"# ]\)"\{0,1\}.*/\1/p' "$CONFIG" | head -n 1)"
+        log "its certificate is self-signed: $cert (SHA-256 $(field sha256_fingerprint))"
+        log "trust it:   curl --cacert $cert $url/v1beta/models      (or curl -k to skip the check)"
+        log "Python SDK: SSL_CERT_FILE=$cert python your_script.py   (base_url=\"$url\")"
+    fi
+else
+    log "gem-proxy serves http://localhost:$port (health: http://localhost:$admin_port/health)"
+fi
 wait "$gw_pid"

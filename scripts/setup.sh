@@ -118,8 +118,15 @@ PY
 main() {
     local t0=$SECONDS
     setup_venv
-    # apt_install ...   (none needed yet)
-    # npm_install ...   (none needed yet)
+    # Observability tests (tests/e2e/test_observability.py): a real Prometheus and promtool
+    # (scrape, query API, `promtool check metrics|rules`, `promtool test rules`), and the Grafana
+    # schema types with TypeScript to check the dashboard.
+    apt_install prometheus
+    command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+    npm_install typescript@5.9 @grafana/schema@13
+    # TLS tests (tests/tls.rs, tests/acme.rs): openssl makes operators' keys in every format;
+    # Pebble (Let's Encrypt's test CA) and pebble-challtestsrv issue real ACME certificates.
+    apt_install openssl pebble
     log "done in $((SECONDS - t0))s"
 }
 

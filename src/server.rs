@@ -1,5 +1,10 @@
-//! Listeners: accept connections, serve HTTP/1.1 and HTTP/2 (h2c prior knowledge) on them, and
-//! shut down gracefully.
+//! Listeners: accept connections, serve HTTP/1.1 and HTTP/2 (h2c prior knowledge, or ALPN over
+//! TLS) on them, and shut down gracefully.
+//!
+//! With `server.tls.enabled` the proxy port speaks TLS ([`crate::tls`]): the handshake runs in the
+//! connection's own task under `server.tls.handshake_timeout_seconds`, so a slow client never holds
+//! up the accept loop. ACME's `http-01` challenge adds a plain-HTTP listener on
+//! `server.tls.acme.http_port`.
 //!
 //! Every accepted socket gets `TCP_NODELAY`. `server.max_connections` caps open client connections
 //! (further ones wait in the listen backlog). `server.header_read_timeout_seconds` closes HTTP/1.1
@@ -27,6 +32,8 @@ use tower::{Service, ServiceExt};
 
 use crate::body::BoxError;
 use crate::gateway::{Gateway, Live};
+use crate::metrics::{Listener, Metrics};
+use crate::tls::TlsAcceptor;
 use crate::{admin, stack};
 
 /// The client's socket address; a request extension inserted for every request.
@@ -54,10 +61,22 @@ struct ServeOptions {
 impl Server {
     /// Binds the listeners of `live.config` and starts serving.
     pub async fn start(live: Live) -> io::Result<Server> {
+        Self::start_gateway(Gateway::new(live)).await
+    }
+
+    /// Binds the listeners of the gateway's config and starts serving it; also watches the config
+    /// file (`admin.config_watch_interval_seconds`).
+    pub async fn start_gateway(gateway: Arc<Gateway>) -> io::Result<Server> {
+        let live = gateway.live();
         let cfg = &live.config;
         let proxy = bind(&cfg.server.host, cfg.server.port).await?;
         let admin = if cfg.metrics.enabled {
-            let host = cfg.metrics.host.as_deref().unwrap_or(&cfg.server.host);
+            let host = cfg
+                .admin
+                .host
+                .as_deref()
+                .or(cfg.metrics.host.as_deref())
+                .unwrap_or(&cfg.server.host);
             Some(bind(host, cfg.metrics.prometheus_port).await?)
         } else {
             None
@@ -70,7 +89,22 @@ impl Server {
         let proxy_addr = proxy.local_addr()?;
         let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
 
-        let gateway = Gateway::new(live);
+        let watch_interval = Duration::from_secs(cfg.admin.config_watch_interval_seconds);
+        let server_cfg = &cfg.server;
+        let tls = if server_cfg.tls.enabled {
+            let tls = TlsAcceptor::start(server_cfg, proxy_addr.port(), gateway.tls())
+                .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
+            Some(Arc::new(tls))
+        } else {
+            None
+        };
+        let acme_http = match tls.as_ref().and_then(|t| t.http01_service()) {
+            Some(service) => Some((
+                bind(&server_cfg.host, server_cfg.tls.acme.http_port).await?,
+                service,
+            )),
+            None => None,
+        };
         let (shutdown, watch_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(serve(
@@ -78,7 +112,19 @@ impl Server {
             stack::build::<Incoming>(gateway.clone()),
             proxy_opts,
             watch_rx.clone(),
+            tls,
+            Some((gateway.metrics().clone(), Listener::Proxy)),
         ));
+        if let Some((listener, service)) = acme_http {
+            let opts = ServeOptions {
+                max_connections: 256,
+                ..proxy_opts
+            };
+            tasks.spawn(serve(listener, service, opts, watch_rx.clone(), None, None));
+        }
+        if !watch_interval.is_zero() {
+            tasks.spawn(watch_config_file(gateway.clone(), watch_interval, watch_rx.clone()));
+        }
         if let Some(admin) = admin {
             let opts = ServeOptions {
                 max_connections: 256,
@@ -89,9 +135,16 @@ impl Server {
                 admin::service(gateway.clone()),
                 opts,
                 watch_rx,
+                None,
+                Some((gateway.metrics().clone(), Listener::Admin)),
             ));
         }
-        tracing::info!(%proxy_addr, admin_addr = ?admin_addr, "gem-proxy listening");
+        tracing::info!(
+            %proxy_addr,
+            tls = server_cfg.tls.enabled,
+            admin_addr = ?admin_addr,
+            "gem-proxy listening"
+        );
         Ok(Server {
             gateway,
             proxy_addr,
@@ -125,6 +178,25 @@ impl Server {
     /// period ran out).
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
+        if let Some(tracing) = self.gateway.tracing().cloned() {
+            // Export the last spans; the exporter may block on the collector for a few seconds.
+            let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+        }
+    }
+}
+
+/// Checks the config file for edits made on disk every `interval` until shutdown.
+async fn watch_config_file(
+    gateway: Arc<Gateway>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        gateway.check_config_file();
     }
 }
 
@@ -139,6 +211,9 @@ async fn serve<S, B>(
     service: S,
     opts: ServeOptions,
     mut shutdown: watch::Receiver<bool>,
+    tls: Option<Arc<TlsAcceptor>>,
+    // Counts this listener's connections in `gem_proxy_connections_*`.
+    connections: Option<(Arc<Metrics>, Listener)>,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -157,6 +232,7 @@ async fn serve<S, B>(
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30));
+    let builder = Arc::new(builder);
     let limit = Arc::new(Semaphore::new(opts.max_connections));
     let graceful = GracefulShutdown::new();
     let stop = async move {
@@ -184,11 +260,32 @@ async fn serve<S, B>(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set TCP_NODELAY failed");
         }
+        // The connection counts as open for as long as its permit is held.
+        let permit = (
+            permit,
+            connections.as_ref().map(|(m, l)| m.connection_opened(*l)),
+        );
         let service = service.clone();
         let hyper_service = service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(ClientAddr(peer));
             service.clone().oneshot(req)
         });
+        if let Some(tls) = &tls {
+            // The handshake happens in the connection's task, never here in the accept loop.
+            let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
+            tokio::spawn(async move {
+                if let Some(stream) = tls.accept(stream, peer).await {
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), hyper_service)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                drop(permit);
+            });
+            continue;
+        }
         let conn = builder
             .serve_connection(TokioIo::new(stream), hyper_service)
             .into_owned();

@@ -181,21 +181,32 @@ metrics:
     assert!(stdout.contains("2 upstream key(s)"));
 }
 
+/// The example ships with TLS on and no certificate: valid as it is (the self-signed certificate
+/// is generated at the first start, relative to the working directory).
 #[test]
 fn the_shipped_example_is_valid() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/proxy.yaml.example");
-    let out = run(
-        &["check-config", "--config", example.to_str().unwrap()],
-        &[
-            ("GEMINI_API_KEY_1", "AIzaONE"),
-            ("GEMINI_API_KEY_2", "AIzaTWO"),
-        ],
-    );
+    let fresh = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", example.to_str().unwrap()])
+        .current_dir(fresh.path())
+        .env_remove("GEM_PROXY_CONFIG")
+        .env("GEMINI_API_KEY_1", "AIzaONE")
+        .env("GEMINI_API_KEY_2", "AIzaTWO")
+        .output()
+        .expect("binary runs");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("proxy on 0.0.0.0:8443 (TLS on)"),
+        "{stdout}"
+    );
+    // Checking writes nothing.
+    assert_eq!(std::fs::read_dir(fresh.path()).unwrap().count(), 0);
 }
 
 #[test]
