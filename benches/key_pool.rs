@@ -20,6 +20,8 @@ fn keys(n: usize, rpm: Option<u32>) -> Vec<ApiKeyConfig> {
             max_requests_per_day: None,
             max_tokens_per_minute: None,
             enabled: true,
+            label: None,
+            notes: None,
         })
         .collect()
 }

@@ -20,6 +20,9 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
+# The web console first: the gateway embeds ui/dist (skipped when ui/ is unchanged; the first run
+# installs the wasm target and wasm-bindgen-cli, which takes a few minutes).
+scripts/build-ui.sh
 log "building (release)"
 cargo build --release --quiet -p gem-proxy -p gem-proxy-mock --bins
 
@@ -69,6 +72,13 @@ if [ -n "$admin_port" ] && command -v curl >/dev/null 2>&1; then
         kill -0 "$gw_pid" 2>/dev/null || break
         sleep 0.1
     done
+fi
+if [ -n "$admin_port" ]; then
+    if [ -n "${GEM_PROXY_ADMIN_TOKEN:-}" ]; then
+        log "web console: http://localhost:$admin_port/ (sign in with \$GEM_PROXY_ADMIN_TOKEN)"
+    else
+        log "web console: http://localhost:$admin_port/ (set GEM_PROXY_ADMIN_TOKEN, 16+ characters, to sign in)"
+    fi
 fi
 field() { sed -n "s/.*\"tls\":{[^}]*\"$1\":\"\([^\"]*\)\".*/\1/p" <<<"$health"; }
 if grep -q '(TLS on)' <<<"$summary"; then

@@ -50,7 +50,9 @@ apt_install() {
 }
 
 # npm_install PKG[@VERSION]... : installs npm packages into $ROOT/node_modules when
-# node_modules lacks them (checked by package name only).
+# node_modules lacks any of them (checked by package name only). There is no package.json, so
+# npm removes whatever the command does not name: call it once, with every package, and it
+# installs them all together.
 npm_install() {
     local missing=() spec name
     for spec in "$@"; do
@@ -63,8 +65,8 @@ npm_install() {
     if [ "${#missing[@]}" -eq 0 ]; then
         return 0
     fi
-    log "npm install ${missing[*]}"
-    npm install --prefix "$ROOT" --no-save --no-audit --no-fund --loglevel=error "${missing[@]}"
+    log "npm install $* (missing: ${missing[*]})"
+    npm install --prefix "$ROOT" --no-save --no-audit --no-fund --loglevel=error "$@"
 }
 
 # Picks a Python 3.10+ interpreter. Prefers a real binary over a pyenv shim.
@@ -123,7 +125,10 @@ main() {
     # schema types with TypeScript to check the dashboard.
     apt_install prometheus
     command -v npm >/dev/null 2>&1 || apt_install nodejs npm
-    npm_install typescript@5.9 @grafana/schema@13
+    # Web console tests (tests/e2e/test_console.py): Debian's Chromium, driven by playwright-core
+    # (which downloads no browser). Every npm package goes in this one call (see npm_install).
+    apt_install chromium
+    npm_install typescript@5.9 @grafana/schema@13 playwright-core@1.65
     # TLS tests (tests/tls.rs, tests/acme.rs): openssl makes operators' keys in every format;
     # Pebble (Let's Encrypt's test CA) and pebble-challtestsrv issue real ACME certificates.
     apt_install openssl pebble

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The project's test command (what CI runs through .ci/run):
 #   1. scripts/setup.sh                         installs the test tools (.venv with the real SDKs)
-#   2. cargo build --workspace --bins           gem-proxy and gem-proxy-mock in target/debug
-#   3. cargo test --workspace --no-fail-fast    unit + integration tests
-#   4. .venv/bin/python -m pytest tests/e2e     end-to-end tests with the real Gemini/OpenAI SDKs
+#   2. scripts/build-ui.sh                      the web console into ui/dist (skipped when unchanged)
+#   3. cargo build --workspace --bins           gem-proxy (embedding ui/dist) and gem-proxy-mock
+#   4. cargo test --workspace --no-fail-fast    unit + integration tests
+#   5. .venv/bin/python -m pytest tests/e2e     end-to-end tests with the real Gemini/OpenAI SDKs
+#                                               and the console in headless Chromium
 # Extra arguments go to pytest (e.g. `scripts/test.sh -k stream -x`).
-# Steps 3 and 4 both run even if one fails; the exit code is non-zero if any step failed.
-# The last line counts the tests of steps 3 and 4: "summary: N passed, N failed".
+# Steps 4 and 5 both run even if one fails; the exit code is non-zero if any step failed.
+# The last line counts the tests of steps 4 and 5: "summary: N passed, N failed".
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -71,6 +73,7 @@ summary() {
 
 # Setup and build are prerequisites: stop at the first failure.
 run setup scripts/setup.sh || { summary; exit 1; }
+run build-ui scripts/build-ui.sh || { summary; exit 1; }
 run build cargo build --workspace --bins || { summary; exit 1; }
 
 # Both suites run; both are reported.

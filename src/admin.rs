@@ -1,7 +1,8 @@
 //! The admin listener (`metrics.prometheus_port`): `GET /health` for probes, `GET /metrics`
 //! (Prometheus text format), `GET /performance` (QPS, success rate, latency percentiles, overall
-//! and per key), `GET /errors` (error counts and the last 100 errors), and the admin API under
-//! `/api/` (see [`crate::api`]). `/health/live` and `/health/ready` are for Kubernetes probes.
+//! and per key), `GET /errors` (error counts and the last 100 errors), the admin API under
+//! `/api/` (see [`crate::api`]), and the web console on every other `GET` path (see
+//! [`crate::console`]). `/health/live` and `/health/ready` are for Kubernetes probes.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -77,6 +78,8 @@ fn route<B>(gateway: &Gateway, req: &Request<B>) -> Response<GatewayBody> {
             "INVALID_ARGUMENT",
             &format!("use GET {path}"),
         ),
+        // The web console: its assets, and its page for every other path (client-side routes).
+        (&Method::GET | &Method::HEAD, _) => crate::console::respond(req),
         (_, path) => google_error(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",

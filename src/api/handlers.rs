@@ -217,6 +217,10 @@ pub(crate) struct KeyView {
     weight: u32,
     /// Whether it is enabled in the config.
     enabled: bool,
+    /// A short name for people (`label` in the config).
+    label: Option<String>,
+    /// Free-form notes (`notes` in the config).
+    notes: Option<String>,
     /// Requests per minute per model.
     max_requests_per_minute: Option<u32>,
     /// Requests per Pacific day per model.
@@ -251,6 +255,8 @@ fn key_views(ctx: &Ctx<'_>) -> Vec<KeyView> {
                 id: k.id.clone(),
                 weight: k.weight,
                 enabled: k.enabled,
+                label: k.label.clone(),
+                notes: k.notes.clone(),
                 max_requests_per_minute: k.max_requests_per_minute,
                 max_requests_per_day: k.max_requests_per_day,
                 max_tokens_per_minute: k.max_tokens_per_minute,

@@ -341,6 +341,14 @@ pub struct ApiKeyConfig {
     /// Whether the key is used at all.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// A short name for people (team, project, billing account), shown in the admin API and the
+    /// web console next to the id. Not used by the gateway.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Free-form notes (owner, quota tier, when it was rotated), shown in the admin API and the
+    /// web console. Not used by the gateway.
+    #[serde(default)]
+    pub notes: Option<String>,
 }
 
 fn default_true() -> bool {

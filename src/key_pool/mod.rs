@@ -246,6 +246,8 @@ mod tests {
             max_requests_per_day: None,
             max_tokens_per_minute: None,
             enabled: true,
+            label: None,
+            notes: None,
         }
     }
 
