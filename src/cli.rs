@@ -198,8 +198,10 @@ fn serve(config: Config, path: &std::path::Path) -> anyhow::Result<()> {
         })?;
         let gateway = Gateway::new(live);
         gateway.set_config_source(Some(path), loader, document);
+        // Handlers first: a SIGTERM right after "listening" must not meet the default action.
+        let signals = ShutdownSignals::install().context("cannot listen for signals")?;
         let server = Server::start_gateway(gateway).await?;
-        shutdown_signal().await;
+        signals.wait().await;
         tracing::info!("shutting down: no new connections; waiting for running requests");
         server.shutdown();
         server.wait().await;
@@ -208,23 +210,36 @@ fn serve(config: Config, path: &std::path::Path) -> anyhow::Result<()> {
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM and SIGINT handlers, installed before the listeners open.
+struct ShutdownSignals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Resolves on SIGTERM or SIGINT.
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -433,3 +433,19 @@ async fn readiness_follows_the_keys() {
     let (status, _, _) = a.api(Method::GET, "/health/live", None, "").await;
     assert_eq!(status, 200);
 }
+
+/// Key ids may hold any character: clients percent-encode them in the path.
+#[tokio::test]
+async fn key_ids_are_percent_decoded_in_paths() {
+    let a = Admin::start().await;
+    let (status, _, text) = a
+        .admin(Method::POST, "/api/keys", r#"{"id":"team a/1","key":"AIzaKEY5"}"#)
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let (status, key, _) = a.admin(Method::POST, "/api/keys/team%20a%2F1/disable", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(key["id"], "team a/1");
+    assert_eq!(key["state"], "disabled");
+    let (status, _, _) = a.admin(Method::DELETE, "/api/keys/team%20a%2F1", "").await;
+    assert_eq!(status, 200);
+}

@@ -66,6 +66,15 @@ async fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    // Listen for signals before saying we are ready: a SIGTERM sent right after the line must
+    // find the handler in place, not the default action.
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(error) => {
+            eprintln!("gem-proxy-mock: cannot wait for signals: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut stdout = std::io::stdout().lock();
     if writeln!(stdout, "listening on {}", mock.base_url())
         .and_then(|()| stdout.flush())
@@ -75,35 +84,44 @@ async fn main() -> ExitCode {
     }
     drop(stdout);
 
-    let result = shutdown_signal().await;
+    signals.wait().await;
     drop(mock);
     if let Some(path) = &cli.pid_file {
         let _ = std::fs::remove_file(path);
     }
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("gem-proxy-mock: cannot wait for signals: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    ExitCode::SUCCESS
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() -> std::io::Result<()> {
+/// SIGTERM and SIGINT handlers, installed up front.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
         }
-        Ok(())
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await
+
+    /// Resolves on SIGTERM or SIGINT.
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

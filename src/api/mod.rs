@@ -72,7 +72,13 @@ where
             );
         }
     };
-    let segments: Vec<&str> = path.trim_start_matches("/api/").split('/').collect();
+    // Key ids may hold any character; clients percent-encode them in the path.
+    let decoded: Vec<String> = path
+        .trim_start_matches("/api/")
+        .split('/')
+        .map(percent_decode)
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let ctx = handlers::Ctx {
         gateway: &gateway,
         admin: &admin,
@@ -98,6 +104,31 @@ where
             &format!("no admin API route {} {path}", parts.method),
         ),
     }
+}
+
+/// `%2F` → `/` and so on; a malformed escape is kept as written.
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| segment.to_owned())
 }
 
 /// A JSON answer.
@@ -135,4 +166,17 @@ pub(crate) fn invalid(message: &str, problems: &[Problem]) -> Response<GatewayBo
         }
     });
     json(StatusCode::BAD_REQUEST, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn path_segments_are_percent_decoded() {
+        assert_eq!(percent_decode("team%20a%2Fkey"), "team a/key");
+        assert_eq!(percent_decode("plain"), "plain");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
 }

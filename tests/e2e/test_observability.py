@@ -42,9 +42,11 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, every: 
         try:
             last = check()
         except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
+            # Not ready yet (Prometheus still starting, no scrape yet): an error is not an answer.
             last = e
-        if last:
-            return last
+        else:
+            if last:
+                return last
         time.sleep(every)
     pytest.fail(f"timed out waiting for {what} (last: {last!r})", pytrace=False)
 
