@@ -73,7 +73,11 @@ fn route<B>(gateway: &Gateway, req: &Request<B>) -> Response<GatewayBody> {
         (&Method::GET | &Method::HEAD, "/errors") => {
             json(StatusCode::OK, &gateway.metrics().errors())
         }
-        (_, path @ ("/health" | "/health/live" | "/health/ready" | "/metrics" | "/performance" | "/errors")) => google_error(
+        (
+            _,
+            path @ ("/health" | "/health/live" | "/health/ready" | "/metrics" | "/performance"
+            | "/errors"),
+        ) => google_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "INVALID_ARGUMENT",
             &format!("use GET {path}"),
@@ -141,7 +145,12 @@ fn usable_keys(gateway: &Gateway) -> usize {
     live.keys
         .keys()
         .filter(|k| live.keys.is_enabled(&k.id))
-        .filter(|k| !matches!(gateway.store().status(&k.id, now).state, "invalid" | "disabled"))
+        .filter(|k| {
+            !matches!(
+                gateway.store().status(&k.id, now).state,
+                "invalid" | "disabled"
+            )
+        })
         .count()
 }
 

@@ -104,15 +104,26 @@ impl Gateway {
     /// Says where the running config came from (the file, the loader that expands it, and its
     /// document before expansion), so changes can be written back and the file watched. Without
     /// it, changes are kept in memory only. Set once, before serving.
-    pub fn set_config_source(&self, path: Option<std::path::PathBuf>, loader: ConfigLoader, document: ConfigDocument) {
-        let _ = self.versions.set(ConfigVersions::new(path, loader, document));
+    pub fn set_config_source(
+        &self,
+        path: Option<std::path::PathBuf>,
+        loader: ConfigLoader,
+        document: ConfigDocument,
+    ) {
+        let _ = self
+            .versions
+            .set(ConfigVersions::new(path, loader, document));
     }
 
     /// The config's versions.
     pub fn versions(&self) -> &ConfigVersions {
         self.versions.get_or_init(|| {
             let live = self.live();
-            ConfigVersions::new(None, ConfigLoader::default(), ConfigDocument::from_config(&live.config))
+            ConfigVersions::new(
+                None,
+                ConfigLoader::default(),
+                ConfigDocument::from_config(&live.config),
+            )
         })
     }
 

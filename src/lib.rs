@@ -22,6 +22,6 @@ pub mod logging;
 pub mod metrics;
 pub mod server;
 pub mod stack;
-pub mod trace;
 pub mod tls;
+pub mod trace;
 pub mod upstream;

@@ -123,7 +123,11 @@ impl Server {
             tasks.spawn(serve(listener, service, opts, watch_rx.clone(), None, None));
         }
         if !watch_interval.is_zero() {
-            tasks.spawn(watch_config_file(gateway.clone(), watch_interval, watch_rx.clone()));
+            tasks.spawn(watch_config_file(
+                gateway.clone(),
+                watch_interval,
+                watch_rx.clone(),
+            ));
         }
         if let Some(admin) = admin {
             let opts = ServeOptions {

@@ -74,10 +74,19 @@ admin: {{ token: "{ADMIN_TOKEN}", config_watch_interval_seconds: {watch_seconds}
         self.server.gateway()
     }
 
-    async fn api(&self, method: Method, path: &str, token: Option<&str>, body: &str) -> (StatusCode, serde_json::Value, String) {
+    async fn api(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, serde_json::Value, String) {
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("http://{}{path}", self.server.admin_addr().unwrap()))
+            .uri(format!(
+                "http://{}{path}",
+                self.server.admin_addr().unwrap()
+            ))
             .header("content-type", "application/json");
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
@@ -93,7 +102,12 @@ admin: {{ token: "{ADMIN_TOKEN}", config_watch_interval_seconds: {watch_seconds}
         (status, value, text)
     }
 
-    async fn admin(&self, method: Method, path: &str, body: &str) -> (StatusCode, serde_json::Value, String) {
+    async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> (StatusCode, serde_json::Value, String) {
         self.api(method, path, Some(ADMIN_TOKEN), body).await
     }
 
@@ -107,7 +121,11 @@ admin: {{ token: "{ADMIN_TOKEN}", config_watch_interval_seconds: {watch_seconds}
     }
 
     fn keys_seen(&self) -> Vec<String> {
-        self.mock.requests().into_iter().filter_map(|r| r.key).collect()
+        self.mock
+            .requests()
+            .into_iter()
+            .filter_map(|r| r.key)
+            .collect()
     }
 }
 
@@ -156,14 +174,18 @@ async fn every_api_route_needs_an_admin_credential() {
         let (status, body, _) = a.api(m.clone(), path, None, "{}").await;
         assert_eq!(status, 401, "{method} {path} without a credential");
         assert_eq!(body["error"]["status"], "UNAUTHENTICATED");
-        let (status, _, _) = a.api(m.clone(), path, Some("wrong-token-0123456789"), "{}").await;
+        let (status, _, _) = a
+            .api(m.clone(), path, Some("wrong-token-0123456789"), "{}")
+            .await;
         assert_eq!(status, 401, "{method} {path} with a bad credential");
         let (status, body, _) = a.api(m.clone(), path, Some(&client), "{}").await;
         assert_eq!(status, 403, "{method} {path} with a client token");
         assert_eq!(body["error"]["status"], "PERMISSION_DENIED");
     }
     // An admin JWT works like the static token.
-    let (status, _, _) = a.api(Method::GET, "/api/keys", Some(&client_jwt("admin")), "").await;
+    let (status, _, _) = a
+        .api(Method::GET, "/api/keys", Some(&client_jwt("admin")), "")
+        .await;
     assert_eq!(status, 200);
     // /health and /metrics stay open.
     let (status, _, _) = a.api(Method::GET, "/health", None, "").await;
@@ -207,7 +229,9 @@ async fn a_put_with_new_keys_applies_to_the_next_request_while_a_running_stream_
     // GET → edit → PUT: replace both keys by a new one; masked secrets are never sent.
     let (_, mut config, _) = a.admin(Method::GET, "/api/config", "").await;
     config["gemini"]["api_keys"] = serde_json::json!([{ "id": "key3", "key": "AIzaNEWKEY3" }]);
-    let (status, applied, text) = a.admin(Method::PUT, "/api/config", &config.to_string()).await;
+    let (status, applied, text) = a
+        .admin(Method::PUT, "/api/config", &config.to_string())
+        .await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(applied["version"], 2);
     assert!(applied["changes"].to_string().contains("key3"), "{applied}");
@@ -229,7 +253,10 @@ async fn a_put_with_new_keys_applies_to_the_next_request_while_a_running_stream_
 
     // Persisted, keeping the env reference out (key1 is gone) and the new key literal.
     let on_disk = std::fs::read_to_string(&a.path).unwrap();
-    assert!(on_disk.contains("key3") && !on_disk.contains("key1"), "{on_disk}");
+    assert!(
+        on_disk.contains("key3") && !on_disk.contains("key1"),
+        "{on_disk}"
+    );
     assert!(a.path.with_file_name("proxy.yaml.prev").exists());
 }
 
@@ -238,13 +265,24 @@ async fn masked_secrets_sent_back_keep_their_values_and_env_references() {
     let a = Admin::start().await;
     let (_, mut config, _) = a.admin(Method::GET, "/api/config", "").await;
     config["gemini"]["timeout_seconds"] = 77.into();
-    let (status, _, text) = a.admin(Method::PUT, "/api/config", &config.to_string()).await;
+    let (status, _, text) = a
+        .admin(Method::PUT, "/api/config", &config.to_string())
+        .await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(a.gateway().live().config.gemini.timeout_seconds, 77);
-    assert_eq!(a.gateway().live().config.gemini.api_keys[0].key.expose(), KEY1);
+    assert_eq!(
+        a.gateway().live().config.gemini.api_keys[0].key.expose(),
+        KEY1
+    );
     let on_disk = std::fs::read_to_string(&a.path).unwrap();
-    assert!(on_disk.contains("${TEST_KEY_1}"), "the env reference must stay: {on_disk}");
-    assert!(!on_disk.contains(KEY1), "the env value must not be written: {on_disk}");
+    assert!(
+        on_disk.contains("${TEST_KEY_1}"),
+        "the env reference must stay: {on_disk}"
+    );
+    assert!(
+        !on_disk.contains(KEY1),
+        "the env value must not be written: {on_disk}"
+    );
 }
 
 #[tokio::test]
@@ -255,14 +293,20 @@ async fn an_invalid_put_changes_nothing() {
     config["gemini"]["api_keys"][1]["weight"] = 0.into();
     config["gemini"]["timeout_seconds"] = 0.into();
     config["gemini"]["bogus"] = true.into();
-    let (status, body, _) = a.admin(Method::PUT, "/api/config", &config.to_string()).await;
+    let (status, body, _) = a
+        .admin(Method::PUT, "/api/config", &config.to_string())
+        .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["status"], "INVALID_ARGUMENT");
-    let violations = body["error"]["details"][0]["fieldViolations"].as_array().unwrap();
+    let violations = body["error"]["details"][0]["fieldViolations"]
+        .as_array()
+        .unwrap();
     assert!(!violations.is_empty());
     // Fix the unknown field: both value problems are listed at once.
     config["gemini"].as_object_mut().unwrap().remove("bogus");
-    let (status, body, _) = a.admin(Method::PUT, "/api/config", &config.to_string()).await;
+    let (status, body, _) = a
+        .admin(Method::PUT, "/api/config", &config.to_string())
+        .await;
     assert_eq!(status, 400);
     let fields: Vec<_> = body["error"]["details"][0]["fieldViolations"]
         .as_array()
@@ -270,8 +314,14 @@ async fn an_invalid_put_changes_nothing() {
         .iter()
         .map(|v| v["field"].as_str().unwrap().to_owned())
         .collect();
-    assert!(fields.contains(&"gemini.timeout_seconds".to_string()), "{fields:?}");
-    assert!(fields.contains(&"gemini.api_keys[1].weight".to_string()), "{fields:?}");
+    assert!(
+        fields.contains(&"gemini.timeout_seconds".to_string()),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"gemini.api_keys[1].weight".to_string()),
+        "{fields:?}"
+    );
     assert_eq!(std::fs::read_to_string(&a.path).unwrap(), before_file);
     assert_eq!(a.gateway().versions().version(), 1);
     assert_eq!(a.gateway().live().config.gemini.timeout_seconds, 600);
@@ -283,17 +333,25 @@ async fn history_and_rollback() {
     let a = Admin::start().await;
     let (_, mut config, _) = a.admin(Method::GET, "/api/config", "").await;
     config["gemini"]["timeout_seconds"] = 77.into();
-    a.admin(Method::PUT, "/api/config", &config.to_string()).await;
+    a.admin(Method::PUT, "/api/config", &config.to_string())
+        .await;
     let (_, history, _) = a.admin(Method::GET, "/api/config/history", "").await;
     assert_eq!(history["current_version"], 2);
     assert_eq!(history["versions"][1]["who"], "admin-token");
-    assert_eq!(history["versions"][1]["changes"][0], "gemini.timeout_seconds: 600 → 77");
+    assert_eq!(
+        history["versions"][1]["changes"][0],
+        "gemini.timeout_seconds: 600 → 77"
+    );
 
     let (status, applied, _) = a.admin(Method::POST, "/api/config/rollback/1", "").await;
     assert_eq!(status, 200);
     assert_eq!(applied["version"], 3);
     assert_eq!(a.gateway().live().config.gemini.timeout_seconds, 600);
-    assert!(std::fs::read_to_string(&a.path).unwrap().contains("${TEST_KEY_1}"));
+    assert!(
+        std::fs::read_to_string(&a.path)
+            .unwrap()
+            .contains("${TEST_KEY_1}")
+    );
     let (status, _, _) = a.admin(Method::POST, "/api/config/rollback/99", "").await;
     assert_eq!(status, 404);
 }
@@ -304,7 +362,11 @@ async fn history_and_rollback() {
 async fn edits_on_disk_are_applied_and_broken_ones_refused() {
     let a = Admin::start_with("", 2).await;
     let text = std::fs::read_to_string(&a.path).unwrap();
-    std::fs::write(&a.path, text.replace("api_keys:", "timeout_seconds: 55\n  api_keys:")).unwrap();
+    std::fs::write(
+        &a.path,
+        text.replace("api_keys:", "timeout_seconds: 55\n  api_keys:"),
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(a.gateway().live().config.gemini.timeout_seconds, 55);
     assert_eq!(a.gateway().versions().history().last().unwrap().who, "file");
@@ -334,10 +396,20 @@ async fn keys_can_be_added_disabled_enabled_tested_and_deleted() {
     for _ in 0..4 {
         a.generate().await;
     }
-    assert!(a.keys_seen().contains(&"AIzaKEY3".to_string()), "{:?}", a.keys_seen());
+    assert!(
+        a.keys_seen().contains(&"AIzaKEY3".to_string()),
+        "{:?}",
+        a.keys_seen()
+    );
 
     // Duplicates are refused with the field named.
-    let (status, body, _) = a.admin(Method::POST, "/api/keys", r#"{"id":"key3","key":"AIzaDUP"}"#).await;
+    let (status, body, _) = a
+        .admin(
+            Method::POST,
+            "/api/keys",
+            r#"{"id":"key3","key":"AIzaDUP"}"#,
+        )
+        .await;
     assert_eq!(status, 400);
     assert!(body.to_string().contains("duplicate id"), "{body}");
 
@@ -355,10 +427,17 @@ async fn keys_can_be_added_disabled_enabled_tested_and_deleted() {
     let (status, test, _) = a.admin(Method::POST, "/api/keys/key3/test", "").await;
     assert_eq!(status, 200);
     assert_eq!(test["result"], "valid");
-    a.mock.set_key_failure("AIzaKEY4", Some(gem_proxy_mock::Failure::InvalidKey));
+    a.mock
+        .set_key_failure("AIzaKEY4", Some(gem_proxy_mock::Failure::InvalidKey));
     let (_, test, _) = a.admin(Method::POST, "/api/keys/key4/test", "").await;
     assert_eq!(test["result"], "invalid");
-    a.mock.set_key_failure("AIzaKEY4", Some(gem_proxy_mock::Failure::RateLimited { retry_delay_seconds: Some(5), per_day: false }));
+    a.mock.set_key_failure(
+        "AIzaKEY4",
+        Some(gem_proxy_mock::Failure::RateLimited {
+            retry_delay_seconds: Some(5),
+            per_day: false,
+        }),
+    );
     let (_, test, _) = a.admin(Method::POST, "/api/keys/key4/test", "").await;
     assert_eq!(test["result"], "quota_exhausted");
 
@@ -375,12 +454,18 @@ async fn tokens_are_issued_and_revoked_end_to_end() {
     // Turn client auth on through the API.
     let (_, mut config, _) = a.admin(Method::GET, "/api/config", "").await;
     config["auth"]["enabled"] = true.into();
-    let (status, _, text) = a.admin(Method::PUT, "/api/config", &config.to_string()).await;
+    let (status, _, text) = a
+        .admin(Method::PUT, "/api/config", &config.to_string())
+        .await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(a.generate().await, 401);
 
     let (status, issued, _) = a
-        .admin(Method::POST, "/api/tokens", r#"{"sub":"team-a","ttl":"1h","models":["gemini-2.5-*"],"rpm":100}"#)
+        .admin(
+            Method::POST,
+            "/api/tokens",
+            r#"{"sub":"team-a","ttl":"1h","models":["gemini-2.5-*"],"rpm":100}"#,
+        )
         .await;
     assert_eq!(status, 200);
     let token = issued["token"].as_str().unwrap().to_owned();
@@ -398,11 +483,19 @@ async fn tokens_are_issued_and_revoked_end_to_end() {
     };
     assert_eq!(call(token.clone()).await, 200);
 
-    let (status, _, _) = a.admin(Method::POST, "/api/tokens/revoke", &format!(r#"{{"jti":"{jti}"}}"#)).await;
+    let (status, _, _) = a
+        .admin(
+            Method::POST,
+            "/api/tokens/revoke",
+            &format!(r#"{{"jti":"{jti}"}}"#),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(call(token).await, 401);
     assert!(std::fs::read_to_string(&a.path).unwrap().contains(&jti));
-    let (status, _, _) = a.admin(Method::POST, "/api/tokens", r#"{"sub":"x","role":"root"}"#).await;
+    let (status, _, _) = a
+        .admin(Method::POST, "/api/tokens", r#"{"sub":"x","role":"root"}"#)
+        .await;
     assert_eq!(status, 400);
 }
 
@@ -413,7 +506,9 @@ async fn the_openapi_document_describes_the_api() {
     assert_eq!(status, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for (method, path) in ROUTES {
-        let path = path.replace("/rollback/1", "/rollback/{version}").replace("key1", "{id}");
+        let path = path
+            .replace("/rollback/1", "/rollback/{version}")
+            .replace("key1", "{id}");
         assert!(
             doc["paths"][&path][method.to_lowercase()].is_object(),
             "{method} {path} missing from the OpenAPI document"
@@ -439,10 +534,16 @@ async fn readiness_follows_the_keys() {
 async fn key_ids_are_percent_decoded_in_paths() {
     let a = Admin::start().await;
     let (status, _, text) = a
-        .admin(Method::POST, "/api/keys", r#"{"id":"team a/1","key":"AIzaKEY5"}"#)
+        .admin(
+            Method::POST,
+            "/api/keys",
+            r#"{"id":"team a/1","key":"AIzaKEY5"}"#,
+        )
         .await;
     assert_eq!(status, 200, "{text}");
-    let (status, key, _) = a.admin(Method::POST, "/api/keys/team%20a%2F1/disable", "").await;
+    let (status, key, _) = a
+        .admin(Method::POST, "/api/keys/team%20a%2F1/disable", "")
+        .await;
     assert_eq!(status, 200);
     assert_eq!(key["id"], "team a/1");
     assert_eq!(key["state"], "disabled");

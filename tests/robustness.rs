@@ -188,7 +188,9 @@ async fn connections_over_the_cap_wait_until_one_closes() {
     let mut first = TcpStream::connect(h.server.proxy_addr()).await.unwrap();
     first.write_all(request.as_bytes()).await.unwrap();
     let mut head = [0u8; 12];
-    within("first answer", first.read_exact(&mut head)).await.unwrap();
+    within("first answer", first.read_exact(&mut head))
+        .await
+        .unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
 
     let mut second = TcpStream::connect(h.server.proxy_addr()).await.unwrap();
@@ -198,9 +200,14 @@ async fn connections_over_the_cap_wait_until_one_closes() {
         second.read_exact(&mut head),
     )
     .await;
-    assert!(waited.is_err(), "the second connection was served while the first was open");
+    assert!(
+        waited.is_err(),
+        "the second connection was served while the first was open"
+    );
 
     drop(first);
-    within("second answer", second.read_exact(&mut head)).await.unwrap();
+    within("second answer", second.read_exact(&mut head))
+        .await
+        .unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
 }

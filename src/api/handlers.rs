@@ -9,7 +9,9 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{Admin, invalid, json};
-use crate::auth::{Role, TokenRequest, Verifier, issue, parse_ttl, token_from_request, unix_now, utc_time};
+use crate::auth::{
+    Role, TokenRequest, Verifier, issue, parse_ttl, token_from_request, unix_now, utc_time,
+};
 use crate::body::GatewayBody;
 use crate::config::document::{ConfigDocument, masked_view};
 use crate::config::versions::{Applied, ChangeError, VersionInfo};
@@ -40,8 +42,8 @@ pub(super) fn authorize(gateway: &Gateway, headers: &HeaderMap) -> Result<Admin,
     };
     let live = gateway.live();
     let admin_token = &live.config.admin.token;
-    let jwt_configured = !live.config.auth.jwt_secret.is_empty()
-        || live.config.auth.jwt_public_key_path.is_some();
+    let jwt_configured =
+        !live.config.auth.jwt_secret.is_empty() || live.config.auth.jwt_public_key_path.is_some();
     if admin_token.is_empty() && !jwt_configured {
         return Err(unauthenticated(
             "the admin API is off: set admin.token, or auth.jwt_secret to use admin tokens",
@@ -53,14 +55,17 @@ pub(super) fn authorize(gateway: &Gateway, headers: &HeaderMap) -> Result<Admin,
             "an admin credential is required: Authorization: Bearer <admin.token or admin JWT>",
         ));
     };
-    if !admin_token.is_empty() && constant_time_eq(token.as_bytes(), admin_token.expose().as_bytes()) {
+    if !admin_token.is_empty()
+        && constant_time_eq(token.as_bytes(), admin_token.expose().as_bytes())
+    {
         return Ok(Admin("admin-token".into()));
     }
     if !jwt_configured {
         return Err(unauthenticated("the admin credential is not valid"));
     }
-    let verifier = Verifier::new(&live.config.auth, None)
-        .map_err(|_| unauthenticated("admin tokens cannot be checked with this auth configuration"))?;
+    let verifier = Verifier::new(&live.config.auth, None).map_err(|_| {
+        unauthenticated("admin tokens cannot be checked with this auth configuration")
+    })?;
     match verifier.verify(token, unix_now()) {
         Ok(client) if client.role == Role::Admin => Ok(Admin(format!("token:{}", client.id))),
         Ok(_) => Err(Box::new(google_error(
@@ -165,7 +170,11 @@ fn answer_change(result: Result<Applied, ChangeError>) -> Answer {
         ),
         Err(e @ ChangeError::Persist { .. }) => {
             tracing::error!(error = %e, "config applied but not persisted");
-            google_error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", &e.to_string())
+            google_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                &e.to_string(),
+            )
         }
     }
 }
@@ -204,7 +213,9 @@ pub(super) fn rollback(ctx: &Ctx<'_>, version: &str) -> Answer {
     let result = ctx
         .gateway
         .versions()
-        .rollback(version, &ctx.admin.0, &live.config, |c| ctx.gateway.reload(c));
+        .rollback(version, &ctx.admin.0, &live.config, |c| {
+            ctx.gateway.reload(c)
+        });
     answer_change(result)
 }
 
@@ -241,8 +252,7 @@ pub(super) fn list_keys(ctx: &Ctx<'_>) -> Answer {
 fn key_views(ctx: &Ctx<'_>) -> Vec<KeyView> {
     let live = ctx.gateway.live();
     let now = tokio::time::Instant::now();
-    live
-        .config
+    live.config
         .gemini
         .api_keys
         .iter()
@@ -271,7 +281,10 @@ pub(super) fn add_keys(ctx: &Ctx<'_>) -> Answer {
     let body: Value = match serde_json::from_slice(ctx.body) {
         Ok(v) => v,
         Err(e) => {
-            return invalid("no key added", &[Problem::new("", format!("not valid JSON: {e}"))]);
+            return invalid(
+                "no key added",
+                &[Problem::new("", format!("not valid JSON: {e}"))],
+            );
         }
     };
     let new_keys: Vec<Value> = match body {
@@ -281,7 +294,12 @@ pub(super) fn add_keys(ctx: &Ctx<'_>) -> Answer {
             _ => return invalid("no key added", &[Problem::new("keys", "must be a list")]),
         },
         obj @ Value::Object(_) => vec![obj],
-        _ => return invalid("no key added", &[Problem::new("", "send a key object or a list")]),
+        _ => {
+            return invalid(
+                "no key added",
+                &[Problem::new("", "send a key object or a list")],
+            );
+        }
     };
     // Each must be a key entry (unknown fields, missing id or key are reported with their place).
     let problems: Vec<Problem> = new_keys
@@ -338,11 +356,11 @@ pub(super) fn set_key_enabled(ctx: &Ctx<'_>, id: &str, enabled: bool) -> Answer 
     );
     if current.enabled != enabled {
         let res = edit_document(ctx, |tree| {
-        let keys = api_keys_mut(tree);
-        match keys
-            .iter_mut()
-            .find(|k| k.get("id").and_then(Value::as_str) == Some(id))
-        {
+            let keys = api_keys_mut(tree);
+            match keys
+                .iter_mut()
+                .find(|k| k.get("id").and_then(Value::as_str) == Some(id))
+            {
                 Some(Value::Object(k)) => {
                     k.insert("enabled".into(), Value::Bool(enabled));
                     Ok(())
@@ -380,7 +398,10 @@ pub(super) async fn test_key(ctx: &Ctx<'_>, id: &str) -> Answer {
     let Some(key) = live.keys.keys().find(|k| &*k.id == id).cloned() else {
         return not_found_key(id);
     };
-    let uri = match live.target.uri_for(&"/v1beta/models?pageSize=1".parse().expect("static URI")) {
+    let uri = match live
+        .target
+        .uri_for(&"/v1beta/models?pageSize=1".parse().expect("static URI"))
+    {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
@@ -475,7 +496,10 @@ pub(super) fn issue_token(ctx: &Ctx<'_>) -> Answer {
         Some(other) => {
             return invalid(
                 "no token issued",
-                &[Problem::new("role", format!("{other:?} is not a role: use admin or client"))],
+                &[Problem::new(
+                    "role",
+                    format!("{other:?} is not a role: use admin or client"),
+                )],
             );
         }
     };
@@ -506,7 +530,10 @@ pub(super) fn issue_token(ctx: &Ctx<'_>) -> Answer {
                 },
             )
         }
-        Err(e) => invalid("no token issued", &[Problem::new("auth.jwt_secret", e.to_string())]),
+        Err(e) => invalid(
+            "no token issued",
+            &[Problem::new("auth.jwt_secret", e.to_string())],
+        ),
     }
 }
 
@@ -525,7 +552,10 @@ pub(super) fn revoke_token(ctx: &Ctx<'_>) -> Answer {
         Err(e) => return invalid("nothing revoked", &[Problem::new("", e.to_string())]),
     };
     if revoke.jti.trim().is_empty() {
-        return invalid("nothing revoked", &[Problem::new("jti", "must not be empty")]);
+        return invalid(
+            "nothing revoked",
+            &[Problem::new("jti", "must not be empty")],
+        );
     }
     edit_document(ctx, |tree| {
         let auth = object_mut(tree, "auth");
@@ -544,7 +574,10 @@ pub(super) fn revoke_token(ctx: &Ctx<'_>) -> Answer {
 }
 
 /// Changes the current document with `edit`, then applies it like a `PUT`.
-fn edit_document(ctx: &Ctx<'_>, edit: impl FnOnce(&mut Value) -> Result<(), Box<Answer>>) -> Answer {
+fn edit_document(
+    ctx: &Ctx<'_>,
+    edit: impl FnOnce(&mut Value) -> Result<(), Box<Answer>>,
+) -> Answer {
     let mut tree = ctx.gateway.versions().document().tree().clone();
     if let Err(res) = edit(&mut tree) {
         return *res;
@@ -556,7 +589,9 @@ fn edit_document(ctx: &Ctx<'_>, edit: impl FnOnce(&mut Value) -> Result<(), Box<
 }
 
 fn object_mut<'a>(tree: &'a mut Value, key: &str) -> &'a mut serde_json::Map<String, Value> {
-    let map = tree.as_object_mut().expect("a config document is a mapping");
+    let map = tree
+        .as_object_mut()
+        .expect("a config document is a mapping");
     let entry = map
         .entry(key.to_owned())
         .or_insert_with(|| Value::Object(Default::default()));

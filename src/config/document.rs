@@ -277,17 +277,29 @@ gemini:
         view["gemini"]["timeout_seconds"] = 99.into();
         let next = doc.with_unmasked(view).unwrap();
         let text = next.to_yaml();
-        assert!(text.contains("${KEY_A}") && text.contains("AIzaLITERAL") && text.contains("AIzaNEW"), "{text}");
+        assert!(
+            text.contains("${KEY_A}") && text.contains("AIzaLITERAL") && text.contains("AIzaNEW"),
+            "{text}"
+        );
         let config = next.load(&loader()).unwrap();
-        let ids: Vec<_> = config.gemini.api_keys.iter().map(|k| (k.id.as_str(), k.key.expose())).collect();
-        assert_eq!(ids, [("b", "AIzaLITERAL"), ("a", "AIzaFROMENV"), ("c", "AIzaNEW")]);
+        let ids: Vec<_> = config
+            .gemini
+            .api_keys
+            .iter()
+            .map(|k| (k.id.as_str(), k.key.expose()))
+            .collect();
+        assert_eq!(
+            ids,
+            [("b", "AIzaLITERAL"), ("a", "AIzaFROMENV"), ("c", "AIzaNEW")]
+        );
         assert_eq!(config.gemini.timeout_seconds, 99);
     }
 
     #[test]
     fn a_masked_value_with_nothing_to_keep_is_a_problem() {
         let doc = ConfigDocument::from_yaml(DOC).unwrap();
-        let view = serde_json::json!({ "gemini": { "api_keys": [{ "id": "new", "key": Secret::MASK }] } });
+        let view =
+            serde_json::json!({ "gemini": { "api_keys": [{ "id": "new", "key": Secret::MASK }] } });
         let problems = doc.with_unmasked(view).unwrap_err();
         assert_eq!(problems[0].path, "gemini.api_keys[0].key");
     }
@@ -298,8 +310,17 @@ gemini:
         let before = masked_view(&doc.load(&loader()).unwrap());
         let mut after = before.clone();
         after["gemini"]["timeout_seconds"] = 99.into();
-        after["gemini"]["api_keys"].as_array_mut().unwrap().remove(1);
+        after["gemini"]["api_keys"]
+            .as_array_mut()
+            .unwrap()
+            .remove(1);
         let d = diff(&before, &after);
-        assert_eq!(d, ["gemini.api_keys[b]: removed", "gemini.timeout_seconds: 30 → 99"]);
+        assert_eq!(
+            d,
+            [
+                "gemini.api_keys[b]: removed",
+                "gemini.timeout_seconds: 30 → 99"
+            ]
+        );
     }
 }

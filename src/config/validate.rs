@@ -178,7 +178,10 @@ impl Config {
         if !admin.token.is_empty() && admin.token.char_len() < 16 {
             bad(
                 "admin.token",
-                &format!("must be at least 16 characters (has {})", admin.token.char_len()),
+                &format!(
+                    "must be at least 16 characters (has {})",
+                    admin.token.char_len()
+                ),
             );
         }
         let m = &self.metrics;

@@ -124,7 +124,10 @@ impl ConfigVersions {
     /// Starts the history with the document the process started with (`path` is where it lives
     /// and where changes are written; `None` keeps changes in memory).
     pub fn new(path: Option<PathBuf>, loader: ConfigLoader, document: ConfigDocument) -> Self {
-        let file_hash = path.as_deref().and_then(|p| std::fs::read(p).ok()).map(|b| hash(&b));
+        let file_hash = path
+            .as_deref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| hash(&b));
         let entry = Entry {
             info: VersionInfo {
                 version: 1,
@@ -152,7 +155,11 @@ impl ConfigVersions {
     /// The current document.
     pub fn document(&self) -> ConfigDocument {
         let state = self.state();
-        state.history.back().map(|e| e.document.clone()).expect("history is never empty")
+        state
+            .history
+            .back()
+            .map(|e| e.document.clone())
+            .expect("history is never empty")
     }
 
     /// The current version number.
@@ -162,7 +169,11 @@ impl ConfigVersions {
 
     /// The versions kept, oldest first.
     pub fn history(&self) -> Vec<VersionInfo> {
-        self.state().history.iter().map(|e| e.info.clone()).collect()
+        self.state()
+            .history
+            .iter()
+            .map(|e| e.info.clone())
+            .collect()
     }
 
     /// The last refused edit of the file, if the file is still in that state.
@@ -197,7 +208,13 @@ impl ConfigVersions {
             .find(|e| e.info.version == version)
             .map(|e| e.document.clone())
             .ok_or(ChangeError::UnknownVersion(version))?;
-        self.change_inner(document, &format!("{who} (rollback to {version})"), running, apply, true)
+        self.change_inner(
+            document,
+            &format!("{who} (rollback to {version})"),
+            running,
+            apply,
+            true,
+        )
     }
 
     /// Checks the file for an edit made on disk and applies it like any other change. An invalid
@@ -305,7 +322,10 @@ fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "config".into());
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if path.exists() {
         std::fs::copy(path, dir.join(format!("{file_name}.prev")))?;
     }
@@ -346,7 +366,8 @@ pub fn now_rfc3339() -> String {
 mod tests {
     use super::*;
 
-    const V1: &str = "gemini:\n  timeout_seconds: 30\n  api_keys:\n    - { id: a, key: \"${KEY_A}\" }\n";
+    const V1: &str =
+        "gemini:\n  timeout_seconds: 30\n  api_keys:\n    - { id: a, key: \"${KEY_A}\" }\n";
 
     fn setup() -> (tempfile::TempDir, PathBuf, ConfigVersions, Config) {
         let dir = tempfile::tempdir().unwrap();
@@ -381,22 +402,36 @@ mod tests {
         assert!(applied.restart_required.is_empty());
         assert_eq!(applied_config.unwrap().gemini.timeout_seconds, 99);
         let on_disk = std::fs::read_to_string(&path).unwrap();
-        assert!(on_disk.contains("timeout_seconds: 99") && on_disk.contains("${KEY_A}"), "{on_disk}");
-        assert_eq!(std::fs::read_to_string(dir.path().join("proxy.yaml.prev")).unwrap(), V1);
+        assert!(
+            on_disk.contains("timeout_seconds: 99") && on_disk.contains("${KEY_A}"),
+            "{on_disk}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("proxy.yaml.prev")).unwrap(),
+            V1
+        );
         let history = versions.history();
         assert_eq!(history.len(), 2);
         assert_eq!(history[1].who, "alice");
         // Our own write is not mistaken for an edit on disk.
-        assert!(versions.check_file(&running, |_| panic!("not an edit")).is_none());
+        assert!(
+            versions
+                .check_file(&running, |_| panic!("not an edit"))
+                .is_none()
+        );
     }
 
     #[test]
     fn an_invalid_change_changes_nothing() {
         let (_dir, path, versions, running) = setup();
         let doc = edited(&versions, |t| t["gemini"]["timeout_seconds"] = 0.into());
-        let err = versions.change(doc, "bob", &running, |_| panic!("must not apply")).unwrap_err();
+        let err = versions
+            .change(doc, "bob", &running, |_| panic!("must not apply"))
+            .unwrap_err();
         match err {
-            ChangeError::Invalid(p) => assert_eq!(p[0].to_string(), "gemini.timeout_seconds: must be > 0"),
+            ChangeError::Invalid(p) => {
+                assert_eq!(p[0].to_string(), "gemini.timeout_seconds: must be > 0")
+            }
             other => panic!("{other}"),
         }
         assert_eq!(std::fs::read_to_string(&path).unwrap(), V1);
@@ -417,7 +452,11 @@ mod tests {
             .unwrap();
         assert_eq!(applied.version, 3);
         assert_eq!(restored.unwrap().gemini.timeout_seconds, 30);
-        assert!(std::fs::read_to_string(&path).unwrap().contains("timeout_seconds: 30"));
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("timeout_seconds: 30")
+        );
         assert!(matches!(
             versions.rollback(42, "x", &running, |_| Ok(())),
             Err(ChangeError::UnknownVersion(42))
@@ -433,10 +472,15 @@ mod tests {
         assert_eq!(versions.history()[1].who, "file");
 
         std::fs::write(&path, "gemini: { api_keys: [] }\n").unwrap();
-        let result = versions.check_file(&running, |_| panic!("must not apply")).unwrap();
+        let result = versions
+            .check_file(&running, |_| panic!("must not apply"))
+            .unwrap();
         assert!(matches!(result, Err(ChangeError::Invalid(_))));
         let rejected = versions.rejected_edit().unwrap();
-        assert_eq!(rejected.problems, ["gemini.api_keys: at least one key is required"]);
+        assert_eq!(
+            rejected.problems,
+            ["gemini.api_keys: at least one key is required"]
+        );
         assert_eq!(versions.version(), 2);
         // Seen once: not reported again until the file changes.
         assert!(versions.check_file(&running, |_| panic!()).is_none());
@@ -445,7 +489,9 @@ mod tests {
     #[test]
     fn listener_changes_need_a_restart() {
         let (_dir, _path, versions, running) = setup();
-        let doc = edited(&versions, |t| t["server"] = serde_json::json!({ "port": 9999 }));
+        let doc = edited(&versions, |t| {
+            t["server"] = serde_json::json!({ "port": 9999 })
+        });
         let applied = versions.change(doc, "x", &running, |_| Ok(())).unwrap();
         assert_eq!(applied.restart_required, ["server.port: 8080 → 9999"]);
     }

@@ -201,7 +201,10 @@ where
             }
         };
         let (res_parts, res_body) = res.into_parts();
-        let Ok(collected) = Limited::new(res_body, MAX_CREATE_ANSWER_BYTES).collect().await else {
+        let Ok(collected) = Limited::new(res_body, MAX_CREATE_ANSWER_BYTES)
+            .collect()
+            .await
+        else {
             continue;
         };
         if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&collected.to_bytes())
@@ -221,7 +224,10 @@ where
     } else {
         serde_json::json!({ field: merged })
     };
-    Ok(Response::from_parts(parts, GatewayBody::full(body.to_string())))
+    Ok(Response::from_parts(
+        parts,
+        GatewayBody::full(body.to_string()),
+    ))
 }
 
 fn creates<B>(req: &Request<B>) -> Option<Creates> {

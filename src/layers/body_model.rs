@@ -99,8 +99,14 @@ mod tests {
 
     #[test]
     fn reads_the_top_level_model_only() {
-        assert_eq!(model_in(br#"{"model":"gemini-2.5-flash","messages":[]}"#).as_deref(), Some("gemini-2.5-flash"));
-        assert_eq!(model_in(br#"{"model":"models/gemini-2.5-pro","contents":[]}"#).as_deref(), Some("gemini-2.5-pro"));
+        assert_eq!(
+            model_in(br#"{"model":"gemini-2.5-flash","messages":[]}"#).as_deref(),
+            Some("gemini-2.5-flash")
+        );
+        assert_eq!(
+            model_in(br#"{"model":"models/gemini-2.5-pro","contents":[]}"#).as_deref(),
+            Some("gemini-2.5-pro")
+        );
         assert_eq!(
             model_in(br#"{"messages":[{"content":"{\"model\":\"x\"}"}],"tools":[{"model":"y"}]}"#),
             None

@@ -44,8 +44,8 @@ use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::body::{BodyEnd, BodyObserver, Observed};
 use crate::auth::Client;
+use crate::body::{BodyEnd, BodyObserver, Observed};
 use crate::error::{ErrorKind, ErrorReason, GatewayError};
 use crate::gateway::Gateway;
 use crate::key_pool::verdict::Verdict;
