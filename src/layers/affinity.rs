@@ -37,6 +37,12 @@ use crate::upstream::X_GOOG_UPLOAD_URL;
 
 /// How long a binding is kept: the lifetime of an uploaded file.
 pub const BINDING_LIFETIME: Duration = Duration::from_secs(48 * 3600);
+/// Searchers for resource references in request bodies, built once.
+static CACHED_CONTENTS: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(b"cachedContents/"));
+static FILES: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(b"/files/"));
+
 /// Creation answers are small metadata; larger ones are passed on unread.
 const MAX_CREATE_ANSWER_BYTES: usize = 1024 * 1024;
 
@@ -282,12 +288,10 @@ fn referenced_resources(req: &Request<Bytes>) -> Vec<String> {
             .get::<Route>()
             .is_some_and(|r| r.model.is_some())
     {
-        for (needle, prefix) in [
-            (&b"cachedContents/"[..], "cachedContents/"),
-            (b"/files/", "files/"),
-        ] {
-            for at in memmem::find_iter(body, needle) {
-                let id = resource_id(&body[at + needle.len()..]);
+        for (finder, prefix) in [(&*CACHED_CONTENTS, "cachedContents/"), (&*FILES, "files/")] {
+            let skip = finder.needle().len();
+            for at in finder.find_iter(body) {
+                let id = resource_id(&body[at + skip..]);
                 if !id.is_empty() {
                     found.push(format!("{prefix}{id}"));
                 }

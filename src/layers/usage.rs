@@ -171,8 +171,20 @@ impl BodyObserver for UsageTap {
             self.store.record(&self.key.0.id, Outcome::ServerError);
             return;
         }
-        let tail: Vec<u8> = self.tail.iter().flat_map(|b| b.iter().copied()).collect();
-        if let Some(tokens) = find_usage(&tail) {
+        // Most answers end in one frame: read it in place; otherwise join the few kept.
+        let joined;
+        let tail: &[u8] = match self.tail.len() {
+            1 => &self.tail[0],
+            _ => {
+                let mut all = Vec::with_capacity(self.tail_len);
+                for chunk in &self.tail {
+                    all.extend_from_slice(chunk);
+                }
+                joined = all;
+                &joined
+            }
+        };
+        if let Some(tokens) = find_usage(tail) {
             let k = &self.key.0;
             self.store
                 .add_tokens(&k.id, &self.model, &k.limits, tokens, Instant::now());
@@ -233,7 +245,7 @@ pub fn find_usage(text: &[u8]) -> Option<Tokens> {
 
 /// The JSON object that follows the last `name:` in `text`.
 fn object_after<'a>(text: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let at = text.windows(name.len()).rposition(|w| w == name)? + name.len();
+    let at = memchr::memmem::rfind(text, name)? + name.len();
     let rest = &text[at..];
     let colon = rest.iter().position(|&c| !c.is_ascii_whitespace())?;
     if rest[colon] != b':' {
