@@ -6,6 +6,7 @@
 #   4. cargo test --workspace --no-fail-fast    unit + integration tests
 #   5. .venv/bin/python -m pytest tests/e2e     end-to-end tests with the real Gemini/OpenAI SDKs
 #                                               and the console in headless Chromium
+#   6. benches/load/run.sh --dry-run            the load harness's configs and report self-test
 # Extra arguments go to pytest (e.g. `scripts/test.sh -k stream -x`).
 # Steps 4 and 5 both run even if one fails; the exit code is non-zero if any step failed.
 # The last line counts the tests of steps 4 and 5: "summary: N passed, N failed".
@@ -80,5 +81,7 @@ run build cargo build --workspace --bins || { summary; exit 1; }
 run cargo-test cargo test --workspace --no-fail-fast || true
 # pytest exits 0 only when tests ran and passed (5 = none collected, which is a failure here).
 run e2e .venv/bin/python -m pytest tests/e2e -q "$@" || true
+# The load harness checks its own configs and report code (a second; the real run is manual).
+run bench-harness benches/load/run.sh --dry-run || true
 
 summary
