@@ -411,30 +411,8 @@ async fn json_array_streams_arrive_piece_by_piece() {
 #[tokio::test]
 async fn upstream_reset_mid_stream_ends_the_client_stream_abnormally() {
     let h = Harness::start().await;
-    h.mock.hold_streams(true);
-    let mut req = request(
-        Method::POST,
-        &h.url("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"),
-        GENERATE_BODY,
-    );
-    req.headers_mut()
-        .insert("x-mock-fail-after-chunks", "2".parse().unwrap());
-    let res = h.send(req).await;
-    assert_eq!(res.status(), 200);
-    let mut body = res.into_body();
-    let first = within("first event", body.frame()).await.unwrap().unwrap();
-    assert!(first.data_ref().unwrap().starts_with(b"data: "));
-    // Let the second event out; the upstream then resets.
-    h.mock.release_chunk();
-    let mut saw_error = false;
-    while let Some(frame) = within("stream end", body.frame()).await {
-        if frame.is_err() {
-            saw_error = true;
-            break;
-        }
-    }
     assert!(
-        saw_error,
+        stream_broken_mid_way(&h).await,
         "the client must see an error, not a clean truncated end"
     );
     // The gateway is fine.

@@ -159,3 +159,30 @@ pub async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
 }
 
 pub const GENERATE_BODY: &str = r#"{"contents":[{"role":"user","parts":[{"text":"Say hello"}]}]}"#;
+
+/// Streams an answer that the upstream breaks off after its second event (streams are held, so
+/// the first event arrives before the break). Returns whether the client's stream ended with an
+/// error — it must, never with a clean, truncated end.
+pub async fn stream_broken_mid_way(h: &Harness) -> bool {
+    h.mock.hold_streams(true);
+    let mut req = request(
+        Method::POST,
+        &h.url("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"),
+        GENERATE_BODY,
+    );
+    req.headers_mut()
+        .insert("x-mock-fail-after-chunks", "2".parse().unwrap());
+    let res = h.send(req).await;
+    assert_eq!(res.status(), 200);
+    let mut body = res.into_body();
+    let first = within("first event", body.frame()).await.unwrap().unwrap();
+    assert!(first.data_ref().unwrap().starts_with(b"data: "));
+    // Let the second event out; the upstream then resets.
+    h.mock.release_chunk();
+    while let Some(frame) = within("stream end", body.frame()).await {
+        if frame.is_err() {
+            return true;
+        }
+    }
+    false
+}
