@@ -20,17 +20,6 @@ pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-rateli
 /// `x-ratelimit-reset`: seconds until the whole per-minute budget is available again.
 pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
-/// Where an error came from, for logs and (later) metrics labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// The client sent something we cannot serve.
-    Downstream,
-    /// The upstream could not be reached or did not answer in time.
-    Upstream,
-    /// The gateway itself.
-    Internal,
-}
-
 /// An error the gateway answers by itself.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -176,25 +165,6 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable { key }
             | GatewayError::UpstreamTimeout { key, .. } => Some(key),
             _ => None,
-        }
-    }
-
-    /// Who is to blame.
-    pub fn source(&self) -> Source {
-        match self {
-            GatewayError::NotFound { .. }
-            | GatewayError::PayloadTooLarge { .. }
-            | GatewayError::BodyRead(_)
-            | GatewayError::BodyTimeout(_)
-            | GatewayError::Unauthenticated(_)
-            | GatewayError::PermissionDenied(_)
-            | GatewayError::RateLimited { .. } => Source::Downstream,
-            GatewayError::UpstreamUnavailable { .. }
-            | GatewayError::UpstreamTimeout { .. }
-            | GatewayError::KeysExhausted { .. } => Source::Upstream,
-            GatewayError::NoKey | GatewayError::AuthUnavailable(_) | GatewayError::Internal(_) => {
-                Source::Internal
-            }
         }
     }
 

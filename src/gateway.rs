@@ -2,8 +2,9 @@
 //!
 //! [`Live`] is the configuration plus everything derived from it (the parsed upstream target, the
 //! key pool with pre-built headers, the upstream client). It is swapped whole through an
-//! [`ArcSwap`]: a request takes one snapshot and finishes on it, even if the config is replaced
-//! meanwhile; reading it costs no lock.
+//! [`ArcSwap`], so reading it costs no lock. Each layer reads the snapshot when it acts (so a
+//! reload applies to the very next decision); an upstream attempt runs start to end on one
+//! snapshot, and a stream already under way finishes on the client and timeouts it started with.
 
 use std::sync::Arc;
 use std::time::Instant;
