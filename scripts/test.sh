@@ -3,13 +3,16 @@
 #   1. scripts/setup.sh                         installs the test tools (.venv with the real SDKs)
 #   2. scripts/build-ui.sh                      the web console into ui/dist (skipped when unchanged)
 #   3. cargo build --workspace --bins           gem-proxy (embedding ui/dist) and gem-proxy-mock
-#   4. cargo test --workspace --no-fail-fast    unit + integration tests
-#   5. .venv/bin/python -m pytest tests/e2e     end-to-end tests with the real Gemini/OpenAI SDKs
+#   4. scripts/check-deps.py                    no module imports upwards (ARCHITECTURE.md's tiers)
+#   5. cargo fmt --all --check                  formatting
+#   6. cargo clippy --workspace --all-targets -- -D warnings
+#   7. cargo test --workspace --no-fail-fast    unit + integration tests
+#   8. .venv/bin/python -m pytest tests/e2e     end-to-end tests with the real Gemini/OpenAI SDKs
 #                                               and the console in headless Chromium
-#   6. benches/load/run.sh --dry-run            the load harness's configs and report self-test
+#   9. benches/load/run.sh --dry-run            the load harness's configs and report self-test
 # Extra arguments go to pytest (e.g. `scripts/test.sh -k stream -x`).
-# Steps 4 and 5 both run even if one fails; the exit code is non-zero if any step failed.
-# The last line counts the tests of steps 4 and 5: "summary: N passed, N failed".
+# Steps 4 to 9 all run even if one fails; the exit code is non-zero if any step failed.
+# The last line counts the tests of steps 7 and 8: "summary: N passed, N failed".
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -77,6 +80,10 @@ run setup scripts/setup.sh || { summary; exit 1; }
 run build-ui scripts/build-ui.sh || { summary; exit 1; }
 run build cargo build --workspace --bins || { summary; exit 1; }
 
+# The checks the code promises: module order, formatting, lints.
+run deps scripts/check-deps.py || true
+run fmt cargo fmt --all --check || true
+run clippy cargo clippy --workspace --all-targets -- -D warnings || true
 # Both suites run; both are reported.
 run cargo-test cargo test --workspace --no-fail-fast || true
 # pytest exits 0 only when tests ran and passed (5 = none collected, which is a failure here).

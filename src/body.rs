@@ -12,8 +12,6 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use crate::layers::usage::UsageTap;
-
 /// Errors of a response body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -31,7 +29,7 @@ pin_project! {
         /// A body the gateway built (errors, health).
         Full { #[pin] inner: Full<Bytes> },
         /// The upstream's body, streamed through.
-        Upstream { #[pin] inner: Observed<IdleTimeout<Incoming>, UsageTap> },
+        Upstream { #[pin] inner: Observed<IdleTimeout<Incoming>, Box<dyn BodyObserver + Send>> },
     }
 }
 
@@ -50,10 +48,11 @@ impl GatewayBody {
         }
     }
 
-    /// Has an upstream body report its token usage when it ends (see [`crate::layers::usage`]).
-    pub fn tap(&mut self, usage: UsageTap) {
+    /// Has `observer` watch an upstream body (the usage layer reads token counts this way); a
+    /// body the gateway built has nothing to observe, and `observer` is dropped.
+    pub fn tap(&mut self, observer: Box<dyn BodyObserver + Send>) {
         if let GatewayBody::Upstream { inner } = self {
-            inner.observe(usage);
+            inner.observe(observer);
         }
     }
 }
@@ -146,56 +145,6 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::{BodyExt, StreamBody};
-    use tokio::sync::mpsc;
-    use tokio_stream_shim::ReceiverStream;
-
-    mod tokio_stream_shim {
-        use super::*;
-        /// A minimal `Stream` over an mpsc receiver (avoids a dependency for one test).
-        pub(super) struct ReceiverStream(pub(super) mpsc::Receiver<Result<Frame<Bytes>, BoxError>>);
-        impl futures_core::Stream for ReceiverStream {
-            type Item = Result<Frame<Bytes>, BoxError>;
-            fn poll_next(
-                mut self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-            ) -> Poll<Option<Self::Item>> {
-                self.0.poll_recv(cx)
-            }
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_timer_restarts_on_each_frame_and_ends_a_silent_body_with_an_error() {
-        let (tx, rx) = mpsc::channel(4);
-        let mut body = std::pin::pin!(IdleTimeout::new(
-            StreamBody::new(ReceiverStream(rx)),
-            Duration::from_secs(10)
-        ));
-
-        tokio::time::advance(Duration::from_secs(9)).await;
-        tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
-            .await
-            .unwrap();
-        assert!(body.as_mut().frame().await.unwrap().unwrap().is_data());
-
-        // 9 s more: 18 s since start but only 9 s since the last frame, so still open.
-        tokio::time::advance(Duration::from_secs(9)).await;
-        tx.send(Ok(Frame::data(Bytes::from_static(b"b"))))
-            .await
-            .unwrap();
-        assert!(body.as_mut().frame().await.unwrap().unwrap().is_data());
-
-        // Then silence: the body ends with StreamIdle, not a clean end.
-        let err = body.as_mut().frame().await.unwrap().unwrap_err();
-        assert!(err.is::<StreamIdle>(), "{err}");
-        drop(tx);
-    }
-}
-
 /// How a response body ended, as a [`BodyObserver`] learns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyEnd {
@@ -216,6 +165,16 @@ pub trait BodyObserver {
     fn on_data(&mut self, _data: &Bytes) {}
     /// The body ended.
     fn on_end(&mut self, end: BodyEnd);
+}
+
+impl<O: BodyObserver + ?Sized> BodyObserver for Box<O> {
+    fn on_data(&mut self, data: &Bytes) {
+        (**self).on_data(data);
+    }
+
+    fn on_end(&mut self, end: BodyEnd) {
+        (**self).on_end(end);
+    }
 }
 
 pin_project! {
@@ -290,5 +249,55 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+    use tokio::sync::mpsc;
+    use tokio_stream_shim::ReceiverStream;
+
+    mod tokio_stream_shim {
+        use super::*;
+        /// A minimal `Stream` over an mpsc receiver (avoids a dependency for one test).
+        pub(super) struct ReceiverStream(pub(super) mpsc::Receiver<Result<Frame<Bytes>, BoxError>>);
+        impl futures_core::Stream for ReceiverStream {
+            type Item = Result<Frame<Bytes>, BoxError>;
+            fn poll_next(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<Option<Self::Item>> {
+                self.0.poll_recv(cx)
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timer_restarts_on_each_frame_and_ends_a_silent_body_with_an_error() {
+        let (tx, rx) = mpsc::channel(4);
+        let mut body = std::pin::pin!(IdleTimeout::new(
+            StreamBody::new(ReceiverStream(rx)),
+            Duration::from_secs(10)
+        ));
+
+        tokio::time::advance(Duration::from_secs(9)).await;
+        tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
+            .await
+            .unwrap();
+        assert!(body.as_mut().frame().await.unwrap().unwrap().is_data());
+
+        // 9 s more: 18 s since start but only 9 s since the last frame, so still open.
+        tokio::time::advance(Duration::from_secs(9)).await;
+        tx.send(Ok(Frame::data(Bytes::from_static(b"b"))))
+            .await
+            .unwrap();
+        assert!(body.as_mut().frame().await.unwrap().unwrap().is_data());
+
+        // Then silence: the body ends with StreamIdle, not a clean end.
+        let err = body.as_mut().frame().await.unwrap().unwrap_err();
+        assert!(err.is::<StreamIdle>(), "{err}");
+        drop(tx);
     }
 }

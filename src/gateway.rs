@@ -14,10 +14,11 @@ use http::{HeaderMap, Uri, header};
 
 use crate::config::document::ConfigDocument;
 use crate::config::versions::ConfigVersions;
-use crate::config::{Config, ConfigLoader, Problem};
+use crate::auth::{Jwks, Verifier};
+use crate::config::{AuthConfig, Config, ConfigLoader, Problem};
 use crate::key_pool::{KeyPool, KeyStateStore, MemoryStore};
 use crate::tls::TlsStatus;
-use crate::upstream::{self, UpstreamClient, UpstreamTarget};
+use crate::http_client::{self, HttpClient, UpstreamTarget};
 
 /// A configuration and what is built from it.
 #[derive(Debug)]
@@ -29,24 +30,67 @@ pub struct Live {
     /// `gemini.api_keys`, ready to use.
     pub keys: KeyPool,
     /// The pooled client to the upstream.
-    pub client: UpstreamClient,
+    pub client: HttpClient,
+    /// Checks client and admin tokens; built once per `auth` section (kept across reloads that
+    /// leave it alone). `None` when neither `auth.enabled` nor a JWT key is configured.
+    pub verifier: Option<Arc<Verifier>>,
 }
 
 impl Live {
     /// Builds everything a validated configuration needs.
     pub fn build(config: Config) -> Result<Self, Vec<Problem>> {
+        Self::build_after(config, None)
+    }
+
+    /// Builds the snapshot that follows `previous`: its verifier is kept when the `auth` section
+    /// is the same, and its JWKS keys when the URL is.
+    pub fn build_after(config: Config, previous: Option<&Live>) -> Result<Self, Vec<Problem>> {
         let target = UpstreamTarget::parse(&config.gemini.base_url)
             .ok_or_else(|| vec![Problem::new("gemini.base_url", "not a usable URL")])?;
         let keys = KeyPool::new(&config.gemini.api_keys)
             .map_err(|e| vec![Problem::new("", e.to_string())])?;
-        let client = upstream::build_client(config.gemini.connect_timeout());
+        let client = http_client::build_client(config.gemini.connect_timeout());
+        let verifier = match previous {
+            Some(p) if p.config.auth == config.auth => p.verifier.clone(),
+            _ => build_verifier(
+                &config.auth,
+                previous.and_then(|p| p.jwks()).cloned(),
+            ),
+        };
         Ok(Self {
             config,
             target,
             keys,
             client,
+            verifier,
         })
     }
+
+    /// The JWKS the verifier fetches keys from, if any.
+    fn jwks(&self) -> Option<&Arc<Jwks>> {
+        self.verifier.as_ref().and_then(|v| v.jwks())
+    }
+}
+
+/// The verifier for an `auth` section, or `None` when nothing checks tokens. A key file that
+/// changed since validation, or a JWKS URL that no longer parses, is logged and left out: the
+/// other kinds of tokens keep working.
+fn build_verifier(auth: &AuthConfig, jwks: Option<Arc<Jwks>>) -> Option<Arc<Verifier>> {
+    let jwt_configured = !auth.jwt_secret.is_empty() || auth.jwt_public_key_path.is_some();
+    if !auth.enabled && !jwt_configured {
+        return None;
+    }
+    let verifier = Verifier::new(auth, jwks.clone()).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "auth: cannot load the public key; tokens that need it will be refused");
+        let mut without = auth.clone();
+        without.jwt_public_key_path = None;
+        Verifier::new(&without, jwks).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "auth: bad JWKS URL");
+            without.jwks_url = None;
+            Verifier::new(&without, None).expect("an HMAC-only verifier always builds")
+        })
+    });
+    Some(Arc::new(verifier))
 }
 
 /// The gateway's shared state.
@@ -77,6 +121,9 @@ impl Gateway {
     /// A gateway running `live` with its key state in `store`.
     pub fn with_store(live: Live, store: Arc<dyn KeyStateStore>) -> Arc<Self> {
         live.keys.attach(&*store);
+        if let Some(jwks) = live.jwks() {
+            jwks.start();
+        }
         let tracing = crate::trace::Tracing::from_config(&live.config.metrics.otlp);
         Arc::new_cyclic(|me| Self {
             metrics: Arc::new(crate::metrics::Metrics::new(
@@ -145,7 +192,8 @@ impl Gateway {
     /// Builds and applies a new config (validated already): requests under way finish on the old
     /// one.
     pub fn reload(&self, config: Config) -> Result<(), Vec<Problem>> {
-        self.replace(Live::build(config)?);
+        let next = Live::build_after(config, Some(&self.live()))?;
+        self.replace(next);
         Ok(())
     }
 
@@ -164,12 +212,22 @@ impl Gateway {
         self.live.load_full()
     }
 
-    /// Replaces the running configuration; requests already under way keep theirs.
+    /// Replaces the running configuration; requests already under way keep theirs. A JWKS the
+    /// previous snapshot did not have starts its fetches now.
     pub fn replace(&self, live: Live) {
         let ids: Vec<&str> = live.keys.ids().collect();
         self.store.retain_keys(&ids);
         live.keys.attach(&*self.store);
-        self.live.store(Arc::new(live));
+        let previous = self.live.swap(Arc::new(live));
+        let current = self.live();
+        if current.config.auth != previous.config.auth {
+            tracing::info!("auth configuration changed; token checks follow it");
+        }
+        if let Some(jwks) = current.jwks()
+            && !previous.jwks().is_some_and(|old| Arc::ptr_eq(old, jwks))
+        {
+            jwks.start();
+        }
     }
 
     /// When the gateway started.

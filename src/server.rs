@@ -31,14 +31,11 @@ use tokio::task::JoinSet;
 use tower::{Service, ServiceExt};
 
 use crate::body::BoxError;
+use crate::client_addr::ClientAddr;
 use crate::gateway::{Gateway, Live};
 use crate::metrics::{Listener, Metrics};
 use crate::tls::TlsAcceptor;
 use crate::{admin, stack};
-
-/// The client's socket address; a request extension inserted for every request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
 
 /// A running gateway: the proxy listener and the admin listener.
 #[derive(Debug)]

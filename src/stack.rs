@@ -57,12 +57,12 @@
 //!   header choice).
 //! - [`Client`](crate::auth::Client): auth (when `auth.enabled`) → client stats, client limit (key and `rpm`);
 //!   later the admin API (`role`) and per-client statistics.
-//! - [`BoundKey`](crate::layers::key_balance::BoundKey): affinity → failover (no replay), key
+//! - [`BoundKey`](crate::key_pool::BoundKey): affinity → failover (no replay), key
 //!   balance.
-//! - [`TriedKeys`](crate::layers::key_balance::TriedKeys): failover → key balance (retries only).
+//! - [`TriedKeys`](crate::key_pool::TriedKeys): failover → key balance (retries only).
 //! - [`SelectedKey`](crate::key_pool::SelectedKey): key balance → usage, upstream, which copies it
 //!   onto the response for failover, affinity and the access log.
-//! - [`ClientAddr`](crate::server::ClientAddr): server → client limit (per-IP key when auth is off).
+//! - [`ClientAddr`](crate::client_addr::ClientAddr): server → client limit (per-IP key when auth is off).
 //! - [`RequestTrace`](crate::trace::RequestTrace) (tracing on): trace → client stats, failover
 //!   (attempt spans), usage (token attributes).
 //! - [`AttemptTrace`](crate::trace::AttemptTrace) (tracing on): failover → upstream
@@ -97,12 +97,14 @@ use crate::layers::client_limit::ClientLimitLayer;
 use crate::layers::error_response::ErrorResponseLayer;
 use crate::layers::failover::FailoverLayer;
 use crate::layers::key_balance::KeyBalanceLayer;
-use crate::layers::metrics::{ClientStatsLayer, MetricsLayer};
+use crate::layers::client_stats::ClientStatsLayer;
+use crate::layers::metrics::MetricsLayer;
 use crate::layers::request_id::CounterRequestId;
 use crate::layers::route::RouteLayer;
 use crate::layers::trace::TraceLayer;
 use crate::layers::usage::UsageLayer;
-use crate::upstream::{Upstream, X_GOOG_API_KEY};
+use crate::http_client::X_GOOG_API_KEY;
+use crate::upstream::Upstream;
 
 /// The body of every proxied response (boxed once, by the catch-panic layer).
 pub type ProxyBody = tower_http::body::UnsyncBoxBody<Bytes, BoxError>;

@@ -96,7 +96,7 @@ impl Tracing {
                     .with_http()
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                     .with_http_client(RuntimeHttpClient {
-                        client: crate::upstream::build_client(Duration::from_secs(10)),
+                        client: crate::http_client::build_client(Duration::from_secs(10)),
                         runtime,
                     });
                 if let Some(ep) = &config.endpoint {
@@ -291,7 +291,7 @@ fn http_traces_url(endpoint: &str) -> String {
 /// SDK's export thread has no reactor).
 #[derive(Debug)]
 struct RuntimeHttpClient {
-    client: crate::upstream::UpstreamClient,
+    client: crate::http_client::HttpClient,
     runtime: tokio::runtime::Handle,
 }
 

@@ -124,8 +124,16 @@ async fn a_self_signed_certificate_is_generated_then_reused_after_a_restart() {
         server.gateway().tls().expiry_unix_seconds(),
         server.gateway().tls().certificate().unwrap().not_after_unix
     );
-    // The expiry gauge has a value (process-wide: any of this file's servers may have set it).
-    assert!(gem_proxy::metrics::certificate_expiry().is_some());
+    // The expiry gauge shows this server's certificate.
+    let expiry = server.gateway().tls().expiry_unix_seconds().unwrap();
+    assert!(
+        server
+            .gateway()
+            .metrics()
+            .render()
+            .contains(&format!("gem_proxy_tls_certificate_expiry_timestamp_seconds {expiry}")),
+        "expiry gauge missing"
+    );
 
     let before = std::fs::read(&cert_path).unwrap();
     server.shutdown();

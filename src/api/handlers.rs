@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::{Admin, invalid, json};
 use crate::auth::{
-    Role, TokenRequest, Verifier, issue, parse_ttl, token_from_request, unix_now, utc_time,
+    Role, TokenRequest, issue, parse_ttl, token_from_request, unix_now, utc_time,
 };
 use crate::body::GatewayBody;
 use crate::config::document::{ConfigDocument, masked_view};
@@ -20,7 +20,7 @@ use crate::error::google_error;
 use crate::gateway::Gateway;
 use crate::key_pool::store::KeyStatus;
 use crate::key_pool::verdict::{Verdict, classify};
-use crate::upstream::X_GOOG_API_KEY;
+use crate::http_client::X_GOOG_API_KEY;
 
 /// What every handler gets.
 pub(super) struct Ctx<'a> {
@@ -63,9 +63,11 @@ pub(super) fn authorize(gateway: &Gateway, headers: &HeaderMap) -> Result<Admin,
     if !jwt_configured {
         return Err(unauthenticated("the admin credential is not valid"));
     }
-    let verifier = Verifier::new(&live.config.auth, None).map_err(|_| {
-        unauthenticated("admin tokens cannot be checked with this auth configuration")
-    })?;
+    let Some(verifier) = &live.verifier else {
+        return Err(unauthenticated(
+            "admin tokens cannot be checked with this auth configuration",
+        ));
+    };
     match verifier.verify(token, unix_now()) {
         Ok(client) if client.role == Role::Admin => Ok(Admin(format!("token:{}", client.id))),
         Ok(_) => Err(Box::new(google_error(

@@ -4,7 +4,7 @@
 
 use http::{HeaderMap, Uri, header};
 
-use crate::upstream::X_GOOG_API_KEY;
+use crate::http_client::X_GOOG_API_KEY;
 
 /// The token a request carries, looked for in this order: `x-goog-api-key`, `Authorization:
 /// Bearer`, `?key=`. `None` when there is none (or only an empty one).

@@ -18,7 +18,7 @@ use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use tokio::sync::Notify;
 
-use crate::upstream::{UpstreamClient, build_client};
+use crate::http_client::{HttpClient, build_client};
 
 /// The soonest a JWKS is fetched again after a fetch, whatever asks for it.
 pub const MIN_FETCH_INTERVAL: Duration = Duration::from_secs(10);
@@ -149,7 +149,7 @@ impl Jwks {
         Ok(n)
     }
 
-    async fn fetch(&self, client: &UpstreamClient) -> Result<usize, String> {
+    async fn fetch(&self, client: &HttpClient) -> Result<usize, String> {
         let mut req = http::Request::new(Full::new(Bytes::new()));
         *req.uri_mut() = self.url.clone();
         req.headers_mut().insert(

@@ -37,6 +37,15 @@ pub struct UpstreamKey {
     pub limits: KeyLimits,
 }
 
+/// Keys already tried for this request; inserted by failover on retries.
+#[derive(Debug, Clone, Default)]
+pub struct TriedKeys(pub Vec<Arc<str>>);
+
+/// The key this request must use (it names a resource only that key can see); inserted by the
+/// affinity layer.
+#[derive(Debug, Clone)]
+pub struct BoundKey(pub Arc<str>);
+
 /// The key chosen for a request; inserted as a request extension by the key-balance layer and
 /// read by the upstream client (and copied onto the response for the layers above).
 #[derive(Debug, Clone)]

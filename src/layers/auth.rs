@@ -8,7 +8,7 @@
 //!   inserted), `auth.jwt_secret`, `auth.jwt_public_key_path`, `auth.jwks_url`,
 //!   `auth.jwks_refresh_seconds`, `auth.issuer`, `auth.audience`, `auth.leeway_seconds`,
 //!   `auth.revoked_token_ids`. Read from the live config per request, so reloads apply; the
-//!   [`Verifier`] built from them is kept until the `auth` section changes.
+//!   [`Verifier`] built from them lives in the config snapshot ([`Live::verifier`]).
 //! - **Errors:** 401 `UNAUTHENTICATED` saying what is wrong with the token (never repeating
 //!   it); 403 `PERMISSION_DENIED` when the token's `models` claim does not allow the model in the
 //!   path; 503 `UNAVAILABLE` while an identity provider's keys (JWKS) have not been fetched yet.
@@ -37,40 +37,29 @@
 //! # let _ = service;
 //! ```
 
-use std::sync::{Arc, Mutex, Weak};
-
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use arc_swap::ArcSwap;
 use http::Request;
 use tower::{Layer, Service};
 
 use super::ShortCircuit;
-use super::route::Route;
-use crate::auth::{AuthFailure, Client, Verifier, token_from_request, unix_now};
-use crate::config::AuthConfig;
+use crate::auth::{AuthFailure, Client, token_from_request, unix_now};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Live};
+use crate::route::Route;
 
 /// Applies [`Auth`].
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
-    state: Arc<AuthState>,
+    gateway: Arc<Gateway>,
 }
 
 impl AuthLayer {
-    /// Checks tokens against the gateway's live `auth` config. Key material is loaded now (and
-    /// a JWKS fetch started, when configured), not on the first request.
+    /// Checks tokens against the gateway's live `auth` config (key material is loaded, and a
+    /// JWKS fetch started, when the config snapshot is built).
     pub fn new(gateway: Arc<Gateway>) -> Self {
-        let live = gateway.live();
-        let snapshot = Snapshot::build(&live, None);
-        Self {
-            state: Arc::new(AuthState {
-                gateway,
-                current: ArcSwap::from_pointee(snapshot),
-                rebuild: Mutex::new(()),
-            }),
-        }
+        Self { gateway }
     }
 }
 
@@ -80,7 +69,7 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Auth {
             inner,
-            state: self.state.clone(),
+            gateway: self.gateway.clone(),
         }
     }
 }
@@ -89,7 +78,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Debug, Clone)]
 pub struct Auth<S> {
     inner: S,
-    state: Arc<AuthState>,
+    gateway: Arc<Gateway>,
 }
 
 impl<S> Auth<S> {
@@ -117,11 +106,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let live = self.state.gateway.live();
+        let live = self.gateway.live();
         if !live.config.auth.enabled {
             return ShortCircuit::inner(self.inner.call(req));
         }
-        match self.state.authenticate(&live, &req) {
+        match authenticate(&live, &req) {
             Ok(client) => {
                 req.extensions_mut().insert(client);
                 ShortCircuit::inner(self.inner.call(req))
@@ -131,120 +120,36 @@ where
     }
 }
 
-/// Shared by every clone of the service: the verifier for the current `auth` config.
-#[derive(Debug)]
-struct AuthState {
-    gateway: Arc<Gateway>,
-    current: ArcSwap<Snapshot>,
-    /// Serialises rebuilds after a reload (the slow path), so one JWKS refresher is started.
-    rebuild: Mutex<()>,
-}
-
-/// A verifier and the config snapshot it was made for.
-#[derive(Debug)]
-struct Snapshot {
-    /// The snapshot this was last confirmed against. A weak reference keeps the allocation, so
-    /// the pointer cannot be reused by a later snapshot.
-    live: Weak<Live>,
-    /// The `auth` section it was built from.
-    config: AuthConfig,
-    /// `None` while auth is disabled.
-    verifier: Option<Arc<Verifier>>,
-}
-
-impl Snapshot {
-    fn build(live: &Arc<Live>, previous: Option<&Snapshot>) -> Snapshot {
-        let config = live.config.auth.clone();
-        let verifier = config.enabled.then(|| {
-            let jwks = previous
-                .and_then(|p| p.verifier.as_ref())
-                .and_then(|v| v.jwks())
-                .cloned();
-            let verifier = Verifier::new(&config, jwks.clone()).unwrap_or_else(|e| {
-                // validate() read the same file at load time; it changed since. Keep serving
-                // the other kinds of tokens.
-                tracing::error!(error = %e, "auth: cannot load the public key; tokens that need it will be refused");
-                let mut without = config.clone();
-                without.jwt_public_key_path = None;
-                Verifier::new(&without, jwks.clone()).unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "auth: bad JWKS URL");
-                    without.jwks_url = None;
-                    Verifier::new(&without, None).expect("an HMAC-only verifier always builds")
-                })
-            });
-            if let Some(set) = verifier.jwks()
-                && !jwks.as_ref().is_some_and(|old| Arc::ptr_eq(old, set))
-            {
-                set.start();
-            }
-            Arc::new(verifier)
-        });
-        Snapshot {
-            live: Arc::downgrade(live),
-            config,
-            verifier,
+fn authenticate<B>(live: &Live, req: &Request<B>) -> Result<Client, GatewayError> {
+    let Some(verifier) = &live.verifier else {
+        return Err(GatewayError::Internal(
+            "auth is enabled but has no verifier",
+        ));
+    };
+    let token = token_from_request(req.headers(), req.uri());
+    let verified = match token {
+        Some(token) => verifier.verify(token, unix_now()),
+        None => Err(AuthFailure::Missing),
+    };
+    let client = verified.map_err(|failure| {
+        tracing::debug!(reason = failure.kind(), "client token refused");
+        match failure {
+            AuthFailure::KeysUnavailable => GatewayError::AuthUnavailable(failure),
+            other => GatewayError::Unauthenticated(other),
         }
+    })?;
+    if let Some(model) = req
+        .extensions()
+        .get::<Route>()
+        .and_then(|r| r.model.as_deref())
+        && !client.allows_model(model)
+    {
+        tracing::debug!(client = %client.id, model, "model not allowed for this client");
+        return Err(GatewayError::PermissionDenied(format!(
+            "this token does not allow the model {model:?}"
+        )));
     }
-}
-
-impl AuthState {
-    fn authenticate<B>(&self, live: &Arc<Live>, req: &Request<B>) -> Result<Client, GatewayError> {
-        let mut snapshot = self.current.load();
-        if !std::ptr::eq(snapshot.live.as_ptr(), Arc::as_ptr(live)) {
-            self.refresh(live);
-            snapshot = self.current.load();
-        }
-        let Some(verifier) = &snapshot.verifier else {
-            return Err(GatewayError::Internal(
-                "auth is enabled but has no verifier",
-            ));
-        };
-        let token = token_from_request(req.headers(), req.uri());
-        let verified = match token {
-            Some(token) => verifier.verify(token, unix_now()),
-            None => Err(AuthFailure::Missing),
-        };
-        let client = verified.map_err(|failure| {
-            tracing::debug!(reason = failure.kind(), "client token refused");
-            match failure {
-                AuthFailure::KeysUnavailable => GatewayError::AuthUnavailable(failure),
-                other => GatewayError::Unauthenticated(other),
-            }
-        })?;
-        if let Some(model) = req
-            .extensions()
-            .get::<Route>()
-            .and_then(|r| r.model.as_deref())
-            && !client.allows_model(model)
-        {
-            tracing::debug!(client = %client.id, model, "model not allowed for this client");
-            return Err(GatewayError::PermissionDenied(format!(
-                "this token does not allow the model {model:?}"
-            )));
-        }
-        Ok(client)
-    }
-
-    /// The config snapshot changed: keep the verifier when the `auth` section is the same,
-    /// rebuild it otherwise.
-    fn refresh(&self, live: &Arc<Live>) {
-        let _guard = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.current.load_full();
-        if std::ptr::eq(current.live.as_ptr(), Arc::as_ptr(live)) {
-            return; // another request did it meanwhile
-        }
-        let next = if current.config == live.config.auth {
-            Snapshot {
-                live: Arc::downgrade(live),
-                config: current.config.clone(),
-                verifier: current.verifier.clone(),
-            }
-        } else {
-            tracing::info!("auth configuration changed; token checks follow it");
-            Snapshot::build(live, Some(&current))
-        };
-        self.current.store(Arc::new(next));
-    }
+    Ok(client)
 }
 
 #[cfg(test)]
@@ -283,7 +188,7 @@ mod tests {
     /// Runs a request through route + auth; the client the inner service saw, or the error.
     async fn run(gw: &Arc<Gateway>, req: Request<()>) -> Result<Option<Client>, GatewayError> {
         let svc = tower::ServiceBuilder::new()
-            .layer(super::super::route::RouteLayer::new())
+            .layer(crate::layers::route::RouteLayer::new())
             .layer(AuthLayer::new(gw.clone()))
             .service(tower::service_fn(|req: Request<()>| async move {
                 Ok::<_, GatewayError>(req.extensions().get::<Client>().cloned())
@@ -369,7 +274,7 @@ mod tests {
         let layer = AuthLayer::new(gw.clone());
         let t = token(&gw, &[]);
         let jti = {
-            let v = Verifier::new(&gw.live().config.auth, None).unwrap();
+            let v = gw.live().verifier.clone().unwrap();
             assert!(v.verify(&t, unix_now()).is_ok());
             let payload = t.split('.').nth(1).unwrap();
             let json =
@@ -391,20 +296,20 @@ mod tests {
 
         let mut config = gw.live().config.clone();
         config.auth.revoked_token_ids = vec![jti];
-        gw.replace(Live::build(config.clone()).unwrap());
+        gw.reload(config.clone()).unwrap();
         let err = call(&layer).await.unwrap_err();
         assert_eq!(err.to_string(), "the token has been revoked");
 
         // A reload that leaves `auth` alone keeps the verifier.
-        let before = Arc::as_ptr(layer.state.current.load().verifier.as_ref().unwrap());
+        let before = Arc::as_ptr(gw.live().verifier.as_ref().unwrap());
         config.server.max_connections += 1;
-        gw.replace(Live::build(config.clone()).unwrap());
+        gw.reload(config.clone()).unwrap();
         assert!(call(&layer).await.is_err());
-        let after = Arc::as_ptr(layer.state.current.load().verifier.as_ref().unwrap());
+        let after = Arc::as_ptr(gw.live().verifier.as_ref().unwrap());
         assert_eq!(before, after);
 
         config.auth.enabled = false;
-        gw.replace(Live::build(config).unwrap());
+        gw.reload(config).unwrap();
         assert!(call(&layer).await.is_ok());
     }
 

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tower::{Layer, Service};
 
 use super::ShortCircuit;
-use super::route::Route;
+use crate::route::Route;
 use crate::auth::Client;
 use crate::error::GatewayError;
 

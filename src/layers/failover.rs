@@ -25,20 +25,21 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, header};
+use http::{Request, Response, StatusCode, header};
+use opentelemetry::KeyValue;
 use http_body_util::{BodyExt, Limited};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-use super::key_balance::{BoundKey, TriedKeys};
-use super::metrics::{Attempt, retry_reason, retry_reason_for_error};
-use super::route::Route;
+use crate::route::Route;
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::key_pool::store::until_pacific_midnight;
 use crate::key_pool::verdict::{RestFor, Verdict, classify};
-use crate::key_pool::{Outcome, SelectedKey};
+use crate::key_pool::{BoundKey, TriedKeys, Outcome, RestReason, SelectedKey};
+use crate::metrics::{AttemptResult, Metrics, RetryReason};
+use crate::trace::{AttemptTrace, RequestTrace};
 
 /// Error answers larger than this are passed on unread (and classified by status alone).
 const MAX_ERROR_BODY_BYTES: usize = 256 * 1024;
@@ -249,6 +250,95 @@ fn scrub(body: Bytes, secret: &str, id: &str) -> Bytes {
     }
     let text = String::from_utf8_lossy(&body);
     Bytes::from(text.replace(secret, &format!("[key {id}]")))
+}
+
+/// One upstream attempt, for failover: its duration and result per key, and its span.
+#[derive(Debug)]
+pub struct Attempt {
+    started: std::time::Instant,
+    trace: Option<AttemptTrace>,
+}
+
+impl Attempt {
+    /// Attempt `n` (0 for the first) of this request starts now. With tracing on, its span's
+    /// context goes onto the request, for the upstream client's `traceparent`.
+    pub fn begin<B>(req: &mut Request<B>, n: u32) -> Attempt {
+        let trace = req.extensions().get::<RequestTrace>().map(|t| t.attempt(n));
+        if let Some(t) = &trace {
+            req.extensions_mut().insert(t.clone());
+        }
+        Attempt {
+            started: std::time::Instant::now(),
+            trace,
+        }
+    }
+
+    /// The attempt got response headers from `key`.
+    pub fn answered(self, metrics: &Metrics, key: &str, status: StatusCode) {
+        self.end(metrics, Some(key), AttemptResult::Status(status));
+    }
+
+    /// The attempt failed before an answer: `error` is the gateway's error for it.
+    pub fn failed(self, metrics: &Metrics, error: &GatewayError) {
+        let result = match error {
+            GatewayError::UpstreamTimeout { .. } => AttemptResult::Timeout,
+            _ => AttemptResult::Unreachable,
+        };
+        self.end(metrics, error.upstream_key().map(|k| &**k), result);
+    }
+
+    fn end(self, metrics: &Metrics, key: Option<&str>, result: AttemptResult) {
+        if let Some(key) = key {
+            metrics.attempt(key, result, self.started.elapsed());
+        }
+        if let Some(t) = self.trace {
+            let mut attrs = Vec::with_capacity(2);
+            if let Some(key) = key {
+                attrs.push(KeyValue::new("gem_proxy.key_id", key.to_owned()));
+            }
+            let error = match result {
+                AttemptResult::Status(s) => {
+                    attrs.push(KeyValue::new(
+                        "http.response.status_code",
+                        i64::from(s.as_u16()),
+                    ));
+                    (s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS)
+                        .then_some("upstream error answer")
+                }
+                AttemptResult::Unreachable => Some("upstream unreachable"),
+                AttemptResult::Timeout => Some("upstream timeout"),
+            };
+            t.end(attrs, error);
+        }
+    }
+
+    /// No key could be picked for the attempt: nothing was sent.
+    pub fn no_key(self) {
+        if let Some(t) = self.trace {
+            t.end(vec![], Some("no upstream key available"));
+        }
+    }
+}
+
+/// Why a verdict led failover to try another key.
+pub fn retry_reason(verdict: &Verdict) -> Option<RetryReason> {
+    Some(match verdict {
+        Verdict::Rest(_, RestReason::RateLimited) => RetryReason::RateLimited,
+        Verdict::Rest(_, RestReason::ExhaustedToday) => RetryReason::ExhaustedToday,
+        Verdict::Rest(_, RestReason::Unusable) => RetryReason::Unusable,
+        Verdict::Invalid(_) => RetryReason::InvalidKey,
+        Verdict::Overloaded => RetryReason::Overloaded,
+        Verdict::ServerError => RetryReason::ServerError,
+        Verdict::Success | Verdict::ClientError => return None,
+    })
+}
+
+/// Why an attempt that failed without an answer is retried.
+pub fn retry_reason_for_error(error: &GatewayError) -> RetryReason {
+    match error {
+        GatewayError::UpstreamTimeout { .. } => RetryReason::Timeout,
+        _ => RetryReason::Unreachable,
+    }
 }
 
 #[cfg(test)]

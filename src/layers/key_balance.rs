@@ -18,19 +18,10 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::ShortCircuit;
-use super::route::Route;
+use crate::route::Route;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::key_pool::{PickError, SelectedKey};
-
-/// Keys already tried for this request; inserted by failover on retries.
-#[derive(Debug, Clone, Default)]
-pub struct TriedKeys(pub Vec<Arc<str>>);
-
-/// The key this request must use (it names a resource only that key can see); inserted by the
-/// affinity layer.
-#[derive(Debug, Clone)]
-pub struct BoundKey(pub Arc<str>);
+use crate::key_pool::{BoundKey, PickError, SelectedKey, TriedKeys};
 
 /// Applies [`KeyBalance`].
 #[derive(Debug, Clone)]

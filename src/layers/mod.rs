@@ -9,6 +9,7 @@ pub mod auth;
 pub mod body_model;
 pub mod buffer_body;
 pub mod client_limit;
+pub mod client_stats;
 pub mod error_response;
 pub mod failover;
 pub mod key_balance;

@@ -48,7 +48,6 @@ pub mod performance;
 pub mod process;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -72,22 +71,6 @@ pub const DURATION_BUCKETS: [f64; 17] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
     600.0,
 ];
-
-/// Seconds since the Unix epoch at which the serving TLS certificate expires; 0 while unknown.
-static CERTIFICATE_EXPIRY: AtomicI64 = AtomicI64::new(0);
-
-/// Reports when the certificate the proxy serves expires (`notAfter`, seconds since the Unix
-/// epoch), for `gem_proxy_tls_certificate_expiry_timestamp_seconds`. Call it whenever a
-/// certificate is loaded, generated or renewed. Process-wide: one process serves one
-/// certificate.
-pub fn set_certificate_expiry(not_after_unix_seconds: i64) {
-    CERTIFICATE_EXPIRY.store(not_after_unix_seconds, Ordering::Relaxed);
-}
-
-/// When the served certificate expires, if reported.
-pub fn certificate_expiry() -> Option<i64> {
-    Some(CERTIFICATE_EXPIRY.load(Ordering::Relaxed)).filter(|t| *t > 0)
-}
 
 /// Why a failed attempt was replayed on another key: the `reason` of `gem_proxy_retries_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -871,7 +854,7 @@ fn register_observers(m: &Meter, gateway: Weak<Gateway>) {
             }
         })
         .build();
-    let g = gateway;
+    let g = gateway.clone();
     m.u64_observable_counter("gem_proxy.key.tokens")
         .with_description("Tokens per key since start, by kind (key-state store).")
         .with_callback(move |o| {
@@ -893,8 +876,8 @@ fn register_observers(m: &Meter, gateway: Weak<Gateway>) {
         .with_description(
             "When the certificate the proxy serves expires, in seconds since the Unix epoch.",
         )
-        .with_callback(|o| {
-            if let Some(t) = certificate_expiry() {
+        .with_callback(move |o| {
+            if let Some(t) = gateway.upgrade().and_then(|g| g.tls().expiry_unix_seconds()) {
                 o.observe(t, &[]);
             }
         })
@@ -1027,12 +1010,21 @@ mod tests {
     }
 
     #[test]
-    fn certificate_expiry_is_reported_once_set() {
-        let m = metrics();
-        set_certificate_expiry(1_900_000_000);
+    fn certificate_expiry_is_read_from_the_gateways_tls_status() {
+        let config = crate::config::ConfigLoader::default()
+            .load_str("gemini: { api_keys: [{ id: a, key: k }] }")
+            .unwrap();
+        let gateway = crate::gateway::Gateway::new(crate::gateway::Live::build(config).unwrap());
+        let gauge = "gem_proxy_tls_certificate_expiry_timestamp_seconds";
+        assert!(!gateway.metrics().render().contains(gauge));
+        let mut status = crate::tls::CertificateStatus::acme_pending(&["example.com".to_owned()]);
+        status.not_after_unix = Some(1_900_000_000);
+        gateway.tls().set(status);
         assert!(
-            m.render()
-                .contains("gem_proxy_tls_certificate_expiry_timestamp_seconds 1900000000")
+            gateway
+                .metrics()
+                .render()
+                .contains(&format!("{gauge} 1900000000"))
         );
     }
 }

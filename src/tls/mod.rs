@@ -17,8 +17,8 @@
 //! closed; anything else that is not TLS is closed at once.
 //!
 //! What is served is described by a [`CertificateStatus`] held in the gateway's [`TlsStatus`]:
-//! `/health` shows it, and every new certificate's expiry goes to
-//! [`crate::metrics::set_certificate_expiry`] (`gem_proxy_tls_certificate_expiry_timestamp_seconds`).
+//! `/health` shows it, and the metrics read its expiry from there
+//! (`gem_proxy_tls_certificate_expiry_timestamp_seconds`).
 
 mod acme;
 mod certificate;
@@ -131,9 +131,6 @@ impl TlsStatus {
 
     /// A new certificate is being served.
     pub(crate) fn set(&self, status: CertificateStatus) {
-        if let Some(not_after) = status.not_after_unix {
-            crate::metrics::set_certificate_expiry(not_after);
-        }
         self.current.store(Some(Arc::new(status)));
     }
 

@@ -1,0 +1,132 @@
+//! The HTTP client the gateway sends with (to Gemini, to an OTLP collector, to a JWKS endpoint),
+//! where upstream requests go ([`UpstreamTarget`]), and the Gemini header names several modules
+//! share. The service that forwards client requests is [`crate::upstream`].
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Uri;
+use http::header::HeaderName;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::error::GatewayError;
+
+/// The pooled HTTP client: HTTP/2 by ALPN, HTTP/1.1 otherwise, rustls with the
+/// aws-lc-rs provider, `TCP_NODELAY`.
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// `x-goog-api-key`.
+pub static X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+/// `x-goog-upload-url`: where a resumable upload continues; Google puts the key in it.
+pub static X_GOOG_UPLOAD_URL: HeaderName = HeaderName::from_static("x-goog-upload-url");
+/// `x-goog-upload-control-url`: the same for status queries and cancels; also carries the key.
+pub static X_GOOG_UPLOAD_CONTROL_URL: HeaderName =
+    HeaderName::from_static("x-goog-upload-control-url");
+
+/// Builds a client (the gateway's upstream client, OTLP over HTTP and JWKS refresh each have one).
+pub fn build_client(connect_timeout: Duration) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(provider)
+        .expect("aws-lc-rs supports the default TLS versions")
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(https)
+}
+
+/// Where upstream requests go, parsed once from `gemini.base_url`.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    scheme: Scheme,
+    authority: Authority,
+    /// Path prefix of the base URL without a trailing slash (usually empty).
+    prefix: String,
+}
+
+impl UpstreamTarget {
+    /// Parses a base URL that [`Config::validate`](crate::config::Config::validate) accepted.
+    pub fn parse(base_url: &str) -> Option<Self> {
+        let uri: Uri = base_url.parse().ok()?;
+        let parts = uri.into_parts();
+        Some(Self {
+            scheme: parts.scheme?,
+            authority: parts.authority?,
+            prefix: parts
+                .path_and_query
+                .map(|pq| pq.path().trim_end_matches('/').to_owned())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// The path prefix of the base URL, without a trailing slash (usually empty).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The upstream URI for a client request URI: same path and query, without `key=`.
+    pub fn uri_for(&self, client: &Uri) -> Result<Uri, GatewayError> {
+        let pq = client.path_and_query().map_or("/", PathAndQuery::as_str);
+        let (path, query) = match pq.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (pq, None),
+        };
+        let query = query.map(strip_key_param);
+        let path_and_query = match (&query, self.prefix.is_empty()) {
+            (None | Some(Cow::Borrowed(_)), true) => match client.path_and_query() {
+                Some(pq) => pq.clone(),
+                None => PathAndQuery::from_static("/"),
+            },
+            _ => {
+                let mut s = String::with_capacity(self.prefix.len() + pq.len());
+                s.push_str(&self.prefix);
+                s.push_str(path);
+                if let Some(q) = query.as_deref().filter(|q| !q.is_empty()) {
+                    s.push('?');
+                    s.push_str(q);
+                }
+                PathAndQuery::try_from(s)
+                    .map_err(|_| GatewayError::Internal("bad upstream path"))?
+            }
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| GatewayError::Internal("bad upstream URI"))
+    }
+}
+
+/// Drops every `key` parameter from a query string, keeping the rest byte for byte.
+pub fn strip_key_param(query: &str) -> Cow<'_, str> {
+    fn is_key(p: &str) -> bool {
+        p == "key" || p.starts_with("key=")
+    }
+    if !query.split('&').any(is_key) {
+        return Cow::Borrowed(query);
+    }
+    Cow::Owned(
+        query
+            .split('&')
+            .filter(|p| !is_key(p))
+            .collect::<Vec<_>>()
+            .join("&"),
+    )
+}
