@@ -129,7 +129,7 @@ main() {
     # (which downloads no browser). Every npm package goes in this one call (see npm_install).
     apt_install chromium
     npm_install typescript@5.9 @grafana/schema@13 playwright-core@1.65
-    # TLS tests (tests/tls.rs, tests/acme.rs): openssl makes operators' keys in every format;
+    # TLS tests (tests/it/tls.rs, tests/it/acme.rs): openssl makes operators' keys in every format;
     # Pebble (Let's Encrypt's test CA) and pebble-challtestsrv issue real ACME certificates.
     apt_install openssl pebble
     log "done in $((SECONDS - t0))s"

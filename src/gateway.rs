@@ -12,13 +12,13 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::{HeaderMap, Uri, header};
 
+use crate::auth::{Jwks, Verifier};
 use crate::config::document::ConfigDocument;
 use crate::config::versions::ConfigVersions;
-use crate::auth::{Jwks, Verifier};
 use crate::config::{AuthConfig, Config, ConfigLoader, Problem};
+use crate::http_client::{self, HttpClient, UpstreamTarget};
 use crate::key_pool::{KeyPool, KeyStateStore, MemoryStore};
 use crate::tls::TlsStatus;
-use crate::http_client::{self, HttpClient, UpstreamTarget};
 
 /// A configuration and what is built from it.
 #[derive(Debug)]
@@ -52,10 +52,7 @@ impl Live {
         let client = http_client::build_client(config.gemini.connect_timeout());
         let verifier = match previous {
             Some(p) if p.config.auth == config.auth => p.verifier.clone(),
-            _ => build_verifier(
-                &config.auth,
-                previous.and_then(|p| p.jwks()).cloned(),
-            ),
+            _ => build_verifier(&config.auth, previous.and_then(|p| p.jwks()).cloned()),
         };
         Ok(Self {
             config,

@@ -52,7 +52,7 @@
 //!     key (and the attempt's `traceparent` when tracing), sends, streams the answer back.
 //!
 //! Request extensions (who inserts → who reads):
-//! - [`Route`](crate::layers::route::Route): route (body model completes its model) → auth and
+//! - [`Route`](crate::route::Route): route (body model completes its model) → auth and
 //!   body model (model policy), key balance and usage (per-model state), upstream (credential
 //!   header choice).
 //! - [`Client`](crate::auth::Client): auth (when `auth.enabled`) → client stats, client limit (key and `rpm`);
@@ -88,22 +88,22 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use crate::body::{BoxError, GatewayBody};
 use crate::error::{ErrorKind, GatewayError, google_error};
 use crate::gateway::Gateway;
+use crate::http_client::X_GOOG_API_KEY;
 use crate::layers::access_log::AccessLogLayer;
 use crate::layers::affinity::AffinityLayer;
 use crate::layers::auth::AuthLayer;
 use crate::layers::body_model::BodyModelLayer;
 use crate::layers::buffer_body::BufferBodyLayer;
 use crate::layers::client_limit::ClientLimitLayer;
+use crate::layers::client_stats::ClientStatsLayer;
 use crate::layers::error_response::ErrorResponseLayer;
 use crate::layers::failover::FailoverLayer;
 use crate::layers::key_balance::KeyBalanceLayer;
-use crate::layers::client_stats::ClientStatsLayer;
 use crate::layers::metrics::MetricsLayer;
 use crate::layers::request_id::CounterRequestId;
 use crate::layers::route::RouteLayer;
 use crate::layers::trace::TraceLayer;
 use crate::layers::usage::UsageLayer;
-use crate::http_client::X_GOOG_API_KEY;
 use crate::upstream::Upstream;
 
 /// The body of every proxied response (boxed once, by the catch-panic layer).

@@ -27,12 +27,12 @@ use memchr::memmem;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::route::{Api, Route};
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::key_pool::{BoundKey, SelectedKey};
 use crate::http_client::X_GOOG_UPLOAD_URL;
+use crate::key_pool::{BoundKey, SelectedKey};
+use crate::route::{Api, Route};
 
 /// How long a binding is kept: the lifetime of an uploaded file.
 pub const BINDING_LIFETIME: Duration = Duration::from_secs(48 * 3600);

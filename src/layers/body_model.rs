@@ -17,9 +17,9 @@ use serde::Deserialize;
 use tower::{Layer, Service};
 
 use super::ShortCircuit;
-use crate::route::Route;
 use crate::auth::Client;
 use crate::error::GatewayError;
+use crate::route::Route;
 
 /// Applies [`BodyModel`].
 #[derive(Debug, Clone, Default)]

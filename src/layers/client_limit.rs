@@ -37,7 +37,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
@@ -49,19 +49,17 @@ use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
-use http::{HeaderMap, HeaderName, Request};
+use http::Request;
 use tower::{Layer, Service};
 
 use super::ShortCircuit;
 use crate::auth::Client;
-use crate::config::Cidr;
+use crate::client_addr::{ClientAddr, client_ip};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::client_addr::{ClientAddr, client_ip};
 
 /// How often idle clients are forgotten.
 pub const JANITOR_INTERVAL: Duration = Duration::from_secs(10);
-
 
 /// Applies [`ClientLimit`].
 #[derive(Debug, Clone)]
@@ -370,6 +368,7 @@ fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

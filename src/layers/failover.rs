@@ -26,19 +26,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
-use opentelemetry::KeyValue;
 use http_body_util::{BodyExt, Limited};
+use opentelemetry::KeyValue;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::route::Route;
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::key_pool::store::until_pacific_midnight;
 use crate::key_pool::verdict::{RestFor, Verdict, classify};
-use crate::key_pool::{BoundKey, TriedKeys, Outcome, RestReason, SelectedKey};
+use crate::key_pool::{BoundKey, Outcome, RestReason, SelectedKey, TriedKeys};
 use crate::metrics::{AttemptResult, Metrics, RetryReason};
+use crate::route::Route;
 use crate::trace::{AttemptTrace, RequestTrace};
 
 /// Error answers larger than this are passed on unread (and classified by status alone).

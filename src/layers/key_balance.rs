@@ -18,10 +18,10 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::ShortCircuit;
-use crate::route::Route;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::key_pool::{BoundKey, PickError, SelectedKey, TriedKeys};
+use crate::route::Route;
 
 /// Applies [`KeyBalance`].
 #[derive(Debug, Clone)]

@@ -40,20 +40,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body;
-use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::auth::Client;
 use crate::body::{BodyEnd, BodyObserver, Observed};
-use crate::error::{ErrorKind, ErrorReason, GatewayError};
+use crate::error::{ErrorKind, ErrorReason};
 use crate::gateway::Gateway;
-use crate::key_pool::verdict::Verdict;
-use crate::key_pool::{RestReason, SelectedKey, Tokens};
+use crate::key_pool::SelectedKey;
 use crate::metrics::errors::{ErrorEntry, message_of};
 use crate::metrics::labels::{OTHER, Outcome, RouteLabel};
-use crate::metrics::{AttemptResult, Finished, Limiter, Metrics, RetryReason};
-use crate::trace::{AttemptTrace, RequestTrace};
+use crate::metrics::{Finished, Limiter, Metrics};
 
 /// Error bodies are kept up to this size for the `/errors` message.
 const ERROR_BODY_BYTES: usize = 4096;

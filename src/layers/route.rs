@@ -13,8 +13,8 @@ use http::Request;
 use tower::{Layer, Service};
 
 use super::ShortCircuit;
-use crate::route::Route;
 use crate::error::GatewayError;
+use crate::route::Route;
 
 /// Applies [`RouteService`].
 #[derive(Debug, Clone, Default)]

@@ -15,19 +15,19 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{Request, Response};
+use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 use serde::Deserialize;
 use tokio::time::Instant;
-use opentelemetry::KeyValue;
 use tower::{Layer, Service};
 
-use crate::route::Route;
 use crate::auth::Client;
 use crate::body::{BodyEnd, BodyObserver, GatewayBody};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::key_pool::{KeyStateStore, Outcome, SelectedKey, Tokens};
 use crate::metrics::Metrics;
+use crate::route::Route;
 use crate::trace::RequestTrace;
 
 /// How much of an answer's end is kept to find its usage in.

@@ -877,7 +877,10 @@ fn register_observers(m: &Meter, gateway: Weak<Gateway>) {
             "When the certificate the proxy serves expires, in seconds since the Unix epoch.",
         )
         .with_callback(move |o| {
-            if let Some(t) = gateway.upgrade().and_then(|g| g.tls().expiry_unix_seconds()) {
+            if let Some(t) = gateway
+                .upgrade()
+                .and_then(|g| g.tls().expiry_unix_seconds())
+            {
                 o.observe(t, &[]);
             }
         })

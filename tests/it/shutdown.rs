@@ -1,16 +1,14 @@
 //! Graceful shutdown of the real binary: SIGTERM stops new connections, lets a running stream
 //! finish, and the process exits 0.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::*;
 use gem_proxy_mock::{MockOptions, MockUpstream};
 use http::Method;
 use http_body_util::BodyExt;
-use support::*;
 
 /// Starts the binary and returns it with the proxy address it logged.
 fn spawn_gateway(config: &str) -> (std::process::Child, String, tempfile::TempDir) {

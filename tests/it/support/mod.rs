@@ -1,7 +1,10 @@
 //! Shared helpers for the black-box tests: a mock upstream, the real gateway stack on
 //! 127.0.0.1:0, and plain hyper clients (HTTP/1.1 and HTTP/2 prior knowledge).
 
-#![allow(dead_code, unreachable_pub, missing_docs)]
+// Helpers are `pub` for the test modules of this binary, which is not a library.
+#![allow(unreachable_pub)]
+
+pub mod tls;
 
 use std::time::Duration;
 

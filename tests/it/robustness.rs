@@ -1,12 +1,10 @@
 //! Hostile or broken input never takes the gateway down, and never disturbs other requests.
 
-mod support;
-
+use crate::support::*;
 use bytes::Bytes;
 use gem_proxy_mock::MockOptions;
 use http::{Method, Request};
 use http_body::Frame;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

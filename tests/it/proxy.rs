@@ -1,12 +1,10 @@
 //! Black-box tests of the proxy path: the real stack on 127.0.0.1 in front of the mock upstream.
 
-mod support;
-
+use crate::support::*;
 use bytes::Bytes;
 use gem_proxy_mock::MockOptions;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use support::*;
 
 /// Every endpoint a client uses answers through the gateway exactly as the upstream answers
 /// directly: same status, same body.

@@ -7,9 +7,7 @@
 //! retried). Both then serve a chain that a normal TLS client verifies against Pebble's root
 //! (new at every Pebble start); a restart serves the cached certificate without a new order.
 
-mod support;
-#[path = "support/tls.rs"]
-mod tls_support;
+use crate::support::tls as tls_support;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -22,7 +20,7 @@ use gem_proxy_mock::{MockOptions, MockUpstream};
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 
-use support::{http1_client, json, read_all, request, test_config};
+use crate::support::{http1_client, json, read_all, request, test_config};
 use tls_support::{
     H2, client_config, connect, eventually, h2, h2_get, https_client, peer_fingerprint,
 };

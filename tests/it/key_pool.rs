@@ -1,16 +1,14 @@
 //! The key pool against the mock upstream: Google's quota signals become rests, invalid keys
 //! leave rotation, failures are retried on other keys, files stay with their key.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use gem_proxy::gateway::Live;
 use gem_proxy_mock::{Failure, MockOptions};
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
-use support::*;
 
 const FLASH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 const PRO: &str = "/v1beta/models/gemini-2.5-pro:generateContent";

@@ -1,13 +1,11 @@
 //! Black-box tests of `/metrics`, `/performance` and `/errors`: the real stack in front of the
 //! mock upstream, read back through the admin listener.
 
-mod support;
-
+use crate::support::*;
 use gem_proxy_mock::{
     CANDIDATES_TOKEN_COUNT, Failure, MockOptions, PROMPT_TOKEN_COUNT, THOUGHTS_TOKEN_COUNT,
 };
 use http::{Method, StatusCode};
-use support::*;
 
 const MODEL: &str = "gemini-2.5-flash";
 

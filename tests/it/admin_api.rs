@@ -1,12 +1,11 @@
 //! The admin API against a gateway started from a real config file: access control, config
 //! changes (validate → apply → persist), history and rollback, the file watch, keys and tokens.
 
-mod support;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use gem_proxy::config::ConfigLoader;
 use gem_proxy::config::document::ConfigDocument;
@@ -15,7 +14,6 @@ use gem_proxy::server::Server;
 use gem_proxy_mock::{MockOptions, MockUpstream};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use support::*;
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
 const JWT_SECRET: &str = "jwt-secret-0123456789abcdefghijklmnop";

@@ -1,9 +1,7 @@
 //! TLS on the proxy port, black-box: the real gateway on 127.0.0.1:0 with TLS on, real rustls
 //! clients, certificates made by the gateway itself or by Debian's `openssl` as an operator would.
 
-mod support;
-#[path = "support/tls.rs"]
-mod tls_support;
+use crate::support::tls as tls_support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,7 +17,7 @@ use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{Harness, http1_client, json, read_all, request, test_config, within};
+use crate::support::{Harness, http1_client, json, read_all, request, test_config, within};
 use tls_support::{
     H2, HTTP11, alpn, client_config, connect, eventually, h1, h2, h2_get, https_client, openssl,
     peer_fingerprint, roots_from, served_fingerprint,
@@ -127,11 +125,9 @@ async fn a_self_signed_certificate_is_generated_then_reused_after_a_restart() {
     // The expiry gauge shows this server's certificate.
     let expiry = server.gateway().tls().expiry_unix_seconds().unwrap();
     assert!(
-        server
-            .gateway()
-            .metrics()
-            .render()
-            .contains(&format!("gem_proxy_tls_certificate_expiry_timestamp_seconds {expiry}")),
+        server.gateway().metrics().render().contains(&format!(
+            "gem_proxy_tls_certificate_expiry_timestamp_seconds {expiry}"
+        )),
         "expiry gauge missing"
     );
 
@@ -192,7 +188,7 @@ async fn http2_is_negotiated_by_alpn_and_http1_still_works() {
     ))
     .header("content-type", "application/json")
     .body(Full::new(Bytes::from_static(
-        support::GENERATE_BODY.as_bytes(),
+        crate::support::GENERATE_BODY.as_bytes(),
     )))
     .unwrap();
     let res = within("stream over TLS", client.request(req))

@@ -1,7 +1,8 @@
-//! TLS clients for the tests of the TLS port (tests/tls.rs, tests/acme.rs): plain rustls clients
+//! TLS clients for the tests of the TLS port (tests/it/tls.rs, tests/it/acme.rs): plain rustls clients
 //! (aws-lc-rs, like the gateway) that trust only the roots a test gives them.
 
-#![allow(dead_code, unreachable_pub, missing_docs)]
+// Helpers are `pub` for the test modules of this binary, which is not a library.
+#![allow(unreachable_pub)]
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,0 +1,15 @@
+//! The integration tests, one binary: the real gateway stack (or binary) on 127.0.0.1 in front of
+//! the mock upstream, real clients, real CAs and tools where a test needs them.
+
+mod support;
+
+mod acme;
+mod admin_api;
+mod auth;
+mod cli;
+mod key_pool;
+mod metrics;
+mod proxy;
+mod robustness;
+mod shutdown;
+mod tls;
