@@ -8,40 +8,25 @@ pub(crate) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a 
     })
 }
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+
+/// Everything but RFC 3986 unreserved characters.
+const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// Decodes `%XX` escapes and `+` (a space in a form-encoded query); bad escapes stay as they are.
 pub(crate) fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let byte = bytes[i];
-        if byte == b'%'
-            && let Some(hex) = bytes.get(i + 1..i + 3)
-            && let Some(decoded) = std::str::from_utf8(hex)
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(decoded);
-            i += 3;
-            continue;
-        }
-        out.push(if byte == b'+' { b' ' } else { byte });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_decode_str(&value.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Escapes everything but RFC 3986 unreserved characters, for a query value.
 pub(crate) fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(value, NOT_UNRESERVED).to_string()
 }
 
 #[cfg(test)]
@@ -65,5 +50,13 @@ mod tests {
         assert_eq!(percent_encode("a b&c"), "a%20b%26c");
         assert_eq!(percent_decode("a+b%2"), "a b%2");
         assert_eq!(percent_decode("%zz%41"), "%zzA");
+        assert_eq!(percent_decode("%2B"), "+");
+    }
+
+    #[test]
+    fn a_sign_is_not_a_hex_digit() {
+        // `%+1` is a bad escape, kept as written (with `+` a space), not byte 0x01.
+        assert_eq!(percent_decode("a%+1"), "a% 1");
+        assert_eq!(percent_decode("%-1"), "%-1");
     }
 }

@@ -98,37 +98,48 @@ where
         (&Method::POST, ["keys", id, "test"]) => handlers::test_key(&ctx, id).await,
         (&Method::POST, ["tokens"]) => handlers::issue_token(&ctx),
         (&Method::POST, ["tokens", "revoke"]) => handlers::revoke_token(&ctx),
-        _ => google_error(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            &format!("no admin API route {} {path}", parts.method),
-        ),
+        (method, segments) => match methods_of(segments) {
+            [] => google_error(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                &format!("no admin API route {method} {path}"),
+            ),
+            allowed => {
+                let allow = allowed.join(", ");
+                let mut res = google_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "INVALID_ARGUMENT",
+                    &format!("{path} answers {allow}, not {method}"),
+                );
+                if let Ok(v) = HeaderValue::from_str(&allow) {
+                    res.headers_mut().insert(header::ALLOW, v);
+                }
+                res
+            }
+        },
+    }
+}
+
+/// The methods an admin API path answers (empty: no such path). Keep in step with the routes
+/// above.
+fn methods_of(segments: &[&str]) -> &'static [&'static str] {
+    match segments {
+        ["config"] => &["GET", "PUT"],
+        ["config", "history"] => &["GET"],
+        ["config", "rollback", _] => &["POST"],
+        ["keys"] => &["GET", "POST"],
+        ["keys", _] => &["DELETE"],
+        ["keys", _, "enable" | "disable" | "test"] => &["POST"],
+        ["tokens"] | ["tokens", "revoke"] => &["POST"],
+        _ => &[],
     }
 }
 
 /// `%2F` → `/` and so on; a malformed escape is kept as written.
 fn percent_decode(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).unwrap_or_else(|_| segment.to_owned())
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_or_else(|_| segment.to_owned(), |s| s.into_owned())
 }
 
 /// A JSON answer.
@@ -178,5 +189,7 @@ mod tests {
         assert_eq!(percent_decode("plain"), "plain");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%+1"), "%+1");
+        assert_eq!(percent_decode("%ff"), "%ff");
     }
 }

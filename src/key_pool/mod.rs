@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::config::{ApiKeyConfig, Secret};
 pub use store::{
-    Admission, KeyLimits, KeyStateStore, MemoryStore, Outcome, RestReason, Slot, Tokens,
+    Admission, KeyLimits, KeyOutcome, KeyStateStore, MemoryStore, RestReason, Slot, Tokens,
 };
 
 /// One upstream API key, ready to be put on a request.

@@ -42,7 +42,7 @@ pub enum RestReason {
 
 /// One request's outcome on a key, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum KeyOutcome {
     /// A 2xx/3xx answer.
     Success,
     /// 429 from Google.
@@ -149,7 +149,7 @@ pub trait KeyStateStore: Send + Sync + fmt::Debug {
     /// Disables (or re-enables) a key; re-enabling also clears `invalid` and every rest.
     fn set_disabled(&self, key: &str, disabled: bool);
     /// Counts one request's outcome.
-    fn record(&self, key: &str, outcome: Outcome);
+    fn record(&self, key: &str, outcome: KeyOutcome);
     /// What an operator sees of `key`.
     fn status(&self, key: &str, now: Instant) -> KeyStatus;
     /// Drops the state of keys not in `keep` (after a reload removed them).
@@ -482,16 +482,16 @@ impl KeyStateStore for MemoryStore {
         });
     }
 
-    fn record(&self, key: &str, outcome: Outcome) {
+    fn record(&self, key: &str, outcome: KeyOutcome) {
         self.with_key(key, |k| {
             let e = &mut k.errors;
             match outcome {
-                Outcome::Success => {}
-                Outcome::RateLimited => e.rate_limited += 1,
-                Outcome::Invalid => e.invalid += 1,
-                Outcome::Overloaded => e.overloaded += 1,
-                Outcome::ServerError => e.server += 1,
-                Outcome::ClientError => e.client += 1,
+                KeyOutcome::Success => {}
+                KeyOutcome::RateLimited => e.rate_limited += 1,
+                KeyOutcome::Invalid => e.invalid += 1,
+                KeyOutcome::Overloaded => e.overloaded += 1,
+                KeyOutcome::ServerError => e.server += 1,
+                KeyOutcome::ClientError => e.client += 1,
             }
         });
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::Value;
 
-use super::store::{Outcome, RestReason};
+use super::store::{KeyOutcome, RestReason};
 
 /// How long a key rests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,14 +59,14 @@ impl Verdict {
     }
 
     /// The counter it goes to.
-    pub fn outcome(&self) -> Outcome {
+    pub fn outcome(&self) -> KeyOutcome {
         match self {
-            Verdict::Success => Outcome::Success,
-            Verdict::Rest(..) => Outcome::RateLimited,
-            Verdict::Invalid(_) => Outcome::Invalid,
-            Verdict::Overloaded => Outcome::Overloaded,
-            Verdict::ServerError => Outcome::ServerError,
-            Verdict::ClientError => Outcome::ClientError,
+            Verdict::Success => KeyOutcome::Success,
+            Verdict::Rest(..) => KeyOutcome::RateLimited,
+            Verdict::Invalid(_) => KeyOutcome::Invalid,
+            Verdict::Overloaded => KeyOutcome::Overloaded,
+            Verdict::ServerError => KeyOutcome::ServerError,
+            Verdict::ClientError => KeyOutcome::ClientError,
         }
     }
 }
@@ -310,7 +310,7 @@ mod tests {
         let verdict = v(503, &body(503, "UNAVAILABLE", ""));
         assert_eq!(verdict, Verdict::Overloaded);
         assert!(verdict.retry_elsewhere());
-        assert_eq!(verdict.outcome(), Outcome::Overloaded);
+        assert_eq!(verdict.outcome(), KeyOutcome::Overloaded);
     }
 
     #[test]

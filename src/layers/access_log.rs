@@ -28,7 +28,7 @@ use crate::key_pool::SelectedKey;
 pub struct AccessLogLayer;
 
 impl AccessLogLayer {
-    /// The layer.
+    /// Writes one line per request to the `gem_proxy::access` log target.
     pub fn new() -> Self {
         Self
     }
@@ -105,7 +105,7 @@ where
         let this = self.project();
         let res = ready!(this.future.poll(cx))?;
         let p = this.pending.take().expect("polled after completion");
-        let record = Record {
+        let record = AccessLine {
             start: p.start,
             method: p.method,
             uri: p.uri,
@@ -117,21 +117,14 @@ where
                 .map(|k| k.0.id.clone()),
             error_kind: res.extensions().get::<ErrorKind>().map(|k| k.0),
             bytes: 0,
-            ended: Ended::ClientGone,
+            ended: None,
         };
         Poll::Ready(Ok(res.map(|inner| Observed::new(inner, Some(record)))))
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Ended {
-    Complete,
-    Error,
-    ClientGone,
-}
-
 /// Everything one access line says; written when dropped, i.e. when the body is done with.
-pub struct Record {
+pub struct AccessLine {
     start: Instant,
     method: Method,
     uri: Uri,
@@ -140,15 +133,16 @@ pub struct Record {
     key_id: Option<Arc<str>>,
     error_kind: Option<&'static str>,
     bytes: u64,
-    ended: Ended,
+    /// How the body ended; `None` while it has not (the client went away first).
+    ended: Option<BodyEnd>,
 }
 
-impl Drop for Record {
+impl Drop for AccessLine {
     fn drop(&mut self) {
         let ended = match self.ended {
-            Ended::Complete => "complete",
-            Ended::Error => "error",
-            Ended::ClientGone => "client_gone",
+            Some(BodyEnd::Complete) => "complete",
+            Some(BodyEnd::Error) => "error",
+            None => "client_gone",
         };
         tracing::info!(
             target: "gem_proxy::access",
@@ -166,17 +160,14 @@ impl Drop for Record {
 }
 
 /// A response body that counts what it sends and writes the access line when it is done.
-pub type LoggedBody<B> = Observed<B, Record>;
+pub type LoggedBody<B> = Observed<B, AccessLine>;
 
-impl BodyObserver for Record {
+impl BodyObserver for AccessLine {
     fn on_data(&mut self, data: &Bytes) {
         self.bytes += data.len() as u64;
     }
 
     fn on_end(&mut self, end: BodyEnd) {
-        self.ended = match end {
-            BodyEnd::Complete => Ended::Complete,
-            BodyEnd::Error => Ended::Error,
-        };
+        self.ended = Some(end);
     }
 }

@@ -26,7 +26,7 @@ use crate::route::Route;
 pub struct BodyModelLayer;
 
 impl BodyModelLayer {
-    /// The layer.
+    /// Checks the body's model for every buffered request (no settings of its own).
     pub fn new() -> Self {
         Self
     }

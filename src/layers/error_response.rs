@@ -21,7 +21,7 @@ use crate::error::GatewayError;
 pub struct ErrorResponseLayer;
 
 impl ErrorResponseLayer {
-    /// The layer.
+    /// Turns every [`GatewayError`] from below into Google's error shape.
     pub fn new() -> Self {
         Self
     }

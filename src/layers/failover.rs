@@ -36,7 +36,7 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::key_pool::store::until_pacific_midnight;
 use crate::key_pool::verdict::{RestFor, Verdict, classify};
-use crate::key_pool::{BoundKey, Outcome, RestReason, SelectedKey, TriedKeys};
+use crate::key_pool::{BoundKey, KeyOutcome, RestReason, SelectedKey, TriedKeys};
 use crate::metrics::{AttemptResult, Metrics, RetryReason};
 use crate::route::Route;
 use crate::trace::{AttemptTrace, RequestTrace};
@@ -141,7 +141,7 @@ where
                     return last_failure.unwrap_or(Err(e));
                 };
                 telemetry.failed(gateway.metrics(), &e);
-                gateway.store().record(&key, Outcome::ServerError);
+                gateway.store().record(&key, KeyOutcome::ServerError);
                 if last_attempt {
                     return Err(e);
                 }

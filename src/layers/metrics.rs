@@ -54,7 +54,7 @@ use crate::metrics::{Finished, Limiter, Metrics};
 /// Error bodies are kept up to this size for the `/errors` message.
 const ERROR_BODY_BYTES: usize = 4096;
 
-/// Applies [`MetricsService`].
+/// Applies [`Metering`].
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
     metrics: Arc<Metrics>,
@@ -70,10 +70,10 @@ impl MetricsLayer {
 }
 
 impl<S> Layer<S> for MetricsLayer {
-    type Service = MetricsService<S>;
+    type Service = Metering<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        MetricsService {
+        Metering {
             inner,
             metrics: self.metrics.clone(),
         }
@@ -82,12 +82,12 @@ impl<S> Layer<S> for MetricsLayer {
 
 /// Records each request when its answer ends.
 #[derive(Debug, Clone)]
-pub struct MetricsService<S> {
+pub struct Metering<S> {
     inner: S,
     metrics: Arc<Metrics>,
 }
 
-impl<S> MetricsService<S> {
+impl<S> Metering<S> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -99,7 +99,7 @@ impl<S> MetricsService<S> {
     }
 }
 
-impl<S, B, ResB> Service<Request<B>> for MetricsService<S>
+impl<S, B, ResB> Service<Request<B>> for Metering<S>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
     ResB: Body<Data = Bytes>,
@@ -149,7 +149,7 @@ struct Pending {
 }
 
 pin_project! {
-    /// Response future of [`MetricsService`].
+    /// Response future of [`Metering`].
     pub struct ResponseFuture<F> {
         #[pin]
         future: F,
@@ -195,29 +195,22 @@ where
                 .headers()
                 .get(header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        let record = Record {
+        let record = RequestRecord {
             key_id: ext.get::<SelectedKey>().map(|k| k.0.id.clone()),
             status,
             kind,
             streamed,
             ttfb: None,
             error_body: (status.is_client_error() || status.is_server_error()).then(Vec::new),
-            ended: Ended::NotYet,
+            ended: None,
             p,
         };
         Poll::Ready(Ok(res.map(|inner| Observed::new(inner, Some(record)))))
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ended {
-    NotYet,
-    Complete,
-    Error,
-}
-
 /// Everything recorded about one request; recorded when dropped, i.e. when the body is done.
-pub struct Record {
+pub struct RequestRecord {
     p: Pending,
     key_id: Option<Arc<str>>,
     status: StatusCode,
@@ -226,17 +219,20 @@ pub struct Record {
     ttfb: Option<Duration>,
     /// The start of an error answer, for its message in `/errors`.
     error_body: Option<Vec<u8>>,
-    ended: Ended,
+    /// How the body ended; `None` while it has not (the client went away first).
+    ended: Option<BodyEnd>,
 }
 
-impl Drop for Record {
+impl Drop for RequestRecord {
     fn drop(&mut self) {
         let head = Outcome::of(self.status, self.kind);
         let outcome = match (head, self.ended) {
-            (Outcome::Success, Ended::Complete) => Outcome::Success,
-            (Outcome::Success, Ended::Error) => Outcome::StreamError,
-            (Outcome::Success, Ended::NotYet) => Outcome::ClientGone,
-            (Outcome::RateLimited | Outcome::ClientError, Ended::Error) => Outcome::StreamError,
+            (Outcome::Success, Some(BodyEnd::Complete)) => Outcome::Success,
+            (Outcome::Success, Some(BodyEnd::Error)) => Outcome::StreamError,
+            (Outcome::Success, None) => Outcome::ClientGone,
+            (Outcome::RateLimited | Outcome::ClientError, Some(BodyEnd::Error)) => {
+                Outcome::StreamError
+            }
             (other, _) => other,
         };
         let m = &self.p.metrics;
@@ -293,9 +289,9 @@ impl Drop for Record {
 }
 
 /// A response body that records its request when it is done.
-pub type MeteredBody<B> = Observed<B, Record>;
+pub type MeteredBody<B> = Observed<B, RequestRecord>;
 
-impl BodyObserver for Record {
+impl BodyObserver for RequestRecord {
     fn on_data(&mut self, d: &Bytes) {
         if self.streamed && self.ttfb.is_none() && !d.is_empty() {
             self.ttfb = Some(self.p.start.elapsed());
@@ -307,9 +303,6 @@ impl BodyObserver for Record {
     }
 
     fn on_end(&mut self, end: BodyEnd) {
-        self.ended = match end {
-            BodyEnd::Complete => Ended::Complete,
-            BodyEnd::Error => Ended::Error,
-        };
+        self.ended = Some(end);
     }
 }

@@ -16,32 +16,32 @@ use super::ShortCircuit;
 use crate::error::GatewayError;
 use crate::route::Route;
 
-/// Applies [`RouteService`].
+/// Applies [`Routing`].
 #[derive(Debug, Clone, Default)]
 pub struct RouteLayer;
 
 impl RouteLayer {
-    /// The layer.
+    /// Classifies every request (the route layer has no settings).
     pub fn new() -> Self {
         Self
     }
 }
 
 impl<S> Layer<S> for RouteLayer {
-    type Service = RouteService<S>;
+    type Service = Routing<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RouteService { inner }
+        Routing { inner }
     }
 }
 
 /// Classifies the request and inserts [`Route`], or answers 404.
 #[derive(Debug, Clone)]
-pub struct RouteService<S> {
+pub struct Routing<S> {
     inner: S,
 }
 
-impl<S, B> Service<Request<B>> for RouteService<S>
+impl<S, B> Service<Request<B>> for Routing<S>
 where
     S: Service<Request<B>, Error = GatewayError>,
 {

@@ -25,7 +25,7 @@ use crate::auth::Client;
 use crate::body::{BodyEnd, BodyObserver, GatewayBody};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::key_pool::{KeyStateStore, Outcome, SelectedKey, Tokens};
+use crate::key_pool::{KeyOutcome, KeyStateStore, SelectedKey, Tokens};
 use crate::metrics::Metrics;
 use crate::route::Route;
 use crate::trace::RequestTrace;
@@ -172,7 +172,7 @@ impl BodyObserver for UsageTap {
 
     fn on_end(&mut self, end: BodyEnd) {
         if end == BodyEnd::Error {
-            self.store.record(&self.key.0.id, Outcome::ServerError);
+            self.store.record(&self.key.0.id, KeyOutcome::ServerError);
             return;
         }
         // Most answers end in one frame: read it in place; otherwise join the few kept.

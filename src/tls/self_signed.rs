@@ -27,7 +27,7 @@ const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// What [`ensure`] did.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum KeyOutcome {
     /// The files were there; they are used as they are.
     Existing,
     /// A certificate was generated (there was none, or ours was expiring or missing a name).
@@ -41,7 +41,7 @@ pub(crate) fn ensure(
     key_path: &Path,
     server_host: &str,
     san: &[String],
-) -> Result<Outcome, TlsError> {
+) -> Result<KeyOutcome, TlsError> {
     match (cert_path.exists(), key_path.exists()) {
         (true, true) => {
             if let Some(reason) = needs_replacing(cert_path, san) {
@@ -50,7 +50,7 @@ pub(crate) fn ensure(
                     "replacing the generated self-signed certificate: {reason}"
                 );
             } else {
-                return Ok(Outcome::Existing);
+                return Ok(KeyOutcome::Existing);
             }
         }
         (false, false) => {}
@@ -76,7 +76,7 @@ pub(crate) fn ensure(
         names = ?names,
         "generated a self-signed TLS certificate"
     );
-    Ok(Outcome::Generated)
+    Ok(KeyOutcome::Generated)
 }
 
 /// Why an existing certificate that we generated must be made again; `None` to keep it (always
@@ -252,7 +252,7 @@ mod tests {
         let san = vec!["gw.internal".to_string()];
         assert_eq!(
             ensure(&cert, &key, "0.0.0.0", &san).unwrap(),
-            Outcome::Generated
+            KeyOutcome::Generated
         );
         let first = load_files(&cert, &key).unwrap().status;
         assert_eq!(first.source, CertificateSource::SelfSigned);
@@ -266,7 +266,7 @@ mod tests {
         }
         assert_eq!(
             ensure(&cert, &key, "0.0.0.0", &san).unwrap(),
-            Outcome::Existing
+            KeyOutcome::Existing
         );
         let again = load_files(&cert, &key).unwrap().status;
         assert_eq!(again.sha256_fingerprint, first.sha256_fingerprint);
@@ -275,7 +275,7 @@ mod tests {
         let san = vec!["gw.internal".to_string(), "gw2.internal".to_string()];
         assert_eq!(
             ensure(&cert, &key, "0.0.0.0", &san).unwrap(),
-            Outcome::Generated
+            KeyOutcome::Generated
         );
         let third = load_files(&cert, &key).unwrap().status;
         assert_ne!(third.sha256_fingerprint, first.sha256_fingerprint);
@@ -309,7 +309,7 @@ mod tests {
         let san = vec!["other.example".to_string()];
         assert_eq!(
             ensure(&cert, &key, "0.0.0.0", &san).unwrap(),
-            Outcome::Existing
+            KeyOutcome::Existing
         );
         assert_eq!(std::fs::read_to_string(&cert).unwrap(), c.pem());
     }

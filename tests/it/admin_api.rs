@@ -548,3 +548,21 @@ async fn key_ids_are_percent_decoded_in_paths() {
     let (status, _, _) = a.admin(Method::DELETE, "/api/keys/team%20a%2F1", "").await;
     assert_eq!(status, 200);
 }
+
+/// A known path with the wrong method is a 405 that names the right ones; an unknown path a 404.
+#[tokio::test]
+async fn a_wrong_method_is_405_and_an_unknown_path_404() {
+    let a = Admin::start().await;
+    let (status, body, _) = a.admin(Method::DELETE, "/api/config", "").await;
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(body["error"]["code"], 405);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("GET, PUT"), "{message}");
+    let (status, _, _) = a.admin(Method::GET, "/api/keys/a/enable", "").await;
+    assert_eq!(status, 405);
+    let (status, _, _) = a.admin(Method::GET, "/api/nothing-here", "").await;
+    assert_eq!(status, 404);
+    // The running config is untouched.
+    let (status, _, _) = a.admin(Method::GET, "/api/config", "").await;
+    assert_eq!(status, 200);
+}
