@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::auth::{Role, TokenRequest, issue, parse_ttl, unix_now, utc_time};
+use crate::auth::{Role, TokenRequest, issue, parse_ttl, unix_now};
 use crate::config::document::ConfigDocument;
 use crate::config::{Config, ConfigLoader};
 use crate::gateway::{Gateway, Live};
 use crate::server::Server;
+use crate::time::utc_time;
 
 /// gem-proxy: a gateway for Google's Gemini API.
 #[derive(Debug, Parser)]

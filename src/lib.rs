@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod route;
 pub mod server;
 pub mod stack;
+pub mod time;
 pub mod tls;
 pub mod trace;
 pub mod upstream;

@@ -9,7 +9,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{Admin, invalid, json};
-use crate::auth::{Role, TokenRequest, issue, parse_ttl, token_from_request, unix_now, utc_time};
+use crate::auth::{Role, TokenRequest, issue, parse_ttl, token_from_request, unix_now};
 use crate::body::GatewayBody;
 use crate::config::document::{ConfigDocument, masked_view};
 use crate::config::versions::{Applied, ChangeError, VersionInfo};
@@ -19,6 +19,7 @@ use crate::gateway::Gateway;
 use crate::http_client::X_GOOG_API_KEY;
 use crate::key_pool::store::KeyStatus;
 use crate::key_pool::verdict::{Verdict, classify};
+use crate::time::utc_time;
 
 /// What every handler gets.
 pub(super) struct Ctx<'a> {

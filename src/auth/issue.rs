@@ -94,28 +94,6 @@ pub fn issue(auth: &AuthConfig, req: &TokenRequest, now: u64) -> Result<Issued, 
     })
 }
 
-/// Seconds since the epoch as an RFC 3339 UTC time (`2026-12-24T18:00:00Z`), for people.
-pub fn utc_time(secs: u64) -> String {
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// 128 random bits, hex.
 fn random_id() -> String {
     let mut bytes = [0u8; 16];
@@ -209,14 +187,6 @@ mod tests {
         let mut r = req();
         r.sub = " ".into();
         assert_eq!(issue(&auth(), &r, NOW), Err(IssueError::EmptySubject));
-    }
-
-    #[test]
-    fn utc_times() {
-        assert_eq!(utc_time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc_time(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(utc_time(1_800_000_000), "2027-01-15T08:00:00Z");
-        assert_eq!(utc_time(4_102_444_799), "2099-12-31T23:59:59Z");
     }
 
     #[test]

@@ -7,7 +7,6 @@
 //! rebuilt from config on reload (the store, keyed by key id, survives it). Every header value a key
 //! needs is built once, so a pick allocates nothing.
 
-pub mod pacific;
 pub mod store;
 pub mod verdict;
 

@@ -17,6 +17,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::time::until_pacific_midnight;
+
 /// Limits of one key, per model (Google's quotas are per project and model).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KeyLimits {
@@ -385,16 +387,6 @@ fn gcra(tat: Option<Instant>, now: Instant, limit: u32, cost: u32) -> Result<Ins
         Some(allowed_at) if allowed_at > now => Err(allowed_at),
         _ => Ok(new_tat),
     }
-}
-
-/// Time from now until the next midnight in Pacific time (Google's daily quota reset).
-pub fn until_pacific_midnight() -> Duration {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let next = super::pacific::next_midnight(secs);
-    Duration::from_secs((next - secs).max(1) as u64)
 }
 
 impl KeyStateStore for MemoryStore {

@@ -34,11 +34,11 @@ use tower::{Layer, Service, ServiceExt};
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::key_pool::store::until_pacific_midnight;
 use crate::key_pool::verdict::{RestFor, Verdict, classify};
 use crate::key_pool::{BoundKey, KeyOutcome, RestReason, SelectedKey, TriedKeys};
 use crate::metrics::{AttemptResult, Metrics, RetryReason};
 use crate::route::Route;
+use crate::time::until_pacific_midnight;
 use crate::trace::{AttemptTrace, RequestTrace};
 
 /// Error answers larger than this are passed on unread (and classified by status alone).

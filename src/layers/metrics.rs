@@ -268,7 +268,7 @@ impl Drop for RequestRecord {
             m.error_log().record(ErrorEntry {
                 time: format!(
                     "{}.{:03}Z",
-                    crate::auth::utc_time(now.as_secs()).trim_end_matches('Z'),
+                    crate::time::utc_time(now.as_secs()).trim_end_matches('Z'),
                     now.subsec_millis()
                 ),
                 unix_time: now.as_secs(),

@@ -136,7 +136,7 @@ pub(crate) fn log_served(what: &str, s: &CertificateStatus) {
     tracing::info!(
         source = s.source.as_str(),
         names = ?s.names,
-        not_after = s.not_after_unix.map(|t| crate::auth::utc_time(t.max(0) as u64)),
+        not_after = s.not_after_unix.map(|t| crate::time::utc_time(t.max(0) as u64)),
         sha256 = s.sha256_fingerprint.as_deref().unwrap_or(""),
         "{what}"
     );

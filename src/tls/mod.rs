@@ -158,7 +158,7 @@ impl TlsStatus {
             Some(end) if end <= now => "expired",
             Some(_) => "ok",
         };
-        let utc = |t: Option<i64>| t.map(|t| crate::auth::utc_time(t.max(0) as u64));
+        let utc = |t: Option<i64>| t.map(|t| crate::time::utc_time(t.max(0) as u64));
         serde_json::json!({
             "enabled": true,
             "state": state,

@@ -106,7 +106,7 @@ async fn a_per_day_quota_parks_the_key_until_midnight_pacific() {
     let rest = &key_state(&v, "key1")["resting"][0];
     assert_eq!(rest["reason"], "exhausted_today");
     let remaining = rest["remaining_seconds"].as_u64().unwrap();
-    let expected = gem_proxy::key_pool::store::until_pacific_midnight().as_secs();
+    let expected = gem_proxy::time::until_pacific_midnight().as_secs();
     assert!(
         remaining.abs_diff(expected) <= 2,
         "{remaining} vs {expected}"
