@@ -64,9 +64,27 @@ pub struct TokenArgs {
     /// when left out.
     #[arg(long)]
     pub rpm: Option<u32>,
-    /// `admin` lets the client use the admin API.
-    #[arg(long, value_parser = ["admin"])]
-    pub role: Option<String>,
+    /// `admin` lets the client use the admin API; `client` (the default) does not.
+    #[arg(long, value_enum)]
+    pub role: Option<RoleArg>,
+}
+
+/// `--role`: what the client may do besides calling the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleArg {
+    /// Calls the API only.
+    Client,
+    /// Also uses the admin API.
+    Admin,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::Client => Role::Client,
+            RoleArg::Admin => Role::Admin,
+        }
+    }
 }
 
 /// Runs the command line; the process's exit code.
@@ -108,11 +126,7 @@ fn token(config: &Config, args: &TokenArgs) -> ExitCode {
         ttl: args.ttl,
         models: args.models.clone(),
         rpm: args.rpm,
-        role: if args.role.as_deref() == Some("admin") {
-            Role::Admin
-        } else {
-            Role::Client
-        },
+        role: args.role.map_or(Role::Client, Role::from),
     };
     match issue(&config.auth, &req, unix_now()) {
         Ok(issued) => {
@@ -242,5 +256,31 @@ impl ShutdownSignals {
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role_of(args: &[&str]) -> Result<Option<RoleArg>, clap::Error> {
+        let cli = Cli::try_parse_from(["gem-proxy", "token", "--sub", "a"].iter().chain(args))?;
+        match cli.command {
+            Some(Command::Token(t)) => Ok(t.role),
+            other => panic!("not the token command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn role_is_client_or_admin_and_nothing_else() {
+        assert_eq!(role_of(&[]).unwrap(), None);
+        assert_eq!(role_of(&["--role", "admin"]).unwrap(), Some(RoleArg::Admin));
+        assert_eq!(
+            role_of(&["--role", "client"]).unwrap(),
+            Some(RoleArg::Client)
+        );
+        let err = role_of(&["--role", "root"]).unwrap_err().to_string();
+        assert!(err.contains("possible values: client, admin"), "{err}");
+        assert_eq!(Role::from(RoleArg::Admin), Role::Admin);
     }
 }
