@@ -1,7 +1,11 @@
-//! Which API a request is for, and which model: [`Route`], parsed once from the path by the route
-//! layer ([`crate::layers::route`]) and read from the request extension by everything after it.
+//! Which API a request is for, which model, and what for: [`Route`], parsed once from the path
+//! ([`Route::ensure`], by the outermost layer that needs it) and read from the request extension
+//! by everything after it. The route layer ([`crate::layers::route`]) answers 404 for a path that
+//! has none.
 
 use std::sync::Arc;
+
+use http::Request;
 
 /// Which surface of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +38,8 @@ pub struct Route {
     pub version: ApiVersion,
     /// The model named in the path (`models/{model}` or `models/{model}:{method}`), if any.
     pub model: Option<Arc<str>>,
+    /// What the request is for, for metric labels and span names.
+    pub label: RouteLabel,
 }
 
 impl Route {
@@ -66,13 +72,205 @@ impl Route {
             api,
             version,
             model,
+            label: label_of(upload, rest),
         })
+    }
+
+    /// Parses the request's route once: the first layer that needs it (metrics, trace or route,
+    /// whichever runs first) inserts it as the request's extension, the others find it there.
+    /// A path outside the API gets none.
+    pub fn ensure<B>(req: &mut Request<B>) {
+        if req.extensions().get::<Route>().is_none()
+            && let Some(route) = Route::classify(req.uri().path())
+        {
+            req.extensions_mut().insert(route);
+        }
+    }
+
+    /// The label of a request's route, [`RouteLabel::NotFound`] when it has none.
+    pub fn label_of(route: Option<&Route>) -> RouteLabel {
+        route.map_or(RouteLabel::NotFound, |r| r.label)
+    }
+
+    /// The model the metrics and spans name: the one in a native API path (not an upload's).
+    pub fn labelled_model(&self) -> Option<&str> {
+        self.model
+            .as_deref()
+            .filter(|_| self.label != RouteLabel::Upload)
+    }
+}
+
+/// What a request was for, from its path alone (never the raw path: that would be unbounded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteLabel {
+    /// `models/{m}:generateContent`.
+    Generate,
+    /// `models/{m}:streamGenerateContent`.
+    Stream,
+    /// `models/{m}:countTokens`.
+    CountTokens,
+    /// `models/{m}:embedContent` and `:batchEmbedContents`.
+    Embed,
+    /// `models/{m}:batchGenerateContent` and `batches/...`.
+    Batch,
+    /// `GET models` and `GET models/{m}`.
+    Models,
+    /// `files/...`.
+    Files,
+    /// `upload/...` (resumable media upload).
+    Upload,
+    /// `cachedContents/...`.
+    CachedContents,
+    /// `openai/chat/completions`.
+    OpenAiChat,
+    /// `openai/embeddings`.
+    OpenAiEmbeddings,
+    /// Anything else under `openai/`.
+    OpenAiOther,
+    /// Any other path under a known API version (passed through).
+    Other,
+    /// Not an API path (answered 404 by the gateway).
+    NotFound,
+}
+
+impl RouteLabel {
+    /// Every value, in index order.
+    pub const ALL: [RouteLabel; 14] = [
+        RouteLabel::Generate,
+        RouteLabel::Stream,
+        RouteLabel::CountTokens,
+        RouteLabel::Embed,
+        RouteLabel::Batch,
+        RouteLabel::Models,
+        RouteLabel::Files,
+        RouteLabel::Upload,
+        RouteLabel::CachedContents,
+        RouteLabel::OpenAiChat,
+        RouteLabel::OpenAiEmbeddings,
+        RouteLabel::OpenAiOther,
+        RouteLabel::Other,
+        RouteLabel::NotFound,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteLabel::Generate => "generate",
+            RouteLabel::Stream => "stream",
+            RouteLabel::CountTokens => "count_tokens",
+            RouteLabel::Embed => "embed",
+            RouteLabel::Batch => "batch",
+            RouteLabel::Models => "models",
+            RouteLabel::Files => "files",
+            RouteLabel::Upload => "upload",
+            RouteLabel::CachedContents => "cached_contents",
+            RouteLabel::OpenAiChat => "openai_chat",
+            RouteLabel::OpenAiEmbeddings => "openai_embeddings",
+            RouteLabel::OpenAiOther => "openai_other",
+            RouteLabel::Other => "other",
+            RouteLabel::NotFound => "not_found",
+        }
+    }
+
+    /// Position in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The label of an API path, from what follows its version (`rest`).
+fn label_of(upload: bool, rest: &str) -> RouteLabel {
+    if upload {
+        return RouteLabel::Upload;
+    }
+    if let Some(openai) = rest.strip_prefix("openai/") {
+        return match openai.trim_end_matches('/') {
+            "chat/completions" => RouteLabel::OpenAiChat,
+            "embeddings" => RouteLabel::OpenAiEmbeddings,
+            _ => RouteLabel::OpenAiOther,
+        };
+    }
+    if let Some(m) = rest.strip_prefix("models/") {
+        let method = m.find([':', '/']).map_or("", |i| &m[i + 1..]);
+        return match method {
+            "" => RouteLabel::Models,
+            "generateContent" => RouteLabel::Generate,
+            "streamGenerateContent" => RouteLabel::Stream,
+            "countTokens" => RouteLabel::CountTokens,
+            "embedContent" | "batchEmbedContents" => RouteLabel::Embed,
+            "batchGenerateContent" => RouteLabel::Batch,
+            _ => RouteLabel::Other,
+        };
+    }
+    match rest.split('/').next().unwrap_or("") {
+        "models" => RouteLabel::Models,
+        "files" => RouteLabel::Files,
+        "cachedContents" => RouteLabel::CachedContents,
+        "batches" => RouteLabel::Batch,
+        _ => RouteLabel::Other,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_and_models_come_from_the_path() {
+        let cases = [
+            (
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                RouteLabel::Generate,
+                Some("gemini-2.5-flash"),
+            ),
+            (
+                "/v1/models/m:streamGenerateContent",
+                RouteLabel::Stream,
+                Some("m"),
+            ),
+            (
+                "/v1alpha/models/m:countTokens",
+                RouteLabel::CountTokens,
+                Some("m"),
+            ),
+            (
+                "/v1beta/models/e:batchEmbedContents",
+                RouteLabel::Embed,
+                Some("e"),
+            ),
+            ("/v1beta/models", RouteLabel::Models, None),
+            ("/v1beta/models/m", RouteLabel::Models, Some("m")),
+            ("/v1beta/files/abc", RouteLabel::Files, None),
+            ("/upload/v1beta/files", RouteLabel::Upload, None),
+            ("/v1beta/cachedContents/x", RouteLabel::CachedContents, None),
+            (
+                "/v1beta/openai/chat/completions",
+                RouteLabel::OpenAiChat,
+                None,
+            ),
+            (
+                "/v1beta/openai/embeddings",
+                RouteLabel::OpenAiEmbeddings,
+                None,
+            ),
+            ("/v1beta/openai/models", RouteLabel::OpenAiOther, None),
+            ("/v1/interactions", RouteLabel::Other, None),
+            ("/v2/models", RouteLabel::NotFound, None),
+            ("/", RouteLabel::NotFound, None),
+            ("", RouteLabel::NotFound, None),
+        ];
+        for (path, route, model) in cases {
+            let parsed = Route::classify(path);
+            let got = (
+                Route::label_of(parsed.as_ref()),
+                parsed.as_ref().and_then(Route::labelled_model),
+            );
+            assert_eq!(got, (route, model), "{path}");
+        }
+        for (i, r) in RouteLabel::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
 
     fn route(path: &str) -> Option<(Api, ApiVersion, Option<String>)> {
         Route::classify(path).map(|r| (r.api, r.version, r.model.map(|m| m.to_string())))

@@ -52,9 +52,10 @@
 //!     key (and the attempt's `traceparent` when tracing), sends, streams the answer back.
 //!
 //! Request extensions (who inserts → who reads):
-//! - [`Route`](crate::route::Route): route (body model completes its model) → auth and
-//!   body model (model policy), key balance and usage (per-model state), upstream (credential
-//!   header choice).
+//! - [`Route`](crate::route::Route): the first of metrics, trace and route that runs (parsed
+//!   once; body model completes its model) → metrics and trace (route label, model), route (404
+//!   when absent), auth and body model (model policy), key balance and usage (per-model state),
+//!   upstream (credential header choice).
 //! - [`Client`](crate::auth::Client): auth (when `auth.enabled`) → client stats, client limit (key and `rpm`);
 //!   later the admin API (`role`) and per-client statistics.
 //! - [`BoundKey`](crate::key_pool::BoundKey): affinity → failover (no replay), key

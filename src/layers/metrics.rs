@@ -6,8 +6,8 @@
 //! wraps the response body: a stream is counted when it ends, with its whole duration, its time
 //! to first byte, and whether it ended cleanly, broke off or lost its client.
 //!
-//! Labels come from the path (never the raw path, see
-//! [`RouteLabel`](crate::metrics::labels::RouteLabel)) and from response extensions:
+//! Labels come from the path (never the raw path, see [`RouteLabel`]; the request's [`Route`] is
+//! parsed here, once, when metrics are on) and from response extensions:
 //! [`ErrorKind`] and [`ErrorReason`] (error response), [`SelectedKey`] (upstream). Recording is a
 //! few atomic additions into pre-bound instruments; with `metrics.enabled: false` the layer only
 //! passes requests through.
@@ -48,8 +48,9 @@ use crate::error::{ErrorKind, ErrorReason};
 use crate::gateway::Gateway;
 use crate::key_pool::SelectedKey;
 use crate::metrics::errors::{ErrorEntry, message_of};
-use crate::metrics::labels::{OTHER, Outcome, RouteLabel};
+use crate::metrics::labels::{OTHER, Outcome};
 use crate::metrics::{Finished, Limiter, Metrics};
+use crate::route::{Route, RouteLabel};
 
 /// Error bodies are kept up to this size for the `/errors` message.
 const ERROR_BODY_BYTES: usize = 4096;
@@ -112,10 +113,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let pending = self.metrics.enabled().then(|| {
-            let (route, model) = RouteLabel::classify(req.uri().path());
-            let model_name = model.unwrap_or("");
+            Route::ensure(&mut req);
+            let parsed = req.extensions().get::<Route>();
+            let route = Route::label_of(parsed);
+            let model_name = parsed.and_then(Route::labelled_model).unwrap_or("");
             let model_index = self.metrics.model_index(model_name);
             // Remember the name only while it may still be admitted (once the label set is
             // full, or the model known, nothing is copied).

@@ -2,7 +2,8 @@
 //!
 //! Sits after the error-response layer and before everything that needs to know the API (auth's
 //! model policy, the key pool's per-model state, the upstream client's choice of credential
-//! header). Inserts [`Route`]. Paths outside `/v1/`, `/v1beta/`, `/v1alpha/` and `/upload/` are
+//! header). Makes sure the request has its [`Route`] (metrics or trace above parse it first when
+//! they are on: one parse per request). Paths outside `/v1/`, `/v1beta/`, `/v1alpha/` and `/upload/` are
 //! answered 404 `NOT_FOUND` in Google's shape without reading the body.
 //!
 //! Unknown paths under a known version pass through: Google adds endpoints often.
@@ -35,7 +36,8 @@ impl<S> Layer<S> for RouteLayer {
     }
 }
 
-/// Classifies the request and inserts [`Route`], or answers 404.
+/// Makes sure the request has its [`Route`] (parsed here unless a layer above did), or answers
+/// 404.
 #[derive(Debug, Clone)]
 pub struct Routing<S> {
     inner: S,
@@ -54,11 +56,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        match Route::classify(req.uri().path()) {
-            Some(route) => {
-                req.extensions_mut().insert(route);
-                ShortCircuit::inner(self.inner.call(req))
-            }
+        Route::ensure(&mut req);
+        match req.extensions().get::<Route>() {
+            Some(_) => ShortCircuit::inner(self.inner.call(req)),
             None => ShortCircuit::ready(Err(GatewayError::NotFound {
                 method: req.method().clone(),
                 path: req.uri().path().to_owned(),

@@ -30,7 +30,7 @@ use crate::body::{BodyEnd, BodyObserver, Observed};
 use crate::error::ErrorKind;
 use crate::gateway::Gateway;
 use crate::key_pool::SelectedKey;
-use crate::metrics::labels::RouteLabel;
+use crate::route::Route;
 use crate::trace::{RequestTrace, Tracing};
 
 /// Applies [`Trace`].
@@ -81,8 +81,11 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let trace = self.tracing.as_ref().map(|t| {
+            Route::ensure(&mut req);
+            let parsed = req.extensions().get::<Route>();
+            let route = Route::label_of(parsed);
+            let model = parsed.and_then(Route::labelled_model);
             let path = req.uri().path();
-            let (route, model) = RouteLabel::classify(path);
             let mut attributes = vec![
                 KeyValue::new("http.request.method", req.method().as_str().to_owned()),
                 KeyValue::new("url.path", path.to_owned()),

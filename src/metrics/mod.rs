@@ -61,8 +61,9 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use crate::config::MetricsConfig;
 use crate::gateway::Gateway;
 use crate::key_pool::Tokens;
+use crate::route::RouteLabel;
 use errors::ErrorLog;
-use labels::{BoundedSet, Outcome, RouteLabel, StatusClass};
+use labels::{BoundedSet, Outcome, StatusClass};
 use performance::{Sample, Window};
 
 /// Histogram buckets for request and attempt durations, in seconds: from 5 ms to the ten minutes
