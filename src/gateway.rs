@@ -1,8 +1,8 @@
 //! The state every layer shares: the running configuration and what is built from it.
 //!
 //! [`Live`] is the configuration plus everything derived from it (the parsed upstream target, the
-//! key pool with pre-built headers, the upstream client). It is swapped whole through an
-//! [`ArcSwap`], so reading it costs no lock. Each layer reads the snapshot when it acts (so a
+//! key pool with pre-built headers, the HTTP client, the token verifier). It is swapped whole
+//! through an [`ArcSwap`], so reading it costs no lock. Each layer reads the snapshot when it acts (so a
 //! reload applies to the very next decision); an upstream attempt runs start to end on one
 //! snapshot, and a stream already under way finishes on the client and timeouts it started with.
 
