@@ -10,6 +10,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use tower::Service;
 
+use crate::api::sign_in::SignInGuard;
 use crate::body::GatewayBody;
 use crate::error::google_error;
 use crate::gateway::Gateway;
@@ -25,18 +26,49 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let guard = Arc::new(SignInGuard::new());
     tower::service_fn(move |req: Request<B>| {
         let gateway = gateway.clone();
+        let guard = guard.clone();
         async move {
             if req.uri().path().starts_with("/api/") {
-                return Ok::<_, Infallible>(crate::api::handle(gateway, req).await);
+                return Ok::<_, Infallible>(crate::api::handle(gateway, &guard, req).await);
             }
-            Ok(route(&gateway, &req))
+            Ok(route(&gateway, &guard, &req))
         }
     })
 }
 
-fn route<B>(gateway: &Gateway, req: &Request<B>) -> Response<GatewayBody> {
+/// With `admin.protect_observability`, whether the request carries the admin credential:
+/// `Err` is the refusal to answer with.
+fn observer<B>(
+    gateway: &Gateway,
+    guard: &SignInGuard,
+    req: &Request<B>,
+) -> Result<(), Box<Response<GatewayBody>>> {
+    if !gateway.live().config.admin.protect_observability {
+        return Ok(());
+    }
+    let ip = crate::api::client_ip_of(gateway, req.headers(), req.extensions());
+    crate::api::authorize(gateway, guard, ip, req.headers()).map(|_| ())
+}
+
+/// `/metrics` without the per-client series (`gem_proxy_client_*`, their `# HELP` and `# TYPE`
+/// lines included).
+fn without_client_series(text: &str) -> String {
+    text.lines()
+        .filter(|line| {
+            let name = line
+                .strip_prefix("# HELP ")
+                .or_else(|| line.strip_prefix("# TYPE "))
+                .unwrap_or(line);
+            !name.starts_with("gem_proxy_client_")
+        })
+        .flat_map(|line| [line, "\n"])
+        .collect()
+}
+
+fn route<B>(gateway: &Gateway, guard: &SignInGuard, req: &Request<B>) -> Response<GatewayBody> {
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/health") => json(StatusCode::OK, &health(gateway)),
         // Kubernetes probes: alive while the process serves; ready while a key can be used.
@@ -60,7 +92,12 @@ fn route<B>(gateway: &Gateway, req: &Request<B>) -> Response<GatewayBody> {
             )
         }
         (&Method::GET | &Method::HEAD, "/metrics") => {
-            let mut res = Response::new(GatewayBody::full(gateway.metrics().render()));
+            let mut text = gateway.metrics().render();
+            // Scrapers without the credential still get everything but the client names.
+            if observer(gateway, guard, req).is_err() {
+                text = without_client_series(&text);
+            }
+            let mut res = Response::new(GatewayBody::full(text));
             res.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -70,9 +107,10 @@ fn route<B>(gateway: &Gateway, req: &Request<B>) -> Response<GatewayBody> {
         (&Method::GET | &Method::HEAD, "/performance") => {
             json(StatusCode::OK, &gateway.metrics().performance())
         }
-        (&Method::GET | &Method::HEAD, "/errors") => {
-            json(StatusCode::OK, &gateway.metrics().errors())
-        }
+        (&Method::GET | &Method::HEAD, "/errors") => match observer(gateway, guard, req) {
+            Ok(()) => json(StatusCode::OK, &gateway.metrics().errors()),
+            Err(refused) => *refused,
+        },
         (
             _,
             path @ ("/health" | "/health/live" | "/health/ready" | "/metrics" | "/performance"

@@ -41,6 +41,15 @@ pub enum GatewayError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The request cannot be classified with certainty (an ambiguous path, a body naming its
+    /// model twice); it is refused rather than forwarded unchecked.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The client's token may not see this file, cached content or upload (another client
+    /// created it), or the gateway does not know who created it. Google's own answer for a
+    /// resource that does not exist, so nothing is learned from it.
+    #[error("{0}")]
+    ResourceNotFound(String),
     /// The client stopped sending its body half way, or sent a malformed one.
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
@@ -106,7 +115,8 @@ impl GatewayError {
         match self {
             GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BodyRead(_) | GatewayError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            GatewayError::ResourceNotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::NoKey => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
@@ -123,8 +133,10 @@ impl GatewayError {
     /// Google's status name for the error (`google.rpc.Code`).
     pub fn google_status(&self) -> &'static str {
         match self {
-            GatewayError::NotFound { .. } => "NOT_FOUND",
-            GatewayError::PayloadTooLarge { .. } | GatewayError::BodyRead(_) => "INVALID_ARGUMENT",
+            GatewayError::NotFound { .. } | GatewayError::ResourceNotFound(_) => "NOT_FOUND",
+            GatewayError::PayloadTooLarge { .. }
+            | GatewayError::BodyRead(_)
+            | GatewayError::InvalidArgument(_) => "INVALID_ARGUMENT",
             GatewayError::BodyTimeout(_) | GatewayError::UpstreamTimeout { .. } => {
                 "DEADLINE_EXCEEDED"
             }
@@ -146,6 +158,8 @@ impl GatewayError {
             GatewayError::NotFound { .. } => "not_found",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::BodyRead(_) => "body_read",
+            GatewayError::InvalidArgument(_) => "invalid_argument",
+            GatewayError::ResourceNotFound(_) => "resource_not_found",
             GatewayError::BodyTimeout(_) => "body_timeout",
             GatewayError::NoKey => "no_key",
             GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",

@@ -214,6 +214,11 @@ impl Gateway {
     pub fn replace(&self, live: Live) {
         let ids: Vec<&str> = live.keys.ids().collect();
         self.store.retain_keys(&ids);
+        crate::key_pool::reconcile(
+            &*self.store,
+            &self.live.load().config.gemini.api_keys,
+            &live.config.gemini.api_keys,
+        );
         live.keys.attach(&*self.store);
         let previous = self.live.swap(Arc::new(live));
         let current = self.live();

@@ -42,8 +42,74 @@ pub struct Route {
     pub label: RouteLabel,
 }
 
+/// Why [`Route::ambiguity`] refuses a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AmbiguousPath(pub &'static str);
+
 impl Route {
-    /// Classifies a path; `None` when it is not part of the API.
+    /// Why the path cannot be classified with certainty, if it cannot: dot segments (also
+    /// percent-encoded), encoded slashes or backslashes, empty segments, control characters, or
+    /// a model name with characters no model has. Such a path might be read by Google (or a
+    /// proxy before it) as another model than the one a token's policy was checked against.
+    pub fn ambiguity(path: &str) -> Option<AmbiguousPath> {
+        let why = |s| Some(AmbiguousPath(s));
+        // `%2F` / `%5C` in any case; scanned in place, every request passes here.
+        let encoded = |hi: u8, lo: u8| {
+            path.as_bytes()
+                .windows(3)
+                .any(|w| w[0] == b'%' && w[1] == hi && w[2].to_ascii_lowercase() == lo)
+        };
+        if path.contains('\\') || encoded(b'5', b'c') {
+            return why("the path contains a backslash");
+        }
+        if encoded(b'2', b'f') {
+            return why("the path contains an encoded slash (%2F)");
+        }
+        let mut segments = path.split('/').skip(1).peekable();
+        while let Some(raw) = segments.next() {
+            // Borrowed, not copied, unless the segment has escapes.
+            let decoded = percent_encoding::percent_decode_str(raw).decode_utf8();
+            let Ok(segment) = decoded else {
+                return why("the path is not UTF-8 once percent-decoded");
+            };
+            if segment == "." || segment == ".." {
+                return why("the path contains a dot segment (. or ..)");
+            }
+            if segment.is_empty() && segments.peek().is_some() {
+                return why("the path contains an empty segment (//)");
+            }
+            if segment.chars().any(char::is_control) {
+                return why("the path contains control characters");
+            }
+        }
+        if let Some(segment) = Self::model_segment(path) {
+            let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+            let model = decoded.split(':').next().unwrap_or_default();
+            if model.is_empty()
+                || !model
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+            {
+                return why(
+                    "the model name in the path is empty or has characters no model name has",
+                );
+            }
+        }
+        None
+    }
+
+    /// The raw segment after `models/` (model and `:method`), if the path has one.
+    fn model_segment(path: &str) -> Option<&str> {
+        let rest = path
+            .strip_prefix("/upload")
+            .unwrap_or(path)
+            .strip_prefix('/')?;
+        let (_version, rest) = rest.split_once('/')?;
+        rest.strip_prefix("models/")?.split('/').next()
+    }
+
+    /// Classifies a path; `None` when it is not part of the API. The model is read
+    /// percent-decoded, as Google reads it; check [`Route::ambiguity`] first.
     pub fn classify(path: &str) -> Option<Route> {
         let (upload, rest) = match path.strip_prefix("/upload/") {
             Some(rest) => (true, rest),
@@ -65,7 +131,9 @@ impl Route {
         };
         let model = rest
             .strip_prefix("models/")
-            .map(|m| m.split([':', '/']).next().unwrap_or(m))
+            .map(|m| m.split('/').next().unwrap_or(m))
+            .map(|m| percent_encoding::percent_decode_str(m).decode_utf8_lossy())
+            .map(|m| m.split(':').next().unwrap_or_default().to_owned())
             .filter(|m| !m.is_empty())
             .map(Arc::from);
         Some(Route {
@@ -299,6 +367,47 @@ mod tests {
         assert_eq!(
             route("/v1beta/cachedContents/abc"),
             Some((Native, V1Beta, None))
+        );
+    }
+
+    #[test]
+    fn paths_that_could_name_another_model_are_ambiguous() {
+        for p in [
+            "/v1beta/models/gemini-2.5-flash/../gemini-2.5-pro:generateContent",
+            "/v1beta/models/gemini-2.5-flash/%2e%2e/gemini-2.5-pro:generateContent",
+            "/v1beta/models/gemini-2.5-flash/%2E%2E/gemini-2.5-pro:generateContent",
+            "/v1beta/models/gemini-2.5-flash/.%2e/gemini-2.5-pro:generateContent",
+            "/v1beta/models/gemini-2.5-flash%2F..%2Fgemini-2.5-pro:generateContent",
+            "/v1beta/models/gemini-2.5-flash%2f..%2fgemini-2.5-pro:generateContent",
+            "/v1beta/models/gemini-2.5-flash\\..\\gemini-2.5-pro:generateContent",
+            "/v1beta/models/gemini-2.5-flash%5C..%5Cgemini-2.5-pro:generateContent",
+            "/v1beta/./models/gemini-2.5-pro:generateContent",
+            "/v1beta/models//gemini-2.5-pro:generateContent",
+            "/v1beta/models/gemini-2.5-flash;x:generateContent",
+            "/v1beta/models/gemini%00:generateContent",
+            "/v1beta/models/:generateContent",
+            "/upload/v1beta/../v1beta/models/gemini-2.5-pro:generateContent",
+        ] {
+            assert!(Route::ambiguity(p).is_some(), "{p}");
+        }
+        for p in [
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            "/v1beta/models/gemini-2.5-flash",
+            "/v1beta/models",
+            "/v1beta/files/abc-123",
+            "/v1beta/cachedContents/",
+            "/upload/v1beta/files",
+            "/v1beta/openai/chat/completions",
+        ] {
+            assert_eq!(Route::ambiguity(p), None, "{p}");
+        }
+    }
+
+    #[test]
+    fn an_encoded_model_name_is_read_decoded() {
+        assert_eq!(
+            route("/v1beta/models/gemini-2.5-%70ro:generateContent").and_then(|r| r.2),
+            Some("gemini-2.5-pro".to_string())
         );
     }
 

@@ -21,7 +21,7 @@
 //! 8. **error response** ([`ErrorResponseLayer`]) — the one place a [`GatewayError`] becomes a
 //!    Google-shaped response; every layer below returns `Result<_, GatewayError>`.
 //! 9. **route** ([`RouteLayer`]) — classifies the path (API, version, model); 404 before any body is
-//!    read.
+//!    read, 400 for a path it cannot classify with certainty (dot segments, encoded slashes).
 //! 10. **auth** ([`AuthLayer`]) — checks the client's token (JWT) when `auth.enabled`; 401 / 403
 //!     (model not allowed) before any body is read. After route because the model policy needs
 //!     the model.
@@ -35,10 +35,12 @@
 //!     so an attempt can be replayed; 413 / 408.
 //! 14. **body model** ([`BodyModelLayer`]) — the model named in a JSON body (OpenAI-compatible
 //!     surface, cached-content creation) completes the route's model and is checked against the
-//!     token's `models`; 403. Right after buffer body: the first place the body is there.
+//!     token's `models`; 403, or 400 for a body it cannot read with certainty (`model` twice).
+//!     Right after buffer body: the first place the body is there.
 //! 15. **affinity** ([`AffinityLayer`]) — binds requests about a file or cached content to the
-//!     key that created it (only that key can see it), and learns new bindings from answers.
-//!     After buffer body because it reads the body for file and cache references.
+//!     key that created it (only that key can see it) and, with auth, to the client that created
+//!     it (others get 404, listings are filtered), and learns new bindings from answers. After
+//!     buffer body because it reads the body for file and cache references.
 //! 16. **failover** ([`FailoverLayer`]) — reads what Google's answer means for the key (rest,
 //!     invalid, overloaded…), applies it, and replays the buffered request on another key while
 //!     nothing has reached the client. Above key balance so each attempt picks afresh. Records
@@ -54,10 +56,11 @@
 //! Request extensions (who inserts → who reads):
 //! - [`Route`](crate::route::Route): the first of metrics, trace and route that runs (parsed
 //!   once; body model completes its model) → metrics and trace (route label, model), route (404
-//!   when absent), auth and body model (model policy), key balance and usage (per-model state),
-//!   upstream (credential header choice).
-//! - [`Client`](crate::auth::Client): auth (when `auth.enabled`) → client stats, client limit (key and `rpm`);
-//!   later the admin API (`role`) and per-client statistics.
+//!   when absent, 400 when ambiguous), auth and body model (model policy), key balance and usage
+//!   (per-model state), upstream (credential header choice).
+//! - [`Client`](crate::auth::Client): auth (when `auth.enabled`) → client stats, client limit (key and `rpm`),
+//!   body model (`models`), affinity (who owns a resource); later the admin API (`role`) and
+//!   per-client statistics.
 //! - [`BoundKey`](crate::key_pool::BoundKey): affinity → failover (no replay), key
 //!   balance.
 //! - [`TriedKeys`](crate::key_pool::TriedKeys): failover → key balance (retries only).

@@ -8,12 +8,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use std::net::IpAddr;
+
+use super::sign_in::SignInGuard;
 use super::{Admin, invalid, json};
 use crate::auth::{Role, TokenRequest, issue, parse_ttl, token_from_request, unix_now};
 use crate::body::GatewayBody;
 use crate::config::document::{ConfigDocument, masked_view};
 use crate::config::versions::{Applied, ChangeError, VersionInfo};
-use crate::config::{ApiKeyConfig, Problem};
+use crate::config::{
+    ApiKeyConfig, AuthConfig, MIN_JWT_SECRET_CHARS, Problem, clean_serde_message,
+    is_known_example_secret,
+};
 use crate::error::google_error;
 use crate::gateway::Gateway;
 use crate::http_client::X_GOOG_API_KEY;
@@ -32,25 +38,63 @@ pub(super) struct Ctx<'a> {
 type Answer = Response<GatewayBody>;
 
 /// Checks the admin credential: `admin.token`, or a JWT with `role: admin`.
-pub(super) fn authorize(gateway: &Gateway, headers: &HeaderMap) -> Result<Admin, Box<Answer>> {
-    let unauthenticated = |msg: &str| {
-        let mut res = google_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", msg);
+///
+/// Admin JWTs are accepted only with `auth.enabled` and a secret (or public key) that passed
+/// validation: with auth off the secret is not checked at start-up, and may be the README's
+/// example, which anyone can sign with. Failed sign-ins are counted per client address by
+/// `guard` and logged without the credential.
+pub(crate) fn authorize(
+    gateway: &Gateway,
+    guard: &SignInGuard,
+    client_ip: IpAddr,
+    headers: &HeaderMap,
+) -> Result<Admin, Box<Answer>> {
+    let now = tokio::time::Instant::now();
+    let live = gateway.live();
+    let max_failures = live.config.admin.max_failed_sign_ins_per_minute;
+    if let Err(retry_after) = guard.check(client_ip, max_failures, now) {
+        let mut res = google_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RESOURCE_EXHAUSTED",
+            &format!("too many failed admin sign-ins from this address; retry in {retry_after} s"),
+        );
         res.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        return Err(Box::new(res));
+    }
+    let refuse = |status: StatusCode, google_status: &str, reason: &'static str, msg: &str| {
+        // Only a wrong credential is a guess; none at all (a console before sign-in) is not.
+        if !matches!(reason, "missing" | "admin_api_off") {
+            guard.failed(client_ip, now);
+        }
+        tracing::warn!(
+            target: "gem_proxy::audit",
+            client_ip = %client_ip,
+            reason,
+            "admin sign-in refused"
+        );
+        let mut res = google_error(status, google_status, msg);
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         Box::new(res)
     };
-    let live = gateway.live();
+    let unauthenticated =
+        |reason, msg: &str| refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", reason, msg);
     let admin_token = &live.config.admin.token;
-    let jwt_configured =
-        !live.config.auth.jwt_secret.is_empty() || live.config.auth.jwt_public_key_path.is_some();
-    if admin_token.is_empty() && !jwt_configured {
+    let jwt_usable = admin_jwts_usable(&live.config.auth);
+    if admin_token.is_empty() && !jwt_usable {
         return Err(unauthenticated(
-            "the admin API is off: set admin.token, or auth.jwt_secret to use admin tokens",
+            "admin_api_off",
+            "the admin API is off: set admin.token, or turn on auth (auth.enabled with a \
+             32+ character auth.jwt_secret) to use admin tokens",
         ));
     }
     let uri = http::Uri::from_static("/");
     let Some(token) = token_from_request(headers, &uri) else {
         return Err(unauthenticated(
+            "missing",
             "an admin credential is required: Authorization: Bearer <admin.token or admin JWT>",
         ));
     };
@@ -59,23 +103,41 @@ pub(super) fn authorize(gateway: &Gateway, headers: &HeaderMap) -> Result<Admin,
     {
         return Ok(Admin("admin-token".into()));
     }
-    if !jwt_configured {
-        return Err(unauthenticated("the admin credential is not valid"));
+    if !jwt_usable {
+        return Err(unauthenticated(
+            "bad_admin_token",
+            "the admin credential is not valid (admin tokens are accepted only with auth.enabled)",
+        ));
     }
     let Some(verifier) = &live.verifier else {
         return Err(unauthenticated(
+            "verifier",
             "admin tokens cannot be checked with this auth configuration",
         ));
     };
     match verifier.verify(token, unix_now()) {
         Ok(client) if client.role == Role::Admin => Ok(Admin(format!("token:{}", client.id))),
-        Ok(_) => Err(Box::new(google_error(
+        Ok(_) => Err(refuse(
             StatusCode::FORBIDDEN,
             "PERMISSION_DENIED",
+            "not_admin",
             "this token does not have the admin role",
-        ))),
-        Err(e) => Err(unauthenticated(&e.to_string())),
+        )),
+        Err(e) => Err(unauthenticated(e.kind(), &e.to_string())),
     }
+}
+
+/// Whether admin JWTs may be accepted under `auth`: only with auth on and a key that validation
+/// accepted (a secret of 32+ characters that is not a published example, or a public key).
+fn admin_jwts_usable(auth: &AuthConfig) -> bool {
+    let secret = auth.jwt_secret.expose();
+    let good_secret =
+        auth.jwt_secret.char_len() >= MIN_JWT_SECRET_CHARS && !is_known_example_secret(secret);
+    // A short or example secret must not verify anything, even next to a public key.
+    let no_bad_secret = secret.is_empty() || good_secret;
+    auth.enabled
+        && no_bad_secret
+        && (good_secret || auth.jwt_public_key_path.is_some() || auth.jwks_url.is_some())
 }
 
 /// Compares without leaking, through timing, how much of a guess was right.
@@ -108,6 +170,7 @@ pub(super) fn get_config(ctx: &Ctx<'_>) -> Answer {
     };
     res.headers_mut()
         .insert("x-config-version", HeaderValue::from(version));
+    res.headers_mut().insert(header::ETAG, etag(version));
     res
 }
 
@@ -137,26 +200,64 @@ pub(super) fn put_config(ctx: &Ctx<'_>) -> Answer {
             }
         }
     };
-    let versions = ctx.gateway.versions();
-    match versions.document().with_unmasked(incoming) {
-        Ok(doc) => apply(ctx, doc),
-        Err(p) => invalid("the configuration was not changed", &p),
+    // Masked values keep the current document's values, read under the write lock.
+    edit_document(ctx, |current| {
+        current
+            .with_unmasked(incoming)
+            .map_err(|p| Box::new(invalid("the configuration was not changed", &p)))
+    })
+}
+
+/// Why an edit was not made: a change the versions refused, or an answer of the handler's own.
+enum Refusal {
+    Change(ChangeError),
+    Answer(Box<Answer>),
+}
+
+impl From<ChangeError> for Refusal {
+    fn from(e: ChangeError) -> Self {
+        Refusal::Change(e)
     }
 }
 
-/// Validates, applies, persists and records `doc`.
-fn apply(ctx: &Ctx<'_>, doc: ConfigDocument) -> Answer {
-    let live = ctx.gateway.live();
-    let result = ctx
-        .gateway
-        .versions()
-        .change(doc, &ctx.admin.0, &live.config, |c| ctx.gateway.reload(c));
-    answer_change(result)
+/// The version named by `If-Match` (`"5"`, `5` or `W/"5"`; `*` matches any). A value that is
+/// no version at all is a 400.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Box<Answer>> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| {
+            Box::new(invalid(
+                "the configuration was not changed",
+                &[Problem::new(
+                    "If-Match",
+                    "must be a config version (the ETag of GET /api/config)",
+                )],
+            ))
+        })
 }
 
 fn answer_change(result: Result<Applied, ChangeError>) -> Answer {
     match result {
-        Ok(applied) => json(StatusCode::OK, &applied),
+        Ok(applied) => {
+            let mut res = json(StatusCode::OK, &applied);
+            res.headers_mut()
+                .insert(header::ETAG, etag(applied.version));
+            res
+        }
+        Err(e @ ChangeError::Stale { .. }) => google_error(
+            StatusCode::PRECONDITION_FAILED,
+            "FAILED_PRECONDITION",
+            &e.to_string(),
+        ),
         Err(ChangeError::Invalid(p)) => invalid("the configuration was not changed", &p),
         Err(ChangeError::UnknownVersion(v)) => google_error(
             StatusCode::NOT_FOUND,
@@ -204,13 +305,17 @@ pub(super) fn rollback(ctx: &Ctx<'_>, version: &str) -> Answer {
             &[Problem::new("version", "must be a version number")],
         );
     };
+    let expected = match if_match(ctx.headers) {
+        Ok(v) => v,
+        Err(res) => return *res,
+    };
     let live = ctx.gateway.live();
-    let result = ctx
-        .gateway
-        .versions()
-        .rollback(version, &ctx.admin.0, &live.config, |c| {
-            ctx.gateway.reload(c)
-        });
+    let result =
+        ctx.gateway
+            .versions()
+            .rollback(version, &ctx.admin.0, expected, &live.config, |c| {
+                ctx.gateway.reload(c)
+            });
     answer_change(result)
 }
 
@@ -303,7 +408,7 @@ pub(super) fn add_keys(ctx: &Ctx<'_>) -> Answer {
         .filter_map(|(i, k)| {
             serde_json::from_value::<ApiKeyConfig>(k.clone())
                 .err()
-                .map(|e| Problem::new(format!("keys[{i}]"), e.to_string()))
+                .map(|e| Problem::new(format!("keys[{i}]"), clean_serde_message(&e.to_string())))
         })
         .collect();
     if !problems.is_empty() || new_keys.is_empty() {
@@ -314,7 +419,7 @@ pub(super) fn add_keys(ctx: &Ctx<'_>) -> Answer {
         };
         return invalid("no key added", &problems);
     }
-    edit_document(ctx, |tree| {
+    edit_tree(ctx, |tree| {
         let keys = api_keys_mut(tree);
         keys.extend(new_keys);
         Ok(())
@@ -323,7 +428,7 @@ pub(super) fn add_keys(ctx: &Ctx<'_>) -> Answer {
 
 /// `DELETE /api/keys/{id}`.
 pub(super) fn delete_key(ctx: &Ctx<'_>, id: &str) -> Answer {
-    edit_document(ctx, |tree| {
+    edit_tree(ctx, |tree| {
         let keys = api_keys_mut(tree);
         let before = keys.len();
         keys.retain(|k| k.get("id").and_then(Value::as_str) != Some(id));
@@ -340,17 +445,9 @@ pub(super) fn set_key_enabled(ctx: &Ctx<'_>, id: &str, enabled: bool) -> Answer 
     let Some(current) = live.config.gemini.api_keys.iter().find(|k| k.id == id) else {
         return not_found_key(id);
     };
-    ctx.gateway.store().set_disabled(id, !enabled);
-    tracing::info!(
-        target: "gem_proxy::audit",
-        who = %ctx.admin.0,
-        key_id = id,
-        enabled,
-        "key {}",
-        if enabled { "enabled" } else { "disabled" }
-    );
+    // The config first: a refused change (a stale If-Match) must leave the key as it was.
     if current.enabled != enabled {
-        let res = edit_document(ctx, |tree| {
+        let res = edit_tree(ctx, |tree| {
             let keys = api_keys_mut(tree);
             match keys
                 .iter_mut()
@@ -367,6 +464,15 @@ pub(super) fn set_key_enabled(ctx: &Ctx<'_>, id: &str, enabled: bool) -> Answer 
             return res;
         }
     }
+    ctx.gateway.store().set_disabled(id, !enabled);
+    tracing::info!(
+        target: "gem_proxy::audit",
+        who = %ctx.admin.0,
+        key_id = id,
+        enabled,
+        "key {}",
+        if enabled { "enabled" } else { "disabled" }
+    );
     match key_views(ctx).into_iter().find(|k| k.id == id) {
         Some(view) => json(StatusCode::OK, &view),
         None => not_found_key(id),
@@ -479,7 +585,12 @@ pub(crate) struct IssuedToken {
 pub(super) fn issue_token(ctx: &Ctx<'_>) -> Answer {
     let new: NewToken = match serde_json::from_slice(ctx.body) {
         Ok(n) => n,
-        Err(e) => return invalid("no token issued", &[Problem::new("", e.to_string())]),
+        Err(e) => {
+            return invalid(
+                "no token issued",
+                &[Problem::new("", clean_serde_message(&e.to_string()))],
+            );
+        }
     };
     let ttl = match parse_ttl(new.ttl.as_deref().unwrap_or("30d")) {
         Ok(t) => t,
@@ -544,7 +655,12 @@ pub(crate) struct Revoke {
 pub(super) fn revoke_token(ctx: &Ctx<'_>) -> Answer {
     let revoke: Revoke = match serde_json::from_slice(ctx.body) {
         Ok(r) => r,
-        Err(e) => return invalid("nothing revoked", &[Problem::new("", e.to_string())]),
+        Err(e) => {
+            return invalid(
+                "nothing revoked",
+                &[Problem::new("", clean_serde_message(&e.to_string()))],
+            );
+        }
     };
     if revoke.jti.trim().is_empty() {
         return invalid(
@@ -552,7 +668,7 @@ pub(super) fn revoke_token(ctx: &Ctx<'_>) -> Answer {
             &[Problem::new("jti", "must not be empty")],
         );
     }
-    edit_document(ctx, |tree| {
+    edit_tree(ctx, |tree| {
         let auth = object_mut(tree, "auth");
         let ids = auth
             .entry("revoked_token_ids")
@@ -568,19 +684,45 @@ pub(super) fn revoke_token(ctx: &Ctx<'_>) -> Answer {
     })
 }
 
-/// Changes the current document with `edit`, then applies it like a `PUT`.
+/// Makes the document `edit` computes from the current one current, like a `PUT`: the edit
+/// runs under the versions' write lock, so concurrent edits never lose one another, and with
+/// `If-Match` only while the version the client read is still the current one.
 fn edit_document(
     ctx: &Ctx<'_>,
-    edit: impl FnOnce(&mut Value) -> Result<(), Box<Answer>>,
+    edit: impl FnOnce(&ConfigDocument) -> Result<ConfigDocument, Box<Answer>>,
 ) -> Answer {
-    let mut tree = ctx.gateway.versions().document().tree().clone();
-    if let Err(res) = edit(&mut tree) {
-        return *res;
+    let expected = match if_match(ctx.headers) {
+        Ok(v) => v,
+        Err(res) => return *res,
+    };
+    let live = ctx.gateway.live();
+    let result = ctx.gateway.versions().update(
+        &ctx.admin.0,
+        expected,
+        &live.config,
+        |doc| edit(doc).map_err(Refusal::Answer),
+        |c| ctx.gateway.reload(c),
+    );
+    match result {
+        Ok(applied) => answer_change(Ok(applied)),
+        Err(Refusal::Change(e)) => answer_change(Err(e)),
+        Err(Refusal::Answer(res)) => *res,
     }
-    match ConfigDocument::from_value(tree) {
-        Ok(doc) => apply(ctx, doc),
-        Err(e) => invalid("the configuration was not changed", &e.problems()),
-    }
+}
+
+/// Changes the current document's tree with `edit`, then applies it like a `PUT`.
+fn edit_tree(ctx: &Ctx<'_>, edit: impl FnOnce(&mut Value) -> Result<(), Box<Answer>>) -> Answer {
+    edit_document(ctx, |doc| {
+        let mut tree = doc.tree().clone();
+        edit(&mut tree)?;
+        ConfigDocument::from_value(tree)
+            .map_err(|e| Box::new(invalid("the configuration was not changed", &e.problems())))
+    })
+}
+
+/// The `ETag` of a config version.
+fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).expect("digits and quotes")
 }
 
 fn object_mut<'a>(tree: &'a mut Value, key: &str) -> &'a mut serde_json::Map<String, Value> {

@@ -25,6 +25,7 @@
 
 mod handlers;
 mod openapi;
+pub mod sign_in;
 
 use std::sync::Arc;
 
@@ -34,11 +35,14 @@ use http_body_util::{BodyExt, Limited};
 use serde::Serialize;
 
 use crate::body::GatewayBody;
+use crate::client_addr::{ClientAddr, client_ip};
 use crate::config::Problem;
 use crate::error::google_error;
 use crate::gateway::Gateway;
 
+pub(crate) use handlers::authorize;
 pub use openapi::ApiDoc;
+use sign_in::SignInGuard;
 
 /// Admin request bodies are small: config documents and key lists.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -47,8 +51,12 @@ const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct Admin(pub String);
 
-/// Answers one `/api/…` request.
-pub async fn handle<B>(gateway: Arc<Gateway>, req: Request<B>) -> Response<GatewayBody>
+/// Answers one `/api/…` request; failed sign-ins are counted in `guard`.
+pub async fn handle<B>(
+    gateway: Arc<Gateway>,
+    guard: &SignInGuard,
+    req: Request<B>,
+) -> Response<GatewayBody>
 where
     B: http_body::Body<Data = Bytes> + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -58,7 +66,8 @@ where
     if path == "/api/openapi.json" && parts.method == Method::GET {
         return json(StatusCode::OK, &openapi::document());
     }
-    let admin = match handlers::authorize(&gateway, &parts.headers) {
+    let ip = client_ip_of(&gateway, &parts.headers, &parts.extensions);
+    let admin = match handlers::authorize(&gateway, guard, ip, &parts.headers) {
         Ok(admin) => admin,
         Err(res) => return *res,
     };
@@ -133,6 +142,16 @@ fn methods_of(segments: &[&str]) -> &'static [&'static str] {
         ["tokens"] | ["tokens", "revoke"] => &["POST"],
         _ => &[],
     }
+}
+
+/// The address a request is attributed to (the peer, or the client a trusted proxy names).
+pub(crate) fn client_ip_of(
+    gateway: &Gateway,
+    headers: &http::HeaderMap,
+    extensions: &http::Extensions,
+) -> std::net::IpAddr {
+    let peer = extensions.get::<ClientAddr>().map(|a| a.0.ip());
+    client_ip(peer, headers, &gateway.live().config.server.trusted_proxies)
 }
 
 /// `%2F` → `/` and so on; a malformed escape is kept as written.

@@ -47,7 +47,7 @@ pub(crate) struct GoogleErrorBody {
         paths::revoke_token,
     ),
     components(schemas(GoogleError, GoogleErrorBody, Applied, History, KeyView, KeyTest, NewToken, IssuedToken, Revoke)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Hardening),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
@@ -62,6 +62,66 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// What every route may answer besides its own: 429 after too many failed sign-ins from one
+/// address; and, on every change, the `If-Match` header (the config version) with its 412.
+struct Hardening;
+
+impl Modify for Hardening {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("GoogleError")))
+                        .build(),
+                )
+                .build()
+        };
+        let too_many = error("Too many failed admin sign-ins from this address");
+        let stale = error("If-Match names a version that is no longer current");
+        let if_match = ParameterBuilder::new()
+            .name("If-Match")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(
+                "The config version the change was made from (the ETag of GET /api/config)",
+            ))
+            .schema(Some(
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String),
+            ))
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let changes_config = !path.ends_with("/test") && path != "/api/tokens";
+            for (op, is_change) in [
+                (item.get.as_mut(), false),
+                (item.put.as_mut(), changes_config),
+                (item.post.as_mut(), changes_config),
+                (item.delete.as_mut(), changes_config),
+            ] {
+                let Some(op): Option<&mut Operation> = op else {
+                    continue;
+                };
+                op.responses
+                    .responses
+                    .insert("429".into(), too_many.clone().into());
+                if is_change {
+                    op.responses
+                        .responses
+                        .insert("412".into(), stale.clone().into());
+                    op.parameters
+                        .get_or_insert_with(Vec::new)
+                        .push(if_match.clone());
+                }
+            }
+        }
     }
 }
 

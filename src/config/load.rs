@@ -142,13 +142,18 @@ impl ConfigLoader {
         })
     }
 
-    /// Replaces `${VAR}` and `${VAR:-default}` in every string below `value`; `$${` is a literal `${`.
+    /// Replaces `${VAR}` and `${VAR:-default}` in the secret fields below `value` (see
+    /// [`SECRET_FIELDS`]); `$${` is a literal `${` everywhere. A reference in any other field is a
+    /// problem: a value shown by the admin API, the history or `/health` must never be able to pull
+    /// a secret out of the environment.
     fn expand_value(&self, path: &str, value: &mut Value, problems: &mut Vec<Problem>) {
         match &mut value.kind {
-            ValueKind::String(s) if s.contains('$') => match expand(s, &self.env) {
-                Ok(expanded) => *s = expanded,
-                Err(msg) => problems.push(Problem::new(path, msg)),
-            },
+            ValueKind::String(s) if s.contains('$') => {
+                match expand(s, is_secret_field(path).then_some(&self.env)) {
+                    Ok(expanded) => *s = expanded,
+                    Err(msg) => problems.push(Problem::new(path, msg)),
+                }
+            }
             ValueKind::Table(table) => {
                 for (k, v) in table.iter_mut() {
                     self.expand_value(&format!("{path}.{k}"), v, problems);
@@ -178,7 +183,18 @@ impl Source for Expanded {
     }
 }
 
-fn expand(input: &str, env: &HashMap<String, String>) -> Result<String, String> {
+/// The fields where `${VAR}` is expanded: the secrets, which are never shown.
+pub const SECRET_FIELDS: &str = "gemini.api_keys[].key, auth.jwt_secret, admin.token";
+
+fn is_secret_field(path: &str) -> bool {
+    path == "auth.jwt_secret"
+        || path == "admin.token"
+        || (path.starts_with("gemini.api_keys[") && path.ends_with("].key"))
+}
+
+/// Expands `${VAR}` from `env`; with no `env` (a field that is not a secret) a reference is an
+/// error. Messages never repeat the value (it may be a secret).
+fn expand(input: &str, env: Option<&HashMap<String, String>>) -> Result<String, String> {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(pos) = rest.find('$') {
@@ -190,14 +206,20 @@ fn expand(input: &str, env: &HashMap<String, String>) -> Result<String, String> 
         } else if let Some(after) = rest.strip_prefix("${") {
             let end = after
                 .find('}')
-                .ok_or_else(|| format!("unterminated `${{` in {input:?}"))?;
+                .ok_or_else(|| "unterminated `${` (write `$${` for a literal `${`)".to_owned())?;
             let spec = &after[..end];
+            let Some(env) = env else {
+                return Err(format!(
+                    "`${{…}}` is expanded only in secret fields ({SECRET_FIELDS}); write `$${{` \
+                     for a literal `${{`, or set this value with {ENV_PREFIX}__SECTION__KEY"
+                ));
+            };
             let (name, default) = match spec.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
                 None => (spec, None),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("`${{{spec}}}` is not a valid variable reference"));
+                return Err("a `${…}` here is not a valid variable reference".to_owned());
             }
             match (env.get(name), default) {
                 (Some(v), _) => out.push_str(v),
@@ -214,14 +236,40 @@ fn expand(input: &str, env: &HashMap<String, String>) -> Result<String, String> 
     Ok(out)
 }
 
-/// serde's messages are fine; drop the noise around them (the path is already in front).
-fn clean_serde_message(msg: &str) -> String {
+/// serde's messages, without the noise around them (the path is already in front) and without
+/// the value they refused: `invalid type: string "AIza…", expected u32` becomes
+/// `string, expected u32` (the value may be a secret in the wrong place).
+pub(crate) fn clean_serde_message(msg: &str) -> String {
     let msg = match msg.rfind(" for key `") {
         Some(at) if msg.ends_with('`') => &msg[..at],
         _ => msg,
     };
-    msg.replace("invalid type: ", "")
-        .replace("invalid value: ", "")
+    for prefix in ["invalid type: ", "invalid value: ", "invalid length "] {
+        if let Some(rest) = msg.strip_prefix(prefix)
+            && let Some((unexpected, expected)) = rest.split_once(", expected ")
+        {
+            // `string "…"`, `integer `5``, `floating point `1.5``: keep the kind only.
+            let kind = unexpected
+                .split([' ', '"', '`'])
+                .take_while(|w| !w.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let kind = kind
+                .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-')
+                .trim();
+            return format!("{kind}, expected {expected}");
+        }
+    }
+    // The `config` crate's own wording for an unknown enum value.
+    if let Some((enum_name, _value)) = msg.split_once(" does not have variant constructor ") {
+        return format!("{enum_name} does not have that variant");
+    }
+    if let Some(rest) = msg.strip_prefix("unknown variant `")
+        && let Some((_, expected)) = rest.split_once("`, expected ")
+    {
+        return format!("unknown variant, expected {expected}");
+    }
+    msg.to_owned()
 }
 
 #[cfg(test)]
@@ -241,12 +289,70 @@ gemini:
     #[test]
     fn expands_variables_and_defaults() {
         let e: HashMap<String, String> = [("A".to_string(), "x".to_string())].into();
-        assert_eq!(expand("${A}-${B:-y}-$${A}-$5", &e).unwrap(), "x-y-${A}-$5");
         assert_eq!(
-            expand("${MISSING}", &e).unwrap_err(),
+            expand("${A}-${B:-y}-$${A}-$5", Some(&e)).unwrap(),
+            "x-y-${A}-$5"
+        );
+        assert_eq!(
+            expand("${MISSING}", Some(&e)).unwrap_err(),
             "environment variable MISSING is not set"
         );
-        assert!(expand("${A", &e).is_err());
+        assert!(expand("${A", Some(&e)).is_err());
+        // Outside secret fields only the literal form is accepted.
+        assert_eq!(expand("$${A} costs $5", None).unwrap(), "${A} costs $5");
+        assert!(expand("${A}", None).is_err());
+    }
+
+    #[test]
+    fn variables_are_expanded_only_in_secret_fields() {
+        let loader = env(&[("KEY_A", "AIzaSECRET"), ("T", "admin-token-0123456789")]);
+        let cfg = loader
+            .load_str(
+                "gemini: { api_keys: [{ id: a, key: \"${KEY_A}\", label: \"$${KEY_A}\" }] }\n\
+                 admin: { token: \"${T}\" }\n",
+            )
+            .unwrap();
+        assert_eq!(cfg.gemini.api_keys[0].key.expose(), "AIzaSECRET");
+        assert_eq!(cfg.gemini.api_keys[0].label.as_deref(), Some("${KEY_A}"));
+        assert_eq!(cfg.admin.token.expose(), "admin-token-0123456789");
+        for field in ["label", "notes", "id"] {
+            let others = if field == "id" { "" } else { "id: a, " };
+            let yaml = format!(
+                "gemini: {{ api_keys: [{{ {others}key: k, {field}: \"${{KEY_A}}\" }}] }}\n"
+            );
+            let err = loader.load_str(&yaml).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("gemini.api_keys[0].{field}: ")),
+                "{err}"
+            );
+            assert!(err.contains("only in secret fields"), "{err}");
+            assert!(!err.contains("AIzaSECRET"), "{err}");
+        }
+        let err = loader
+            .load_str("gemini: { base_url: \"${KEY_A}\", api_keys: [{ id: a, key: k }] }")
+            .unwrap_err();
+        assert!(!err.to_string().contains("AIzaSECRET"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_do_not_repeat_the_refused_value() {
+        let yaml = "server:\n  port: AIzaSECRETVALUE\ngemini:\n  api_keys:\n    - { id: a, key: k, weight: \"AIzaOTHER\" }\n";
+        let err = env(&[]).load_str(yaml).unwrap_err().to_string();
+        assert!(err.starts_with("server.port: string, expected "), "{err}");
+        assert!(!err.contains("AIza"), "{err}");
+        let err = env(&[])
+            .load_str("log: { format: AIzaSECRETVALUE }\ngemini: { api_keys: [{ id: a, key: k }] }")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("AIza"), "{err}");
+        assert_eq!(
+            clean_serde_message("invalid type: integer `12345`, expected a string"),
+            "integer, expected a string"
+        );
+        assert_eq!(
+            clean_serde_message("invalid value: floating point `1.5`, expected u32"),
+            "floating point, expected u32"
+        );
     }
 
     #[test]

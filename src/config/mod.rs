@@ -21,9 +21,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use cidr::{Cidr, CidrError};
-pub use load::{ConfigError, ConfigLoader, ENV_PREFIX};
+pub(crate) use load::clean_serde_message;
+pub use load::{ConfigError, ConfigLoader, ENV_PREFIX, SECRET_FIELDS};
 pub use secret::Secret;
-pub use validate::{MIN_JWT_SECRET_CHARS, Problem};
+pub use validate::{KNOWN_EXAMPLE_SECRETS, MIN_JWT_SECRET_CHARS, Problem, is_known_example_secret};
 
 /// The whole configuration of one gateway process.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -57,6 +58,14 @@ pub struct AdminConfig {
     /// How often the config file is checked for edits made on disk (applied like an admin
     /// change; an invalid edit is refused and reported). `0` turns the watch off.
     pub config_watch_interval_seconds: u64,
+    /// Failed admin sign-ins (a wrong `admin.token` or admin JWT) one client address may make
+    /// per minute; further attempts get 429 until the minute is over, whatever credential they
+    /// carry. `0` turns the limit off.
+    pub max_failed_sign_ins_per_minute: u32,
+    /// Put the admin listener's `/errors` and the per-client series of `/metrics`
+    /// (`gem_proxy_client_*`) behind the admin credential. Off by default: both stay open to
+    /// scrapers and dashboards, as `/health` and the rest of `/metrics` always do.
+    pub protect_observability: bool,
 }
 
 impl Default for AdminConfig {
@@ -65,6 +74,8 @@ impl Default for AdminConfig {
             token: Secret::default(),
             host: None,
             config_watch_interval_seconds: 2,
+            max_failed_sign_ins_per_minute: 10,
+            protect_observability: false,
         }
     }
 }
@@ -388,6 +399,10 @@ pub struct AuthConfig {
     pub jwks_url: Option<String>,
     /// How often the JWKS is fetched again.
     pub jwks_refresh_seconds: u64,
+    /// Accept an `http://` `jwks_url`. Off by default: whoever can change the keys on the way
+    /// can sign any token, admin tokens included. Only for an identity provider on the same
+    /// host or a private network you trust.
+    pub allow_insecure_jwks_url: bool,
     /// Token ids (`jti` claims) that are refused although their signature is good.
     pub revoked_token_ids: Vec<String>,
 }
@@ -404,6 +419,7 @@ impl Default for AuthConfig {
             jwt_public_key_path: None,
             jwks_url: None,
             jwks_refresh_seconds: 300,
+            allow_insecure_jwks_url: false,
             revoked_token_ids: Vec::new(),
         }
     }

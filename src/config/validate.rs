@@ -39,6 +39,27 @@ impl fmt::Display for Problem {
 
 /// Smallest `auth.jwt_secret` accepted: HS256 needs at least 256 bits of key.
 pub const MIN_JWT_SECRET_CHARS: usize = 32;
+/// Example values published in this project's documentation (and its predecessor's README). Anyone
+/// can sign an admin token with them, so they are refused wherever they appear, whatever
+/// `auth.enabled` says. Compared without case and surrounding space.
+pub const KNOWN_EXAMPLE_SECRETS: &[&str] = &[
+    "your-jwt-secret-here",
+    "your-secret-key-here",
+    "your-secret-here",
+    "your-admin-token-here",
+    "change-me",
+    "changeme",
+    "secret",
+];
+
+/// Whether `value` is one of [`KNOWN_EXAMPLE_SECRETS`].
+pub fn is_known_example_secret(value: &str) -> bool {
+    let v = value.trim();
+    KNOWN_EXAMPLE_SECRETS
+        .iter()
+        .any(|known| v.eq_ignore_ascii_case(known))
+}
+
 /// Largest `auth.leeway_seconds` accepted.
 const MAX_LEEWAY_SECONDS: u64 = 300;
 /// Smallest `auth.jwks_refresh_seconds` accepted (be kind to the identity provider).
@@ -130,6 +151,18 @@ impl Config {
         }
 
         let a = &self.auth;
+        for (path, secret) in [
+            ("auth.jwt_secret", &a.jwt_secret),
+            ("admin.token", &self.admin.token),
+        ] {
+            if is_known_example_secret(secret.expose()) {
+                bad(
+                    path,
+                    "is a published example value that anyone can use to sign admin tokens; \
+                     generate your own (openssl rand -base64 48), or leave it empty",
+                );
+            }
+        }
         if a.enabled {
             if a.jwt_secret.char_len() < MIN_JWT_SECRET_CHARS {
                 bad(
@@ -146,10 +179,16 @@ impl Config {
                 bad("auth.jwt_public_key_path", &msg);
             }
         }
-        if let Some(url) = &a.jwks_url
-            && let Err(msg) = check_http_url(url)
-        {
-            bad("auth.jwks_url", &msg);
+        if let Some(url) = &a.jwks_url {
+            if let Err(msg) = check_http_url(url) {
+                bad("auth.jwks_url", &msg);
+            } else if url.starts_with("http://") && !a.allow_insecure_jwks_url {
+                bad(
+                    "auth.jwks_url",
+                    "must be https:// (whoever can change the keys on the way can sign any \
+                     token); set auth.allow_insecure_jwks_url: true to accept http://",
+                );
+            }
         }
         if a.jwks_refresh_seconds < MIN_JWKS_REFRESH_SECONDS {
             bad(

@@ -7,6 +7,7 @@
 //! rebuilt from config on reload (the store, keyed by key id, survives it). Every header value a key
 //! needs is built once, so a pick allocates nothing.
 
+mod reconcile;
 pub mod store;
 pub mod verdict;
 
@@ -17,6 +18,7 @@ use http::HeaderValue;
 use tokio::time::Instant;
 
 use crate::config::{ApiKeyConfig, Secret};
+pub use reconcile::reconcile;
 pub use store::{
     Admission, KeyLimits, KeyOutcome, KeyStateStore, MemoryStore, RestReason, Slot, Tokens,
 };

@@ -156,10 +156,21 @@ pub trait KeyStateStore: Send + Sync + fmt::Debug {
     fn status(&self, key: &str, now: Instant) -> KeyStatus;
     /// Drops the state of keys not in `keep` (after a reload removed them).
     fn retain_keys(&self, keep: &[&str]);
-    /// Remembers that `resource` (`files/abc`, `cachedContents/xyz`, an upload id) belongs to `key`.
-    fn bind(&self, resource: &str, key: &str, expires: Instant);
-    /// The key `resource` belongs to, if known and not expired.
-    fn bound_key(&self, resource: &str, now: Instant) -> Option<Arc<str>>;
+    /// Remembers who `resource` (`files/abc`, `cachedContents/xyz`, `upload:<id>`) belongs to:
+    /// its key and the client that created it, until `expires`.
+    fn bind(&self, resource: &str, binding: Binding, expires: Instant);
+    /// Who `resource` belongs to, if known and not expired.
+    fn bound(&self, resource: &str, now: Instant) -> Option<Binding>;
+}
+
+/// Who a resource belongs to: the key (the Google project) that holds it — only that key can see
+/// it — and the client (token `sub`) that created it, when auth was on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The key's id.
+    pub key: Arc<str>,
+    /// The creating client's id; `None` when it was created without auth.
+    pub owner: Option<Arc<str>>,
 }
 
 /// A handle for one key's state in a [`KeyStateStore`].
@@ -181,11 +192,8 @@ pub enum Admission {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     keys: Mutex<Keys>,
-    bindings: Mutex<HashMap<Box<str>, Binding>>,
+    bindings: Mutex<HashMap<Box<str>, (Binding, Instant)>>,
 }
-
-/// The key a resource belongs to, and until when that is remembered.
-type Binding = (Arc<str>, Instant);
 
 /// Key states by slot; slots are never reused, so a pool built before a reload stays valid.
 #[derive(Debug, Default)]
@@ -539,20 +547,20 @@ impl KeyStateStore for MemoryStore {
         }
     }
 
-    fn bind(&self, resource: &str, key: &str, expires: Instant) {
+    fn bind(&self, resource: &str, binding: Binding, expires: Instant) {
         let mut b = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
         if b.len() >= PRUNE_BINDINGS_ABOVE {
             let now = Instant::now();
             b.retain(|_, (_, exp)| *exp > now);
         }
-        b.insert(resource.into(), (Arc::from(key), expires));
+        b.insert(resource.into(), (binding, expires));
     }
 
-    fn bound_key(&self, resource: &str, now: Instant) -> Option<Arc<str>> {
+    fn bound(&self, resource: &str, now: Instant) -> Option<Binding> {
         let b = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
         b.get(resource)
             .filter(|(_, exp)| *exp > now)
-            .map(|(k, _)| k.clone())
+            .map(|(binding, _)| binding.clone())
     }
 }
 
@@ -700,12 +708,13 @@ mod tests {
     async fn bindings_expire() {
         let s = MemoryStore::new();
         let now = Instant::now();
-        s.bind("files/abc", "k1", now + Duration::from_secs(10));
-        assert_eq!(s.bound_key("files/abc", now).as_deref(), Some("k1"));
-        assert_eq!(
-            s.bound_key("files/abc", now + Duration::from_secs(10)),
-            None
-        );
-        assert_eq!(s.bound_key("files/zzz", now), None);
+        let binding = Binding {
+            key: "k1".into(),
+            owner: Some("team-a".into()),
+        };
+        s.bind("files/abc", binding.clone(), now + Duration::from_secs(10));
+        assert_eq!(s.bound("files/abc", now), Some(binding));
+        assert_eq!(s.bound("files/abc", now + Duration::from_secs(10)), None);
+        assert_eq!(s.bound("files/zzz", now), None);
     }
 }

@@ -13,6 +13,11 @@
 //! - Binds: a request whose path names `files/{id}` or `cachedContents/{id}`, whose upload id is
 //!   known, or whose body refers to a known file (`fileData.fileUri`) or cached content
 //!   (`cachedContent`), gets [`BoundKey`] for key balance.
+//! - Isolates clients: with `auth.enabled` each binding also records the client (token `sub`)
+//!   that created the resource. A request naming a file, cached content or upload in its path
+//!   that another client created — or that the gateway has no binding for — is answered
+//!   Google's 404 `NOT_FOUND` without reaching Google; a body reference to another client's
+//!   resource too. Merged listings show each client only its own resources.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,10 +32,12 @@ use memchr::memmem;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
+use crate::auth::Client;
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::http_client::X_GOOG_UPLOAD_URL;
+use crate::key_pool::store::Binding;
 use crate::key_pool::{BoundKey, SelectedKey};
 use crate::route::{Api, Route};
 
@@ -104,9 +111,26 @@ where
     fn call(&mut self, mut req: Request<Bytes>) -> Self::Future {
         let store = self.gateway.store();
         let now = Instant::now();
-        let bound = referenced_resources(&req)
-            .into_iter()
-            .find_map(|resource| store.bound_key(&resource, now));
+        // With auth on, who is asking; bindings of other clients are invisible to them.
+        let owner = req.extensions().get::<Client>().map(|c| c.id.clone());
+        let mut bound = None;
+        for Reference { resource, in_path } in referenced_resources(&req) {
+            let binding = store.bound(&resource, now);
+            let visible = match (&owner, &binding) {
+                (None, _) => true,
+                (Some(me), Some(b)) => b.owner.as_ref() == Some(me),
+                // Unknown to the gateway: nobody can show it is theirs. A body may quote a URL
+                // that merely looks like a file's, so only a path reference is refused.
+                (Some(_), None) => !in_path,
+            };
+            if !visible {
+                tracing::debug!(resource = %resource, "resource of another client refused");
+                return Box::pin(std::future::ready(Err(not_found(&resource))));
+            }
+            if bound.is_none() {
+                bound = binding.map(|b| b.key);
+            }
+        }
         if let Some(key) = bound {
             req.extensions_mut().insert(BoundKey(key));
         }
@@ -114,8 +138,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let gateway = self.gateway.clone();
-        if let Some(field) = merged_list(&req) {
-            return Box::pin(list_every_key(inner, gateway, req, field));
+        if let Some(field) = merged_list(&req, owner.is_some()) {
+            return Box::pin(list_every_key(inner, gateway, req, field, owner));
         }
         Box::pin(async move {
             let res = inner.ready().await?.call(req).await?;
@@ -127,8 +151,12 @@ where
             };
             let expires = Instant::now() + BINDING_LIFETIME;
             let store = gateway.store();
+            let binding = Binding {
+                key: key.id.clone(),
+                owner,
+            };
             if let Some(id) = upload_id_in(res.headers()) {
-                store.bind(&format!("upload:{id}"), &key.id, expires);
+                store.bind(&format!("upload:{id}"), binding.clone(), expires);
             }
             if creates == Creates::UploadSession {
                 return Ok(res);
@@ -142,7 +170,7 @@ where
                 })?
                 .to_bytes();
             if let Some(name) = created_name(&bytes) {
-                store.bind(&name, &key.id, expires);
+                store.bind(&name, binding, expires);
             }
             parts.headers.remove(header::CONTENT_LENGTH);
             Ok(Response::from_parts(parts, GatewayBody::full(bytes)))
@@ -150,15 +178,30 @@ where
     }
 }
 
-/// A first-page listing of files or cached contents (`GET /{v}/files`): each key sees only its
-/// own, so the gateway asks every key and merges the lists. Returns the list's field name.
-fn merged_list<B>(req: &Request<B>) -> Option<&'static str> {
+/// Google's answer for a resource that does not exist (or that this client may not see).
+fn not_found(resource: &str) -> GatewayError {
+    let what = if resource.starts_with("upload:") {
+        "Upload session"
+    } else if resource.starts_with("cachedContents/") {
+        "Cached content"
+    } else {
+        "File"
+    };
+    GatewayError::ResourceNotFound(format!("{what} not found."))
+}
+
+/// A listing of files or cached contents (`GET /{v}/files`): each key sees only its own, so the
+/// gateway asks every key and merges the lists. Returns the list's field name. Only first pages
+/// are merged, except for an authenticated client (`filtered`), whose every listing is merged so
+/// that it is filtered to the client's own resources.
+fn merged_list<B>(req: &Request<B>, filtered: bool) -> Option<&'static str> {
     if req.method() != Method::GET
         || req.extensions().get::<BoundKey>().is_some()
-        || req
-            .uri()
-            .query()
-            .is_some_and(|q| q.split('&').any(|p| p.starts_with("pageToken=")))
+        || (!filtered
+            && req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p.starts_with("pageToken="))))
     {
         return None;
     }
@@ -173,12 +216,14 @@ fn merged_list<B>(req: &Request<B>) -> Option<&'static str> {
 
 /// Sends a listing to every enabled key, one after the other, and merges the `field` arrays.
 /// Keys that fail are left out; if every key fails, the first failure is the answer. A key's
-/// `nextPageToken` is dropped: the merged list is the first page of each key.
+/// `nextPageToken` is dropped: the merged list is the first page of each key. With an `owner`,
+/// only the items bound to that client (by their `name`) are kept.
 async fn list_every_key<S>(
     mut inner: S,
     gateway: Arc<Gateway>,
     req: Request<Bytes>,
     field: &'static str,
+    owner: Option<Arc<str>>,
 ) -> Result<Response<GatewayBody>, GatewayError>
 where
     S: Service<Request<Bytes>, Response = Response<GatewayBody>, Error = GatewayError>,
@@ -215,7 +260,16 @@ where
         if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&collected.to_bytes())
             && let Some(serde_json::Value::Array(items)) = v.get_mut(field).map(std::mem::take)
         {
-            merged.extend(items);
+            let now = Instant::now();
+            let store = gateway.store();
+            merged.extend(items.into_iter().filter(|item| {
+                owner.as_ref().is_none_or(|me| {
+                    item.get("name")
+                        .and_then(serde_json::Value::as_str)
+                        .and_then(|name| store.bound(name, now))
+                        .is_some_and(|b| b.key == id && b.owner.as_ref() == Some(me))
+                })
+            }));
         }
         answered.get_or_insert(res_parts);
     }
@@ -261,15 +315,27 @@ fn creates<B>(req: &Request<B>) -> Option<Creates> {
     }
 }
 
+/// A resource a request names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reference {
+    /// `files/abc`, `cachedContents/xyz`, `upload:<id>`.
+    resource: String,
+    /// Named by the path or the upload id (certain), not found in the body (a guess).
+    in_path: bool,
+}
+
 /// Resources the request names: in its path, its upload id, or (for model calls) its body.
-fn referenced_resources(req: &Request<Bytes>) -> Vec<String> {
+fn referenced_resources(req: &Request<Bytes>) -> Vec<Reference> {
     let mut found = Vec::new();
     let path = req.uri().path();
     for prefix in ["files/", "cachedContents/"] {
         if let Some(at) = path.find(&format!("/{prefix}")) {
             let id = resource_id(&path.as_bytes()[at + 1 + prefix.len()..]);
             if !id.is_empty() {
-                found.push(format!("{prefix}{id}"));
+                found.push(Reference {
+                    resource: format!("{prefix}{id}"),
+                    in_path: true,
+                });
             }
         }
     }
@@ -278,7 +344,10 @@ fn referenced_resources(req: &Request<Bytes>) -> Vec<String> {
             .find_map(|p| p.strip_prefix("upload_id="))
             .filter(|id| !id.is_empty())
     }) {
-        found.push(format!("upload:{id}"));
+        found.push(Reference {
+            resource: format!("upload:{id}"),
+            in_path: true,
+        });
     }
     let body = req.body();
     if !body.is_empty()
@@ -292,7 +361,10 @@ fn referenced_resources(req: &Request<Bytes>) -> Vec<String> {
             for at in finder.find_iter(body) {
                 let id = resource_id(&body[at + skip..]);
                 if !id.is_empty() {
-                    found.push(format!("{prefix}{id}"));
+                    found.push(Reference {
+                        resource: format!("{prefix}{id}"),
+                        in_path: false,
+                    });
                 }
             }
         }
@@ -345,24 +417,31 @@ mod tests {
         r
     }
 
+    fn names(refs: Vec<Reference>) -> Vec<String> {
+        refs.into_iter().map(|r| r.resource).collect()
+    }
+
     #[test]
     fn finds_resources_in_paths_queries_and_bodies() {
         let r = req(Method::GET, "/v1beta/files/abc-123", "");
-        assert_eq!(referenced_resources(&r), ["files/abc-123"]);
+        assert_eq!(names(referenced_resources(&r)), ["files/abc-123"]);
         let r = req(Method::DELETE, "/v1beta/cachedContents/xyz", "");
-        assert_eq!(referenced_resources(&r), ["cachedContents/xyz"]);
+        assert_eq!(names(referenced_resources(&r)), ["cachedContents/xyz"]);
         let r = req(
             Method::POST,
             "/upload/v1beta/files?upload_id=U1&upload_protocol=resumable",
             "x",
         );
-        assert_eq!(referenced_resources(&r), ["upload:U1"]);
+        assert_eq!(names(referenced_resources(&r)), ["upload:U1"]);
         let r = req(
             Method::POST,
             "/v1beta/models/gemini-2.5-flash:generateContent",
             r#"{"cachedContent":"cachedContents/c1","contents":[{"parts":[{"fileData":{"fileUri":"https://generativelanguage.googleapis.com/v1beta/files/f1"}}]}]}"#,
         );
-        assert_eq!(referenced_resources(&r), ["cachedContents/c1", "files/f1"]);
+        assert_eq!(
+            names(referenced_resources(&r)),
+            ["cachedContents/c1", "files/f1"]
+        );
         let r = req(
             Method::POST,
             "/v1beta/models/m:generateContent",

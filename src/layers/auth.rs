@@ -317,7 +317,7 @@ mod tests {
     async fn until_the_jwks_is_fetched_its_tokens_get_503() {
         // Port 9 (discard) on loopback: the fetch fails quickly, the keys stay unloaded.
         let gw = gateway(&format!(
-            "{{ enabled: true, jwt_secret: \"{SECRET}\", jwks_url: \"http://127.0.0.1:9/jwks\" }}"
+            "{{ enabled: true, jwt_secret: \"{SECRET}\", jwks_url: \"http://127.0.0.1:9/jwks\", allow_insecure_jwks_url: true }}"
         ));
         let rs = format!(
             "{}.{}.c2ln",

@@ -7,6 +7,13 @@
 //! answered 404 `NOT_FOUND` in Google's shape without reading the body.
 //!
 //! Unknown paths under a known version pass through: Google adds endpoints often.
+//!
+//! A path the gateway cannot classify with certainty ([`Route::ambiguity`]) is refused with 400
+//! `INVALID_ARGUMENT` rather than forwarded: dot segments
+//! (`models/gemini-2.5-flash/../gemini-2.5-pro:…`, also as `%2e%2e`), encoded slashes or
+//! backslashes (`%2F`, `%5C`, `\`), empty segments, and model names with characters no Google
+//! model has. Google (or a proxy before it) may normalise such a path into another model than
+//! the one the token's `models` policy was checked against.
 
 use std::task::{Context, Poll};
 
@@ -15,7 +22,7 @@ use tower::{Layer, Service};
 
 use super::ShortCircuit;
 use crate::error::GatewayError;
-use crate::route::Route;
+use crate::route::{AmbiguousPath, Route};
 
 /// Applies [`Routing`].
 #[derive(Debug, Clone, Default)]
@@ -56,6 +63,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Some(AmbiguousPath(why)) = Route::ambiguity(req.uri().path()) {
+            return ShortCircuit::ready(Err(GatewayError::InvalidArgument(format!(
+                "{why}; the gateway does not forward paths it cannot classify with certainty"
+            ))));
+        }
         Route::ensure(&mut req);
         match req.extensions().get::<Route>() {
             Some(_) => ShortCircuit::inner(self.inner.call(req)),

@@ -288,6 +288,22 @@ try {
     await latest.locator("ins", { hasText: String(original + 15) }).waitFor();
   });
 
+  await step("a save made from an outdated read is refused, not written over the other change", async () => {
+    // Someone else changes the config behind the console's back.
+    const other = await admin("/api/config");
+    other.gemini.max_retries = other.gemini.max_retries + 1;
+    await admin("/api/config", { method: "PUT", body: JSON.stringify(other) });
+    await field("gemini.timeout_seconds").fill(String(original + 30));
+    await button("Save").click();
+    await page.getByText(/read it again and retry/).first().waitFor();
+    const now = await admin("/api/config");
+    assert(now.gemini.timeout_seconds === original + 15, `the stale save changed nothing (${now.gemini.timeout_seconds})`);
+    assert(now.gemini.max_retries === other.gemini.max_retries, "the other change is kept");
+    await button("Reset").click();
+    await until("the form to show the other change", async () => (await field("gemini.max_retries").inputValue()) === String(other.gemini.max_retries));
+    await page.locator("ol.history > li").first().getByText(`Version ${before + 2}`).waitFor();
+  });
+
   await step("roll back to the version before", async () => {
     await page.locator("ol.history > li summary", { hasText: `Version ${before} ·` }).click();
     await button(`Roll back to version ${before}`).click();
@@ -400,9 +416,12 @@ try {
     // The same goes for the invalid config that the gateway refused with a 400 on purpose.
     const refusedSignIn = (p) => /status of 401 .*\/api\/config\/history\)$/.test(p);
     const refusedConfig = (p) => /status of 400 .*\/api\/config\)$/.test(p);
+    // And the save made from an outdated read (412).
+    const staleSave = (p) => /status of 412 .*\/api\/config\)$/.test(p);
     assert(problems.filter(refusedSignIn).length === 1, `one refused sign-in: ${problems}`);
     assert(problems.filter(refusedConfig).length === 1, `one refused config: ${problems}`);
-    const unexpected = problems.filter((p) => !refusedSignIn(p) && !refusedConfig(p));
+    assert(problems.filter(staleSave).length === 1, `one stale save: ${problems}`);
+    const unexpected = problems.filter((p) => !refusedSignIn(p) && !refusedConfig(p) && !staleSave(p));
     assert(unexpected.length === 0, `browser problems:\n  ${unexpected.join("\n  ")}`);
   });
 } catch (e) {

@@ -166,6 +166,19 @@ const ROUTES: &[(&str, &str)] = &[
 #[tokio::test]
 async fn every_api_route_needs_an_admin_credential() {
     let a = Admin::start().await;
+    // With auth off, admin JWTs are not accepted at all (their secret was never validated).
+    let (status, _, _) = a
+        .api(Method::GET, "/api/keys", Some(&client_jwt("admin")), "")
+        .await;
+    assert_eq!(status, 401);
+    // Turn auth on, and the sign-in limit off for the many wrong credentials below.
+    let (_, mut config, _) = a.admin(Method::GET, "/api/config", "").await;
+    config["auth"]["enabled"] = true.into();
+    config["admin"]["max_failed_sign_ins_per_minute"] = 0.into();
+    let (status, _, text) = a
+        .admin(Method::PUT, "/api/config", &config.to_string())
+        .await;
+    assert_eq!(status, 200, "{text}");
     let client = client_jwt("client");
     for (method, path) in ROUTES {
         let m: Method = method.parse().unwrap();
@@ -365,12 +378,13 @@ async fn edits_on_disk_are_applied_and_broken_ones_refused() {
         text.replace("api_keys:", "timeout_seconds: 55\n  api_keys:"),
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Applied once it stayed the same across two polls (2 s apart).
+    tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(a.gateway().live().config.gemini.timeout_seconds, 55);
     assert_eq!(a.gateway().versions().history().last().unwrap().who, "file");
 
     std::fs::write(&a.path, "gemini: { api_keys: [] }\n").unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(a.gateway().live().config.gemini.api_keys.len(), 2);
     let (_, health, _) = a.admin(Method::GET, "/health", "").await;
     assert_eq!(

@@ -473,6 +473,7 @@ async fn jwks_keys_are_fetched_in_the_background_and_chosen_by_kid() {
     let h = Harness::start_with(MockOptions::default(), |c| {
         enable_auth(c);
         c.auth.jwks_url = Some(format!("http://{addr}/.well-known/jwks.json"));
+        c.auth.allow_insecure_jwks_url = true;
     })
     .await;
     let rs = sign(Algorithm::RS256, &claims("a"), &rsa.signing, Some("rsa-1"));

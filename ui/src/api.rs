@@ -14,10 +14,11 @@ use web_sys::{Request, RequestInit, Response};
 use crate::app::Session;
 use crate::model::ApiProblem;
 
-/// An answer: its status and body text.
+/// An answer: its status, body text and `ETag`.
 pub(crate) struct Reply {
     pub(crate) status: u16,
     pub(crate) text: String,
+    pub(crate) etag: Option<String>,
 }
 
 /// The request body and its content type.
@@ -46,6 +47,7 @@ pub(crate) async fn send(
     token: Option<&str>,
     accept: &str,
     body: Option<Body<'_>>,
+    if_match: Option<&str>,
 ) -> Result<Reply, ApiProblem> {
     let init = RequestInit::new();
     init.set_method(method);
@@ -68,11 +70,15 @@ pub(crate) async fn send(
             .set("Authorization", &format!("Bearer {t}"))
             .map_err(unreachable_gateway)?;
     }
+    if let Some(v) = if_match {
+        headers.set("If-Match", v).map_err(unreachable_gateway)?;
+    }
     let res: Response = JsFuture::from(window().fetch_with_request(&req))
         .await
         .map_err(unreachable_gateway)?
         .dyn_into()
         .map_err(unreachable_gateway)?;
+    let etag = res.headers().get("ETag").ok().flatten();
     let text = JsFuture::from(res.text().map_err(unreachable_gateway)?)
         .await
         .map_err(unreachable_gateway)?
@@ -81,6 +87,7 @@ pub(crate) async fn send(
     Ok(Reply {
         status: res.status(),
         text,
+        etag,
     })
 }
 
@@ -108,8 +115,25 @@ impl Api {
         body: Option<Body<'_>>,
     ) -> Result<String, ApiProblem> {
         let token = self.session.token.get_untracked();
-        let reply = send(method, path, token.as_deref(), accept, body).await?;
+        // A whole config built from what this tab read goes out only while that is current.
+        let whole_config = (method == "PUT" && path == "/api/config")
+            || (method == "POST" && path.starts_with("/api/config/rollback/"));
+        let if_match = whole_config
+            .then(|| self.session.config_etag.get_untracked())
+            .flatten();
+        let reply = send(
+            method,
+            path,
+            token.as_deref(),
+            accept,
+            body,
+            if_match.as_deref(),
+        )
+        .await?;
         if (200..300).contains(&reply.status) {
+            if (method == "GET" && path == "/api/config") || whole_config {
+                self.session.config_etag.set(reply.etag);
+            }
             return Ok(reply.text);
         }
         let problem = ApiProblem::parse(reply.status, &reply.text);

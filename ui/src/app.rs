@@ -26,6 +26,10 @@ pub(crate) struct Session {
     pub(crate) token: RwSignal<Option<String>>,
     /// Why the last session ended, shown on the sign-in page.
     pub(crate) ended: RwSignal<Option<String>>,
+    /// The `ETag` (config version) of the config this tab last read or wrote: sent as
+    /// `If-Match` with a whole-config save, so a save made from an outdated read is refused
+    /// (412) instead of overwriting someone else's change.
+    pub(crate) config_etag: RwSignal<Option<String>>,
 }
 
 impl Session {
@@ -36,6 +40,7 @@ impl Session {
         Self {
             token: RwSignal::new(token),
             ended: RwSignal::new(None),
+            config_etag: RwSignal::new(None),
         }
     }
 

@@ -31,6 +31,7 @@ pub(crate) fn Login() -> impl IntoView {
                 Some(&t),
                 "application/json",
                 None,
+                None,
             )
             .await;
             busy.set(false);
