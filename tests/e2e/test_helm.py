@@ -282,16 +282,22 @@ def test_notes_say_how_to_reach_the_gateway_and_mint_a_token(tmp_path: Path):
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n"
         '  notes: |\n    {{- include "test.notes" . | nindent 4 }}\n'
     )
-    proc = helm(
-        "template", "gem", str(chart), "-n", "gemini", "-f", str(CI / "defaults-values.yaml"),
-        "--show-only", "templates/zz-notes.yaml",
-    )
-    assert proc.returncode == 0, _stderr(proc)
-    text = yaml.safe_load(proc.stdout)["data"]["notes"]
+
+    def notes(*sets: str) -> str:
+        args = ["template", "gem", str(chart), "-n", "gemini", "-f", str(CI / "defaults-values.yaml")]
+        proc = helm(*args, *(a for s in sets for a in ("--set", s)), "--show-only", "templates/zz-notes.yaml")
+        assert proc.returncode == 0, _stderr(proc)
+        return yaml.safe_load(proc.stdout)["data"]["notes"]
+
+    text = notes()
     assert "https://gem-gem-proxy.gemini.svc:8443" in text
-    assert "exec deploy/gem-gem-proxy -- gem-proxy token --sub" in text
+    assert "TOKEN=$(kubectl -n gemini exec deploy/gem-gem-proxy -- gem-proxy token --sub my-app" in text
     assert "port-forward svc/gem-gem-proxy-admin 9090" in text
     assert "GEM_PROXY_ADMIN_TOKEN" in text
+    assert "WARNING" not in text
+    assert "WARNING: client authentication is off" in notes("config.auth.enabled=false")
+    text = notes("ingress.enabled=true", "ingress.hosts[0]=ai.example.org")
+    assert "https://ai.example.org" in text and "port-forward svc/gem-gem-proxy 8443" not in text
 
 
 # --------------------------------------------------------------------------- schemas
