@@ -41,7 +41,7 @@ def documented_keys(text):
             comment, default = [stripped[5:]], None
             continue
         if stripped.startswith("# @default -- "):
-            default = stripped[len("# @default -- "):]
+            default = stripped[len("# @default -- ") :]
             continue
         if stripped.startswith("#"):
             if comment is not None and default is None:
@@ -61,15 +61,13 @@ def documented_keys(text):
         stack.append((indent, m["key"], comment is not None or inherited))
         comment, default = None, None
         # A block list's lines are its value, not keys of the chart: skip them.
-        nxt = next((l for l in lines[i:] if l.strip() and not l.strip().startswith("#")), "")
+        nxt = next((n for n in lines[i:] if n.strip() and not n.strip().startswith("#")), "")
         if not m["rest"].strip() and nxt.strip().startswith("- "):
             if not inherited and not stack[-1][2]:
                 undocumented.append(path)
             while i < len(lines):
-                l = lines[i]
-                ls = l.strip()
-                li = len(l) - len(l.lstrip(" "))
-                if ls and li <= indent and not ls.startswith("- "):
+                item = lines[i].strip()
+                if item and len(lines[i]) - len(lines[i].lstrip(" ")) <= indent and not item.startswith("- "):
                     break
                 i += 1
             stack.pop()
@@ -125,7 +123,9 @@ def main():
     new = f"{head}{START}\n{table(values_text)}\n{END}{tail}"
     if check:
         if new != readme:
-            print("helm/gem-proxy/README.md: the values table is out of date; run scripts/helm-docs.py", file=sys.stderr)
+            print(
+                "helm/gem-proxy/README.md: the values table is out of date; run scripts/helm-docs.py", file=sys.stderr
+            )
             return 1
         return 0
     if new != readme:

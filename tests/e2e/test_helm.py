@@ -182,7 +182,11 @@ def test_values_docs_generator_refuses_undocumented_keys():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     good = "# -- Documented\n# over two lines.\na: 1\nb:\n  # -- Also.\n  c: [1]\n  # -- A list.\n  d:\n    - x: 1\n"
-    assert mod.documented_keys(good) == [("a", "Documented over two lines.", None), ("b.c", "Also.", None), ("b.d", "A list.", None)]
+    assert mod.documented_keys(good) == [
+        ("a", "Documented over two lines.", None),
+        ("b.c", "Also.", None),
+        ("b.d", "A list.", None),
+    ]
     with pytest.raises(SystemExit, match=r"keys without a '# --' comment: b\.e"):
         mod.documented_keys(good + "  e: 2\n")
     with pytest.raises(SystemExit, match=r"keys without a '# --' comment: f"):
@@ -192,7 +196,13 @@ def test_values_docs_generator_refuses_undocumented_keys():
 def test_yaml_files_pass_yamllint():
     files = [CHART / "Chart.yaml", CHART / "values.yaml", *sorted(CI.glob("*.yaml")), *sorted(INVALID.glob("*.yaml"))]
     proc = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "yamllint"), "--strict", "-c", str(ROOT / "helm" / ".yamllint"), *map(str, files)],
+        [
+            str(ROOT / ".venv" / "bin" / "yamllint"),
+            "--strict",
+            "-c",
+            str(ROOT / "helm" / ".yamllint"),
+            *map(str, files),
+        ],
         capture_output=True,
         text=True,
     )
@@ -552,7 +562,9 @@ def test_no_secret_value_in_any_configmap(case: str):
 def test_every_variable_the_config_names_reaches_the_container(case: str):
     docs = render(case)
     c = gateway_container(docs)
-    named = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", one(docs, "ConfigMap", "gem-proxy")["data"]["proxy.yaml"]))
+    named = set(
+        re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", one(docs, "ConfigMap", "gem-proxy")["data"]["proxy.yaml"])
+    )
     # The image's own GEM_PROXY__SERVER__TLS__* variables would win over the file: the container
     # repeats the config's values.
     tls = config_of(docs)["server"]["tls"]
@@ -619,7 +631,10 @@ def test_security_context(case: str):
 
 
 def test_rollout_and_termination():
-    for sets, grace in (((), 30), (("config.server.shutdown_grace_seconds=120", "lifecycle.preStopSleepSeconds=15"), 120)):
+    for sets, grace in (
+        ((), 30),
+        (("config.server.shutdown_grace_seconds=120", "lifecycle.preStopSleepSeconds=15"), 120),
+    ):
         docs = render("defaults-values.yaml", sets=sets)
         deploy = one(docs, "Deployment")
         assert deploy["spec"]["replicas"] == 2
@@ -843,7 +858,9 @@ def test_the_rendered_pod_runs_in_podman(tmp_path: Path):
     if "CONTAINERS_CONF" not in _PODMAN_ENV:
         # runc and explicit rlimits: the defaults fail in sandboxed machines.
         conf = tmp_path / "containers.conf"
-        conf.write_text('[containers]\ndefault_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]\n[engine]\nruntime = "runc"\n')
+        conf.write_text(
+            '[containers]\ndefault_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]\n[engine]\nruntime = "runc"\n'
+        )
         _PODMAN_ENV["CONTAINERS_CONF"] = str(conf)
     release = f"helm-{os.urandom(3).hex()}"
     repository, _, tag = image.rpartition(":")
