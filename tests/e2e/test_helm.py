@@ -160,6 +160,9 @@ def test_chart_metadata_follows_the_crate():
     assert chart["kubeVersion"] == ">=1.27.0-0"
     # The default image is the appVersion's.
     assert gateway_container(render("defaults-values.yaml"))["image"].endswith(":" + chart["appVersion"])
+    # Older clusters are refused by helm itself.
+    proc = helm("template", "gem", str(CHART), "-f", str(CI / "defaults-values.yaml"), "--kube-version", "1.26.9")
+    assert proc.returncode != 0 and "incompatible with Kubernetes v1.26.9" in _stderr(proc), _stderr(proc)
 
 
 def test_values_table_in_readme_is_up_to_date():
