@@ -124,7 +124,8 @@ where
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.idle.reset(Instant::now() + *this.idle_timeout);
+                this.idle
+                    .reset(crate::deadline::after(Instant::now(), *this.idle_timeout));
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
@@ -299,5 +300,22 @@ mod tests {
         let err = body.as_mut().frame().await.unwrap().unwrap_err();
         assert!(err.is::<StreamIdle>(), "{err}");
         drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_too_large_for_the_clock_re_arms_without_panicking() {
+        let (tx, rx) = mpsc::channel(4);
+        let mut body = std::pin::pin!(IdleTimeout::new(
+            StreamBody::new(ReceiverStream(rx)),
+            Duration::from_secs(u64::MAX)
+        ));
+        for chunk in [&b"a"[..], b"b"] {
+            tx.send(Ok(Frame::data(Bytes::from_static(chunk))))
+                .await
+                .unwrap();
+            assert!(body.as_mut().frame().await.unwrap().unwrap().is_data());
+        }
+        drop(tx);
+        assert!(body.as_mut().frame().await.is_none());
     }
 }

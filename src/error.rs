@@ -67,6 +67,27 @@ pub enum GatewayError {
         /// The id of the key the attempt used (for failover: errors know their source).
         key: Arc<str>,
     },
+    /// No connection to the upstream could be made (refused, unreachable, TLS handshake): the
+    /// request was never sent, so replaying it elsewhere is always safe.
+    #[error("the upstream API could not be reached")]
+    UpstreamConnect {
+        /// The id of the key the attempt used.
+        key: Arc<str>,
+    },
+    /// Buffered request bodies in flight already fill `server.max_buffered_body_bytes`.
+    #[error(
+        "the gateway is holding as many request bodies as it may (server.max_buffered_body_bytes); retry in {retry_after_seconds} s"
+    )]
+    BodyBudgetExhausted {
+        /// Seconds the client should wait (at least 1).
+        retry_after_seconds: u64,
+    },
+    /// The model name is longer than any model Google serves.
+    #[error("the model name is longer than {limit} characters")]
+    ModelNameTooLong {
+        /// The limit.
+        limit: usize,
+    },
     /// The upstream sent no response headers within `gemini.timeout_seconds`.
     #[error("the upstream API did not answer within {seconds} seconds (gemini.timeout_seconds)")]
     UpstreamTimeout {
@@ -119,7 +140,11 @@ impl GatewayError {
             GatewayError::ResourceNotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::NoKey => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamUnavailable { .. } | GatewayError::UpstreamConnect { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            GatewayError::BodyBudgetExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::ModelNameTooLong { .. } => StatusCode::BAD_REQUEST,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::KeysExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
@@ -136,12 +161,15 @@ impl GatewayError {
             GatewayError::NotFound { .. } | GatewayError::ResourceNotFound(_) => "NOT_FOUND",
             GatewayError::PayloadTooLarge { .. }
             | GatewayError::BodyRead(_)
-            | GatewayError::InvalidArgument(_) => "INVALID_ARGUMENT",
+            | GatewayError::InvalidArgument(_)
+            | GatewayError::ModelNameTooLong { .. } => "INVALID_ARGUMENT",
             GatewayError::BodyTimeout(_) | GatewayError::UpstreamTimeout { .. } => {
                 "DEADLINE_EXCEEDED"
             }
             GatewayError::NoKey
             | GatewayError::UpstreamUnavailable { .. }
+            | GatewayError::UpstreamConnect { .. }
+            | GatewayError::BodyBudgetExhausted { .. }
             | GatewayError::AuthUnavailable(_) => "UNAVAILABLE",
             GatewayError::Unauthenticated(_) => "UNAUTHENTICATED",
             GatewayError::PermissionDenied(_) => "PERMISSION_DENIED",
@@ -162,7 +190,11 @@ impl GatewayError {
             GatewayError::ResourceNotFound(_) => "resource_not_found",
             GatewayError::BodyTimeout(_) => "body_timeout",
             GatewayError::NoKey => "no_key",
-            GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
+            GatewayError::UpstreamUnavailable { .. } | GatewayError::UpstreamConnect { .. } => {
+                "upstream_unavailable"
+            }
+            GatewayError::BodyBudgetExhausted { .. } => "body_budget",
+            GatewayError::ModelNameTooLong { .. } => "model_name_too_long",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
             GatewayError::KeysExhausted { .. } => "keys_exhausted",
             GatewayError::Unauthenticated(_) => "unauthenticated",
@@ -177,6 +209,7 @@ impl GatewayError {
     pub fn upstream_key(&self) -> Option<&Arc<str>> {
         match self {
             GatewayError::UpstreamUnavailable { key }
+            | GatewayError::UpstreamConnect { key }
             | GatewayError::UpstreamTimeout { key, .. } => Some(key),
             _ => None,
         }
@@ -220,6 +253,9 @@ impl GatewayError {
                 headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(*reset_seconds));
             }
             GatewayError::KeysExhausted {
+                retry_after_seconds,
+            }
+            | GatewayError::BodyBudgetExhausted {
                 retry_after_seconds,
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));

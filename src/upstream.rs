@@ -146,8 +146,13 @@ async fn forward(
         }
         Ok(Err(e)) => {
             tracing::warn!(key_id = %key.0.id, error = %error_chain(&e), "upstream request failed");
-            return Err(GatewayError::UpstreamUnavailable {
-                key: key.0.id.clone(),
+            let key = key.0.id.clone();
+            // Only a failed connect proves the request never left: anything later may have
+            // reached Google (see `gemini.retry_on_timeout`).
+            return Err(if e.is_connect() {
+                GatewayError::UpstreamConnect { key }
+            } else {
+                GatewayError::UpstreamUnavailable { key }
             });
         }
         Ok(Ok(res)) => res,

@@ -33,6 +33,9 @@ pub enum Failure {
     InvalidKey,
     /// 403 `PERMISSION_DENIED` with reason `CONSUMER_SUSPENDED`, like a suspended key.
     PermissionDenied,
+    /// 403 `PERMISSION_DENIED` without a key-level reason: the key is fine, but the file,
+    /// upload or tuned model the request names is not its own (another project's, or gone).
+    ForbiddenResource,
     /// 400 `INVALID_ARGUMENT`: "Request contains an invalid argument."
     BadRequest,
     /// 404 `NOT_FOUND`, the model not being found.
@@ -40,7 +43,8 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// Parses a trigger code: `429`, `429-day`, `503`, `500`, `504`, `400`, `400-key`, `403`, `404`.
+    /// Parses a trigger code: `429`, `429-day`, `503`, `500`, `504`, `400`, `400-key`, `403`,
+    /// `403-resource`, `404`.
     /// The 429s carry [`DEFAULT_RETRY_DELAY_SECONDS`].
     pub fn from_code(code: &str) -> Option<Failure> {
         Some(match code.trim() {
@@ -58,6 +62,7 @@ impl Failure {
             "400" => Failure::BadRequest,
             "400-key" => Failure::InvalidKey,
             "403" => Failure::PermissionDenied,
+            "403-resource" => Failure::ForbiddenResource,
             "404" => Failure::NotFound,
             _ => return None,
         })
@@ -73,6 +78,7 @@ impl Failure {
             Failure::DeadlineExceeded => "504",
             Failure::InvalidKey => "400-key",
             Failure::PermissionDenied => "403",
+            Failure::ForbiddenResource => "403-resource",
             Failure::BadRequest => "400",
             Failure::NotFound => "404",
         }
@@ -86,7 +92,7 @@ impl Failure {
             Failure::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Failure::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             Failure::InvalidKey | Failure::BadRequest => StatusCode::BAD_REQUEST,
-            Failure::PermissionDenied => StatusCode::FORBIDDEN,
+            Failure::PermissionDenied | Failure::ForbiddenResource => StatusCode::FORBIDDEN,
             Failure::NotFound => StatusCode::NOT_FOUND,
         }
     }
@@ -139,6 +145,12 @@ impl Failure {
                         "service": "generativelanguage.googleapis.com",
                     },
                 }])),
+            ),
+            Failure::ForbiddenResource => google_error(
+                403,
+                "PERMISSION_DENIED",
+                "You do not have permission to access the File or it may not exist.",
+                None,
             ),
             Failure::BadRequest => google_error(
                 400,
@@ -276,7 +288,16 @@ mod tests {
     #[test]
     fn codes_round_trip() {
         for code in [
-            "429", "429-day", "503", "500", "504", "400", "400-key", "403", "404",
+            "429",
+            "429-day",
+            "503",
+            "500",
+            "504",
+            "400",
+            "400-key",
+            "403",
+            "403-resource",
+            "404",
         ] {
             let failure = Failure::from_code(code).unwrap();
             assert_eq!(failure.code(), code);
@@ -336,7 +357,17 @@ mod tests {
 
     #[test]
     fn every_failure_has_matching_code_and_status() {
-        for code in ["429", "503", "500", "504", "400", "400-key", "403", "404"] {
+        for code in [
+            "429",
+            "503",
+            "500",
+            "504",
+            "400",
+            "400-key",
+            "403",
+            "403-resource",
+            "404",
+        ] {
             let failure = Failure::from_code(code).unwrap();
             let body = parse(&failure.body(&ErrorContext {
                 version: "v1beta",

@@ -22,7 +22,7 @@
 //!
 //! | header | effect |
 //! |---|---|
-//! | `x-mock-error: 429\|429-day\|503\|500\|504\|400\|400-key\|403\|404` | answer that error (see [`Failure::from_code`]) |
+//! | `x-mock-error: 429\|429-day\|503\|500\|504\|400\|400-key\|403\|403-resource\|404` | answer that error (see [`Failure::from_code`]) |
 //! | `x-mock-retry-delay-seconds: N` | `retryDelay` of any 429 (default 14) |
 //! | `x-mock-chunks: N` | events in a streamed answer |
 //! | `x-mock-chunk-delay-ms: N` | pause between stream events |

@@ -420,6 +420,7 @@ async fn error_triggers_cover_every_code() {
         ("400", 400, "INVALID_ARGUMENT"),
         ("400-key", 400, "INVALID_ARGUMENT"),
         ("403", 403, "PERMISSION_DENIED"),
+        ("403-resource", 403, "PERMISSION_DENIED"),
         ("404", 404, "NOT_FOUND"),
     ];
     for (code, status, name) in cases {

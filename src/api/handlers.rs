@@ -533,7 +533,7 @@ pub(super) async fn test_key(ctx: &Ctx<'_>, id: &str) -> Answer {
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            let (result, detail) = match classify(status, &body, false) {
+            let (result, detail) = match classify(status, &body) {
                 Verdict::Success => ("valid", None),
                 Verdict::Invalid(reason) => ("invalid", Some(reason)),
                 Verdict::Rest(..) => ("quota_exhausted", None),

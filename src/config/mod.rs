@@ -99,6 +99,16 @@ pub struct ServerConfig {
     pub header_read_timeout_seconds: u64,
     /// Time a client has to send a request's whole body once its headers arrived.
     pub request_body_timeout_seconds: u64,
+    /// A connection with no request in progress for this long is closed: before its first
+    /// byte, between requests on a kept-alive connection, and an HTTP/2 connection that only
+    /// answers pings. Applies to the proxy and the admin listener.
+    pub idle_connection_timeout_seconds: u64,
+    /// All request bodies being buffered at once (across every request in flight) may hold at most
+    /// this many bytes; a request that would go over is answered 503 with `Retry-After` instead
+    /// of growing memory. At least `max_request_body_bytes`.
+    pub max_buffered_body_bytes: usize,
+    /// HTTP/2 limits per client connection.
+    pub http2: Http2Config,
     /// On SIGTERM/SIGINT, how long in-flight requests and streams may run before the process exits.
     pub shutdown_grace_seconds: u64,
     /// The URL clients use to reach the gateway (e.g. `https://gemini.example.com`). Used to rewrite
@@ -122,6 +132,9 @@ impl Default for ServerConfig {
             max_request_body_bytes: 20 * 1024 * 1024,
             header_read_timeout_seconds: 30,
             request_body_timeout_seconds: 60,
+            idle_connection_timeout_seconds: 60,
+            max_buffered_body_bytes: 512 * 1024 * 1024,
+            http2: Http2Config::default(),
             shutdown_grace_seconds: 30,
             public_url: None,
             trusted_proxies: Vec::new(),
@@ -142,6 +155,38 @@ impl ServerConfig {
     /// `shutdown_grace_seconds` as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_seconds)
+    }
+    /// `idle_connection_timeout_seconds` as a duration.
+    pub fn idle_connection_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_connection_timeout_seconds)
+    }
+}
+
+/// `server.http2`: limits on each client's HTTP/2 connection (both listeners), so one connection
+/// cannot hold unbounded streams, headers or reset work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Config {
+    /// Streams (requests) open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Largest header list (decoded, as HTTP/2 counts it) one request may send, in bytes.
+    pub max_header_list_bytes: u32,
+    /// Streams the client opened and reset before the gateway accepted them, at most, before the
+    /// connection is closed ("rapid reset", CVE-2023-44487).
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams the gateway had to reset because the client broke the protocol, at most, before the
+    /// connection is closed.
+    pub max_local_error_reset_streams: usize,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 100,
+            max_header_list_bytes: 64 * 1024,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 256,
+        }
     }
 }
 
@@ -295,6 +340,13 @@ pub struct GeminiConfig {
     /// How long a key rests for a model Google says it cannot use (`FAILED_PRECONDITION`:
     /// billing or region).
     pub unusable_rest_seconds: u64,
+    /// Whether to replay, on another key, a request whose outcome is unknown: an upstream
+    /// time-out or broken connection after the request was sent, or a 500/502/504. Google may
+    /// have processed (and billed) it already, so the default is `false`. Answers that prove
+    /// Google did nothing (connect failures, 429, 503 overloaded, an invalid key) are always
+    /// replayed; requests that create a resource (uploads, files, cached contents, batches) are
+    /// never replayed on an unknown outcome, whatever this says.
+    pub retry_on_timeout: bool,
     /// The upstream API keys.
     pub api_keys: Vec<ApiKeyConfig>,
 }
@@ -309,6 +361,7 @@ impl Default for GeminiConfig {
             max_retries: 2,
             default_retry_delay_seconds: 60,
             unusable_rest_seconds: 3600,
+            retry_on_timeout: false,
             api_keys: Vec::new(),
         }
     }

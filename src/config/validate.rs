@@ -64,6 +64,9 @@ pub fn is_known_example_secret(value: &str) -> bool {
 const MAX_LEEWAY_SECONDS: u64 = 300;
 /// Smallest `auth.jwks_refresh_seconds` accepted (be kind to the identity provider).
 const MIN_JWKS_REFRESH_SECONDS: u64 = 10;
+/// Largest value of any `*_seconds` setting: a year. Far beyond any sensible time-out, and far
+/// from the point where adding it to a clock reading overflows.
+const MAX_SECONDS: u64 = 365 * 24 * 3600;
 
 impl Config {
     /// Checks every rule; an empty list means the configuration can be used.
@@ -80,6 +83,70 @@ impl Config {
         }
         if s.max_request_body_bytes == 0 {
             bad("server.max_request_body_bytes", "must be > 0");
+        }
+        if s.max_buffered_body_bytes < s.max_request_body_bytes {
+            bad(
+                "server.max_buffered_body_bytes",
+                "must be at least server.max_request_body_bytes",
+            );
+        }
+        if s.http2.max_concurrent_streams == 0 {
+            bad("server.http2.max_concurrent_streams", "must be > 0");
+        }
+        if s.http2.max_header_list_bytes < 1024 {
+            bad(
+                "server.http2.max_header_list_bytes",
+                "must be at least 1024",
+            );
+        }
+        for (path, v) in [
+            (
+                "admin.config_watch_interval_seconds",
+                self.admin.config_watch_interval_seconds,
+            ),
+            (
+                "server.header_read_timeout_seconds",
+                s.header_read_timeout_seconds,
+            ),
+            (
+                "server.request_body_timeout_seconds",
+                s.request_body_timeout_seconds,
+            ),
+            (
+                "server.idle_connection_timeout_seconds",
+                s.idle_connection_timeout_seconds,
+            ),
+            ("server.shutdown_grace_seconds", s.shutdown_grace_seconds),
+            (
+                "server.tls.reload_interval_seconds",
+                s.tls.reload_interval_seconds,
+            ),
+            (
+                "server.tls.handshake_timeout_seconds",
+                s.tls.handshake_timeout_seconds,
+            ),
+            ("gemini.timeout_seconds", self.gemini.timeout_seconds),
+            (
+                "gemini.stream_idle_timeout_seconds",
+                self.gemini.stream_idle_timeout_seconds,
+            ),
+            (
+                "gemini.connect_timeout_seconds",
+                self.gemini.connect_timeout_seconds,
+            ),
+            (
+                "gemini.default_retry_delay_seconds",
+                self.gemini.default_retry_delay_seconds,
+            ),
+            (
+                "gemini.unusable_rest_seconds",
+                self.gemini.unusable_rest_seconds,
+            ),
+            ("auth.jwks_refresh_seconds", self.auth.jwks_refresh_seconds),
+        ] {
+            if v > MAX_SECONDS {
+                bad(path, &format!("must be at most {MAX_SECONDS} (a year)"));
+            }
         }
         for (path, v) in [
             (
@@ -98,6 +165,10 @@ impl Config {
             (
                 "gemini.connect_timeout_seconds",
                 self.gemini.connect_timeout_seconds,
+            ),
+            (
+                "server.idle_connection_timeout_seconds",
+                s.idle_connection_timeout_seconds,
             ),
         ] {
             if v == 0 {
@@ -386,6 +457,38 @@ auth:
         assert_eq!(
             problems(yaml),
             ["metrics.prometheus_port: must differ from server.port"]
+        );
+    }
+
+    #[test]
+    fn a_time_too_large_for_the_clock_is_refused() {
+        // 2^63 s would overflow `Instant` the first time a body frame re-arms its idle timer.
+        let yaml = r#"
+gemini:
+  stream_idle_timeout_seconds: 9223372036854775807
+  default_retry_delay_seconds: 31536001
+  api_keys: [{ id: "a", key: "k1" }]
+server: { idle_connection_timeout_seconds: 18446744073709551615 }
+"#;
+        assert_eq!(
+            problems(yaml),
+            [
+                "server.idle_connection_timeout_seconds: must be at most 31536000 (a year)",
+                "gemini.stream_idle_timeout_seconds: must be at most 31536000 (a year)",
+                "gemini.default_retry_delay_seconds: must be at most 31536000 (a year)",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_body_budget_holds_at_least_one_body() {
+        let yaml = r#"
+server: { max_request_body_bytes: 1000, max_buffered_body_bytes: 999 }
+gemini: { api_keys: [{ id: "a", key: "k1" }] }
+"#;
+        assert_eq!(
+            problems(yaml),
+            ["server.max_buffered_body_bytes: must be at least server.max_request_body_bytes"]
         );
     }
 }

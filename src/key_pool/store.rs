@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::deadline::after;
 use crate::time::until_pacific_midnight;
 
 /// Limits of one key, per model (Google's quotas are per project and model).
@@ -351,7 +352,7 @@ impl ModelState {
             if limits.requests_per_day.is_some() {
                 self.day = Some(match self.day {
                     Some((count, ends)) if ends > now => (count + 1, ends),
-                    _ => (1, now + until_pacific_midnight()),
+                    _ => (1, after(now, until_pacific_midnight())),
                 });
             }
         }
@@ -390,7 +391,10 @@ impl ModelState {
 /// time after spending `cost` units now, or the earliest time that would be allowed.
 fn gcra(tat: Option<Instant>, now: Instant, limit: u32, cost: u32) -> Result<Instant, Instant> {
     let interval = MINUTE / limit.max(1);
-    let new_tat = tat.map_or(now, |t| t.max(now)) + interval * cost;
+    let new_tat = after(
+        tat.map_or(now, |t| t.max(now)),
+        interval.saturating_mul(cost),
+    );
     match new_tat.checked_sub(MINUTE) {
         Some(allowed_at) if allowed_at > now => Err(allowed_at),
         _ => Ok(new_tat),
@@ -452,7 +456,8 @@ impl KeyStateStore for MemoryStore {
                 let cost = u32::try_from(tokens.total).unwrap_or(u32::MAX);
                 // Overdrawing is allowed: the key then waits until the budget recovers.
                 let interval = MINUTE / tpm.max(1);
-                m.tpm_tat = Some(m.tpm_tat.map_or(now, |t| t.max(now)) + interval * cost);
+                let base = m.tpm_tat.map_or(now, |t| t.max(now));
+                m.tpm_tat = Some(after(base, interval.saturating_mul(cost)));
             }
         }
     }

@@ -9,11 +9,17 @@
 //! | 400 `ErrorInfo.reason = API_KEY_INVALID` | key invalid | yes |
 //! | 400 `FAILED_PRECONDITION` (billing, region) | key unusable for that model (long rest) | yes |
 //! | 401 | key invalid | yes |
-//! | 403 on a file or cached content | the resource is another key's: the request's fault | no |
-//! | 403 otherwise (suspended, no access) | key invalid | yes |
+//! | 403 with a key-level `ErrorInfo.reason` (see [`KEY_LEVEL_REASONS`]) | key invalid | yes |
+//! | any other 403 (a file, cache, upload or tuned model the key may not touch) | the request's fault | no |
 //! | other 400s, 404, other 4xx | the request's fault | no |
 //! | 503 | overloaded: not the key's fault | yes |
-//! | 500, 502, 504, other 5xx | upstream failure | yes |
+//! | 500, 502, 504, other 5xx | upstream failure | only with `gemini.retry_on_timeout` |
+//!
+//! A 403 invalidates a key only on Google's explicit word: a resumable-upload chunk or a file that
+//! reaches a key which does not own it is answered 403 `PERMISSION_DENIED` too, and that must not
+//! take healthy keys out of rotation one after the other.
+//!
+//! `retryDelay` is untrusted input: it is parsed saturating and capped at [`MAX_RETRY_DELAY`].
 
 use std::time::Duration;
 
@@ -21,6 +27,25 @@ use http::StatusCode;
 use serde_json::Value;
 
 use super::store::{KeyOutcome, RestReason};
+
+/// `ErrorInfo.reason`s that say the *key* (or the project behind it) is unusable, whatever the
+/// request: the key is taken out of rotation.
+pub const KEY_LEVEL_REASONS: &[&str] = &[
+    "API_KEY_INVALID",
+    "API_KEY_EXPIRED",
+    "API_KEY_SERVICE_BLOCKED",
+    "API_KEY_HTTP_REFERRER_BLOCKED",
+    "API_KEY_IP_ADDRESS_BLOCKED",
+    "API_KEY_ANDROID_APP_BLOCKED",
+    "API_KEY_IOS_APP_BLOCKED",
+    "CONSUMER_SUSPENDED",
+    "CONSUMER_INVALID",
+    "SERVICE_DISABLED",
+];
+
+/// The longest rest a `retryDelay` can ask for; longer (or unparseable-as-finite) delays are cut
+/// to this. Google's delays are seconds to minutes; daily quotas say `PerDay` instead.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(24 * 3600);
 
 /// How long a key rests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +71,8 @@ pub enum Verdict {
     Invalid(String),
     /// The upstream is overloaded; the key is not to blame.
     Overloaded,
-    /// The upstream failed.
+    /// The upstream failed (500, 502, 504…): the request may have been processed, so a replay
+    /// may bill twice.
     ServerError,
     /// The request itself is wrong: pass the answer on.
     ClientError,
@@ -56,6 +82,15 @@ impl Verdict {
     /// Whether another key may do better.
     pub fn retry_elsewhere(&self) -> bool {
         !matches!(self, Verdict::Success | Verdict::ClientError)
+    }
+
+    /// Whether Google certainly did not act on the request (it refused the key, the quota or the
+    /// load before doing anything), so a replay cannot bill twice or create a resource twice.
+    pub fn refused_before_processing(&self) -> bool {
+        matches!(
+            self,
+            Verdict::Rest(..) | Verdict::Invalid(_) | Verdict::Overloaded
+        )
     }
 
     /// The counter it goes to.
@@ -71,9 +106,8 @@ impl Verdict {
     }
 }
 
-/// Classifies an answer. `body` is the (small) error body; `about_resource` says whether the
-/// request named a file or cached content, whose 403 means "not yours" rather than "bad key".
-pub fn classify(status: StatusCode, body: &[u8], about_resource: bool) -> Verdict {
+/// Classifies an answer. `body` is the (small, uncompressed) error body.
+pub fn classify(status: StatusCode, body: &[u8]) -> Verdict {
     if status.is_success() || status.is_redirection() || status.is_informational() {
         return Verdict::Success;
     }
@@ -118,13 +152,10 @@ pub fn classify(status: StatusCode, body: &[u8], about_resource: bool) -> Verdic
             }
         }
         401 => Verdict::Invalid("UNAUTHENTICATED".into()),
-        403 if about_resource => Verdict::ClientError,
-        403 => Verdict::Invalid(
-            error_info_reason(error)
-                .or(google_status)
-                .unwrap_or("PERMISSION_DENIED")
-                .to_owned(),
-        ),
+        403 => match error_info_reason(error).filter(|r| KEY_LEVEL_REASONS.contains(r)) {
+            Some(reason) => Verdict::Invalid(reason.to_owned()),
+            None => Verdict::ClientError,
+        },
         503 => Verdict::Overloaded,
         s if s >= 500 => Verdict::ServerError,
         _ => Verdict::ClientError,
@@ -160,17 +191,31 @@ fn type_is(detail: &Value, name: &str) -> bool {
         .is_some_and(|t| t.ends_with(name))
 }
 
+/// The first `ErrorInfo` reason that says something about the key (or, failing that, the first
+/// reason at all).
 fn error_info_reason(error: Option<&Value>) -> Option<&str> {
-    details(error)
+    let mut reasons = details(error)
         .into_iter()
         .filter(|d| type_is(d, "google.rpc.ErrorInfo"))
-        .find_map(|d| d.get("reason").and_then(Value::as_str))
+        .filter_map(|d| d.get("reason").and_then(Value::as_str));
+    let first = reasons.next()?;
+    if KEY_LEVEL_REASONS.contains(&first) {
+        return Some(first);
+    }
+    reasons
+        .find(|r| KEY_LEVEL_REASONS.contains(r))
+        .or(Some(first))
 }
 
-/// `"14s"`, `"14.19s"`, `"0.5s"` (protobuf Duration JSON).
+/// `"14s"`, `"14.19s"`, `"0.5s"` (protobuf Duration JSON), at most [`MAX_RETRY_DELAY`]. A delay
+/// too large for a `Duration` (`"1e30s"`, `"inf"`) saturates instead of panicking.
 fn parse_duration(s: &str) -> Option<Duration> {
     let secs: f64 = s.strip_suffix('s')?.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    if secs.is_nan() || secs < 0.0 {
+        return None;
+    }
+    let delay = Duration::try_from_secs_f64(secs).unwrap_or(MAX_RETRY_DELAY);
+    Some(delay.min(MAX_RETRY_DELAY))
 }
 
 #[cfg(test)]
@@ -185,7 +230,7 @@ mod tests {
     }
 
     fn v(status: u16, body: &[u8]) -> Verdict {
-        classify(StatusCode::from_u16(status).unwrap(), body, false)
+        classify(StatusCode::from_u16(status).unwrap(), body)
     }
 
     const QUOTA_MINUTE: &str = r#"{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaMetric":"m","quotaId":"GenerateRequestsPerMinutePerProjectPerModel-FreeTier","quotaDimensions":{"location":"global","model":"gemini-2.5-flash"}}]}"#;
@@ -288,21 +333,73 @@ mod tests {
     }
 
     #[test]
-    fn row_403_suspended_takes_the_key_out_but_not_for_a_resource() {
+    fn row_403_with_a_key_level_reason_takes_the_key_out() {
+        for reason in [
+            "CONSUMER_SUSPENDED",
+            "API_KEY_SERVICE_BLOCKED",
+            "SERVICE_DISABLED",
+        ] {
+            let b = body(
+                403,
+                "PERMISSION_DENIED",
+                &format!(
+                    r#"{{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"{reason}","domain":"googleapis.com"}}"#
+                ),
+            );
+            assert_eq!(v(403, &b), Verdict::Invalid(reason.into()), "{reason}");
+        }
+        // The key-level reason wins wherever it sits among the details.
         let b = body(
             403,
             "PERMISSION_DENIED",
-            r#"{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"CONSUMER_SUSPENDED"}"#,
+            r#"{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"IAM_PERMISSION_DENIED"},{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"CONSUMER_SUSPENDED"}"#,
         );
         assert_eq!(v(403, &b), Verdict::Invalid("CONSUMER_SUSPENDED".into()));
-        assert_eq!(
-            v(403, &body(403, "PERMISSION_DENIED", "")),
-            Verdict::Invalid("PERMISSION_DENIED".into())
+    }
+
+    #[test]
+    fn row_any_other_403_is_the_requests_fault_and_not_retried() {
+        // A resumable-upload chunk or a file that reached a key which does not own it.
+        let not_yours = br#"{"error":{"code":403,"message":"You do not have permission to access the File abc or it may not exist.","status":"PERMISSION_DENIED"}}"#;
+        let iam = body(
+            403,
+            "PERMISSION_DENIED",
+            r#"{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"IAM_PERMISSION_DENIED"}"#,
         );
-        assert_eq!(
-            classify(StatusCode::FORBIDDEN, &b, true),
-            Verdict::ClientError
-        );
+        for b in [&not_yours[..], &iam, b"", b"<html>Forbidden</html>"] {
+            let verdict = v(403, b);
+            assert_eq!(
+                verdict,
+                Verdict::ClientError,
+                "{}",
+                String::from_utf8_lossy(b)
+            );
+            assert!(!verdict.retry_elsewhere());
+            assert_eq!(verdict.outcome(), Outcome::ClientError);
+        }
+    }
+
+    #[test]
+    fn a_huge_or_odd_retry_delay_saturates_instead_of_panicking() {
+        for (delay, expected) in [
+            ("1e30s", Some(MAX_RETRY_DELAY)),
+            ("1e400s", Some(MAX_RETRY_DELAY)),
+            ("infs", Some(MAX_RETRY_DELAY)),
+            ("200000s", Some(MAX_RETRY_DELAY)),
+            ("NaNs", None),
+            ("-5s", None),
+            ("5", None),
+        ] {
+            let detail = format!(
+                r#"{{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"{delay}"}}"#
+            );
+            let verdict = v(429, &body(429, "RESOURCE_EXHAUSTED", &detail));
+            let want = match expected {
+                Some(d) => Verdict::Rest(RestFor::Delay(d), RestReason::RateLimited),
+                None => Verdict::Rest(RestFor::Default, RestReason::RateLimited),
+            };
+            assert_eq!(verdict, want, "{delay}");
+        }
     }
 
     #[test]

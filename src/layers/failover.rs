@@ -13,8 +13,12 @@
 //!   they are passed on; the last one reaches the client with Google's status and body.
 //! - Requests bound to one key (a file or cached content) are not replayed elsewhere: no other key
 //!   can see the resource.
+//! - Only what cannot bill twice is replayed by default (see [`crate::replay`]): connect
+//!   failures, 429, 503 overloaded, an invalid key. Time-outs and broken connections after the
+//!   request was sent, and 500/502/504, are replayed only with `gemini.retry_on_timeout`, and
+//!   never for a request that creates a resource.
 //!
-//! Config: `gemini.max_retries`, `gemini.default_retry_delay_seconds`,
+//! Config: `gemini.max_retries`, `gemini.retry_on_timeout`, `gemini.default_retry_delay_seconds`,
 //! `gemini.unusable_rest_seconds`.
 
 use std::future::Future;
@@ -32,11 +36,13 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::body::GatewayBody;
+use crate::deadline;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::key_pool::verdict::{RestFor, Verdict, classify};
 use crate::key_pool::{BoundKey, KeyOutcome, RestReason, SelectedKey, TriedKeys};
 use crate::metrics::{AttemptResult, Metrics, RetryReason};
+use crate::replay::{ReplayPolicy, creates_resource};
 use crate::route::Route;
 use crate::time::until_pacific_midnight;
 use crate::trace::{AttemptTrace, RequestTrace};
@@ -110,12 +116,14 @@ where
     let gemini = &live.config.gemini;
     let bound = req.extensions().get::<BoundKey>().is_some();
     let max_retries = if bound { 0 } else { gemini.max_retries };
-    let model: Arc<str> = req
-        .extensions()
-        .get::<Route>()
+    let route = req.extensions().get::<Route>();
+    let model: Arc<str> = route
         .and_then(|r| r.model.clone())
         .unwrap_or_else(|| Arc::from(""));
-    let about_resource = bound || names_resource(req.uri().path());
+    let replay = ReplayPolicy {
+        retry_on_timeout: gemini.retry_on_timeout,
+        creates_resource: creates_resource(req.method(), req.uri().path(), route.map(|r| r.api)),
+    };
     let (parts, body) = req.into_parts();
 
     let mut tried: Vec<Arc<str>> = Vec::new();
@@ -142,7 +150,8 @@ where
                 };
                 telemetry.failed(gateway.metrics(), &e);
                 gateway.store().record(&key, KeyOutcome::ServerError);
-                if last_attempt {
+                let never_sent = matches!(e, GatewayError::UpstreamConnect { .. });
+                if last_attempt || !(never_sent || replay.replay_unknown_outcome()) {
                     return Err(e);
                 }
                 gateway.metrics().retry(retry_reason_for_error(&e));
@@ -167,12 +176,13 @@ where
             Ok(collected) => collected.to_bytes(),
             Err(_) => Bytes::new(),
         };
-        let verdict = classify(status, &bytes, about_resource);
+        let verdict = classify(status, &bytes);
         apply(&gateway, &key.0.id, &model, &verdict, gemini);
         let bytes = scrub(bytes, key.0.secret.expose(), &key.0.id);
         res_parts.headers.remove(header::CONTENT_LENGTH);
         let answer = Response::from_parts(res_parts, GatewayBody::full(bytes));
-        if !verdict.retry_elsewhere() || last_attempt {
+        let replayable = verdict.refused_before_processing() || replay.replay_unknown_outcome();
+        if !verdict.retry_elsewhere() || !replayable || last_attempt {
             return Ok(answer);
         }
         if let Some(reason) = retry_reason(&verdict) {
@@ -218,7 +228,7 @@ fn apply(
                 ?reason,
                 "key rests for model"
             );
-            store.rest(key, model, Instant::now() + rest, *reason);
+            store.rest(key, model, deadline::after(Instant::now(), rest), *reason);
             gateway.metrics().cooldown(key, *reason);
         }
         Verdict::Invalid(reason) => {
@@ -227,11 +237,6 @@ fn apply(
         }
         _ => {}
     }
-}
-
-/// Whether the path names a file or cached content (whose 403 means "not yours").
-pub fn names_resource(path: &str) -> bool {
-    path.contains("/files/") || path.contains("/cachedContents/")
 }
 
 /// 50 ms × attempt, ±50 % jitter, at most 1 s.

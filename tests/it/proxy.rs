@@ -195,7 +195,15 @@ async fn upstream_errors_pass_through_unchanged() {
     let h = Harness::start_with(MockOptions::default(), |c| c.gemini.max_retries = 0).await;
     let direct = http1_client();
     for code in [
-        "429", "429-day", "503", "500", "400", "404", "403", "400-key",
+        "429",
+        "429-day",
+        "503",
+        "500",
+        "400",
+        "404",
+        "403-resource",
+        "403",
+        "400-key",
     ] {
         let path = format!("/v1beta/models/m-{code}:generateContent");
         let mut req = request(Method::POST, &h.url(&path), GENERATE_BODY);
