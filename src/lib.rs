@@ -14,6 +14,7 @@ pub mod body;
 pub mod cli;
 pub mod client_addr;
 pub mod config;
+pub mod connection;
 pub mod console;
 pub mod deadline;
 pub mod error;

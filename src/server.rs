@@ -8,9 +8,20 @@
 //!
 //! Every accepted socket gets `TCP_NODELAY`. `server.max_connections` caps open client connections
 //! (further ones wait in the listen backlog). `server.header_read_timeout_seconds` closes HTTP/1.1
-//! connections that never finish their headers. On shutdown the listeners close at once, running
-//! requests and streams finish, and after `server.shutdown_grace_seconds` whatever is left is cut.
+//! connections that never finish their headers; `server.idle_connection_timeout_seconds` closes
+//! any connection with no request in progress (see [`crate::connection`]), on both listeners.
+//! HTTP/2 connections are bounded by `server.http2` (streams, header list size, resets).
+//!
+//! The admin listener holds [`ADMIN_CONNECTIONS`] connections and keeps [`ADMIN_RESERVE`] more
+//! for when those are all taken (a flood of idle connections): it never stops accepting, and a
+//! connection taken on the reserve must send its request within [`RESERVE_IDLE_TIMEOUT`]; when
+//! the reserve is full too, its oldest connection makes room. So a `/health` probe, which asks
+//! at once, is answered while the listener is flooded.
+//!
+//! On shutdown the listeners close at once, running requests and streams finish, and after
+//! `server.shutdown_grace_seconds` whatever is left is cut.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
@@ -24,14 +35,15 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::{AbortHandle, JoinSet};
 use tower::{Service, ServiceExt};
 
 use crate::body::BoxError;
 use crate::client_addr::ClientAddr;
+use crate::config::Http2Config;
+use crate::connection::{self, Activity, Tracked};
 use crate::gateway::{Gateway, Live};
 use crate::metrics::{Listener, Metrics};
 use crate::tls::TlsAcceptor;
@@ -47,11 +59,23 @@ pub struct Server {
     tasks: JoinSet<()>,
 }
 
+/// Connections the admin listener holds (besides its reserve).
+pub const ADMIN_CONNECTIONS: usize = 256;
+/// Connections the admin listener keeps in reserve for probes when the others are all taken.
+pub const ADMIN_RESERVE: usize = 16;
+/// How long a connection taken on the reserve may stay idle (probes ask at once).
+pub const RESERVE_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How one listener serves its connections.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ServeOptions {
     max_connections: usize,
+    /// Connections accepted beyond `max_connections` (see the module docs); `0`: none, further
+    /// connections wait in the listen backlog.
+    reserve: usize,
     header_read_timeout: Duration,
+    idle_timeout: Duration,
+    http2: Http2Config,
     shutdown_grace: Duration,
 }
 
@@ -80,7 +104,10 @@ impl Server {
         };
         let proxy_opts = ServeOptions {
             max_connections: cfg.server.max_connections,
+            reserve: 0,
             header_read_timeout: cfg.server.header_read_timeout(),
+            idle_timeout: cfg.server.idle_connection_timeout(),
+            http2: cfg.server.http2.clone(),
             shutdown_grace: cfg.server.shutdown_grace(),
         };
         let proxy_addr = proxy.local_addr()?;
@@ -107,7 +134,7 @@ impl Server {
         tasks.spawn(serve(
             proxy,
             stack::build::<Incoming>(gateway.clone()),
-            proxy_opts,
+            proxy_opts.clone(),
             watch_rx.clone(),
             tls,
             Some((gateway.metrics().clone(), Listener::Proxy)),
@@ -115,7 +142,7 @@ impl Server {
         if let Some((listener, service)) = acme_http {
             let opts = ServeOptions {
                 max_connections: 256,
-                ..proxy_opts
+                ..proxy_opts.clone()
             };
             tasks.spawn(serve(listener, service, opts, watch_rx.clone(), None, None));
         }
@@ -128,7 +155,8 @@ impl Server {
         }
         if let Some(admin) = admin {
             let opts = ServeOptions {
-                max_connections: 256,
+                max_connections: ADMIN_CONNECTIONS,
+                reserve: ADMIN_RESERVE,
                 ..proxy_opts
             };
             tasks.spawn(serve(
@@ -211,7 +239,7 @@ async fn serve<S, B>(
     listener: TcpListener,
     service: S,
     opts: ServeOptions,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     tls: Option<Arc<TlsAcceptor>>,
     // Counts this listener's connections in `gem_proxy_connections_*`.
     connections: Option<(Arc<Metrics>, Listener)>,
@@ -232,19 +260,32 @@ async fn serve<S, B>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(30));
+        .keep_alive_interval(Duration::from_secs(30))
+        .max_concurrent_streams(opts.http2.max_concurrent_streams)
+        .max_header_list_size(opts.http2.max_header_list_bytes)
+        .max_pending_accept_reset_streams(opts.http2.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(opts.http2.max_local_error_reset_streams);
     let builder = Arc::new(builder);
     let limit = Arc::new(Semaphore::new(opts.max_connections));
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a clone; when all are gone, every connection has ended.
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+    let mut reserve: VecDeque<AbortHandle> = VecDeque::with_capacity(opts.reserve);
+    let mut stop_rx = shutdown.clone();
     let stop = async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
+        let _ = stop_rx.wait_for(|stop| *stop).await;
     };
     tokio::pin!(stop);
 
     loop {
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            () = &mut stop => break,
+        // Without a reserve, wait for room before accepting: further clients queue in the
+        // backlog. With one, always accept (see the module docs).
+        let waited = if opts.reserve == 0 {
+            tokio::select! {
+                permit = limit.clone().acquire_owned() => Some(permit.expect("the semaphore is never closed")),
+                () = &mut stop => break,
+            }
+        } else {
+            None
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -261,45 +302,83 @@ async fn serve<S, B>(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set TCP_NODELAY failed");
         }
-        // The connection counts as open for as long as its permit is held.
-        let permit = (
+        let permit = waited.or_else(|| limit.clone().try_acquire_owned().ok());
+        let on_reserve = permit.is_none();
+        if on_reserve {
+            reserve.retain(|h| !h.is_finished());
+            if reserve.len() >= opts.reserve
+                && let Some(oldest) = reserve.pop_front()
+            {
+                oldest.abort();
+            }
+        }
+        let idle_timeout = if on_reserve {
+            opts.idle_timeout.min(RESERVE_IDLE_TIMEOUT)
+        } else {
+            opts.idle_timeout
+        };
+        // The connection counts as open for as long as its task holds this.
+        let held = (
             permit,
             connections.as_ref().map(|(m, l)| m.connection_opened(*l)),
+            open_tx.clone(),
         );
+        let activity = Activity::new();
         let service = service.clone();
-        let hyper_service = service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(ClientAddr(peer));
-            service.clone().oneshot(req)
-        });
-        if let Some(tls) = &tls {
-            // The handshake happens in the connection's task, never here in the accept loop.
-            let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
-            tokio::spawn(async move {
-                if let Some(stream) = tls.accept(stream, peer).await {
-                    let conn = builder
-                        .serve_connection(TokioIo::new(stream), hyper_service)
-                        .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
+        let hyper_service = {
+            let activity = activity.clone();
+            service_fn(move |mut req: Request<Incoming>| {
+                let request = activity.begin();
+                req.extensions_mut().insert(ClientAddr(peer));
+                let call = service.clone().oneshot(req);
+                async move {
+                    let res = call.await?;
+                    Ok::<_, Infallible>(res.map(|body| Tracked::new(body, request)))
                 }
-                drop(permit);
-            });
-            continue;
-        }
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), hyper_service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            })
+        };
+        let (tls, builder, shutdown) = (tls.clone(), builder.clone(), shutdown.clone());
+        let task = tokio::spawn(async move {
+            let result = match tls {
+                // The handshake happens in the connection's task, never in the accept loop.
+                Some(tls) => match tls.accept(stream, peer).await {
+                    Some(stream) => {
+                        let conn = builder.serve_connection(TokioIo::new(stream), hyper_service);
+                        connection::drive(
+                            conn,
+                            |c| c.graceful_shutdown(),
+                            &activity,
+                            idle_timeout,
+                            shutdown,
+                        )
+                        .await
+                    }
+                    None => Ok(()),
+                },
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), hyper_service);
+                    connection::drive(
+                        conn,
+                        |c| c.graceful_shutdown(),
+                        &activity,
+                        idle_timeout,
+                        shutdown,
+                    )
+                    .await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            drop(permit);
+            drop(held);
         });
+        if on_reserve {
+            reserve.push_back(task.abort_handle());
+        }
     }
     drop(listener);
-    if tokio::time::timeout(opts.shutdown_grace, graceful.shutdown())
+    drop(open_tx);
+    if tokio::time::timeout(opts.shutdown_grace, open_rx.recv())
         .await
         .is_err()
     {

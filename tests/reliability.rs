@@ -193,3 +193,148 @@ async fn connect_failures_are_replayed() {
         assert_eq!(key_state(&v, id)["errors"]["server"], 1, "{id} tried: {v}");
     }
 }
+
+mod idle_connections {
+    use std::time::Duration;
+
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::time::Instant;
+
+    use super::*;
+
+    const IDLE: u64 = 5;
+
+    async fn harness() -> Harness {
+        Harness::start_with(MockOptions::default(), |c| {
+            c.server.idle_connection_timeout_seconds = IDLE;
+        })
+        .await
+    }
+
+    /// Reads until the gateway closes the connection; returns what it sent.
+    async fn read_to_close(conn: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        within(
+            "the gateway closes the connection",
+            conn.read_to_end(&mut got),
+        )
+        .await
+        .unwrap_or(0);
+        got
+    }
+
+    /// A client that connects and never sends a byte is closed after the idle timeout, on the
+    /// proxy and the admin listener alike. Paused time.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_closed_after_the_idle_timeout() {
+        let h = harness().await;
+        for addr in [h.server.proxy_addr(), h.server.admin_addr().unwrap()] {
+            let started = Instant::now();
+            let mut silent = TcpStream::connect(addr).await.unwrap();
+            assert!(read_to_close(&mut silent).await.is_empty());
+            assert!(started.elapsed() >= Duration::from_secs(IDLE), "{addr}");
+        }
+    }
+
+    /// A kept-alive HTTP/1.1 connection is closed once it has been idle for the timeout after
+    /// its last answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_alive_connection_is_closed_after_the_idle_timeout() {
+        let h = harness().await;
+        let mut conn = TcpStream::connect(h.server.proxy_addr()).await.unwrap();
+        conn.write_all(b"GET /v1beta/models HTTP/1.1\r\nhost: gw\r\n\r\n")
+            .await
+            .unwrap();
+        let mut first = [0u8; 12];
+        conn.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        let answered = Instant::now();
+        read_to_close(&mut conn).await;
+        assert!(answered.elapsed() >= Duration::from_secs(IDLE));
+    }
+
+    /// An HTTP/2 connection that only answers pings is idle: the gateway ends it (GOAWAY).
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_that_only_pings_is_closed() {
+        let h = harness().await;
+        let io = TokioIo::new(TcpStream::connect(h.server.proxy_addr()).await.unwrap());
+        let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_while_idle(true)
+            .handshake::<_, Full<Bytes>>(io)
+            .await
+            .unwrap();
+        let conn = tokio::spawn(conn);
+        let res = send
+            .send_request(
+                Request::get(h.url("/v1beta/models"))
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        drop(res);
+        let answered = Instant::now();
+        within("GOAWAY", conn).await.unwrap().unwrap();
+        assert!(answered.elapsed() >= Duration::from_secs(IDLE));
+    }
+
+    /// A stream that runs longer than the idle timeout is a request in progress: never cut.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_stream_is_not_idle() {
+        let h = Harness::start_with(
+            MockOptions {
+                chunks: 4,
+                chunk_delay: Duration::from_secs(3),
+                ..MockOptions::default()
+            },
+            |c| c.server.idle_connection_timeout_seconds = IDLE,
+        )
+        .await;
+        let (status, _, body) = h
+            .post(
+                "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+                GENERATE_BODY,
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            String::from_utf8_lossy(&body).matches("data: ").count(),
+            4,
+            "every event arrived"
+        );
+    }
+
+    /// Every regular admin connection taken by idle clients: a `/health` probe on a new
+    /// connection is still answered (the reserve), long before the idle ones time out.
+    #[tokio::test(start_paused = true)]
+    async fn health_probes_are_answered_while_idle_clients_fill_the_admin_listener() {
+        let h = Harness::start_with(MockOptions::default(), |c| {
+            c.server.idle_connection_timeout_seconds = 3600;
+        })
+        .await;
+        let admin = h.server.admin_addr().unwrap();
+        let mut idle = Vec::new();
+        for _ in 0..gem_proxy::server::ADMIN_CONNECTIONS + 2 * gem_proxy::server::ADMIN_RESERVE {
+            idle.push(TcpStream::connect(admin).await.unwrap());
+        }
+        for _ in 0..3 {
+            let mut probe = TcpStream::connect(admin).await.unwrap();
+            probe
+                .write_all(b"GET /health HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let answer = read_to_close(&mut probe).await;
+            assert!(
+                answer.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        drop(idle);
+    }
+}

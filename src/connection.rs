@@ -1,0 +1,223 @@
+//! One client connection's life: how long it may sit idle, and how it ends.
+//!
+//! A connection is *idle* while no request on it is in progress — before its first request
+//! arrives (a client that connects and says nothing), between requests on a kept-alive
+//! connection, and on an HTTP/2 connection that only answers pings. After
+//! `server.idle_connection_timeout_seconds` of that it is closed: gracefully first (HTTP/2
+//! `GOAWAY`, HTTP/1.1 close), then, if the client holds it open anyway (half a request's
+//! headers, a slowloris), cut after [`CLOSE_GRACE`].
+//!
+//! A request is in progress from the moment its headers are in until its response body has been
+//! sent (or dropped): a long stream never counts as idle.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::sync::watch;
+
+/// How long a connection asked to close (idle, or the server shutting down an idle one) may take
+/// before it is cut.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Requests {
+    in_progress: usize,
+    /// Requests begun so far: tells a new request from the end of an old one.
+    begun: u64,
+}
+
+/// The requests in progress on one connection.
+#[derive(Debug)]
+pub struct Activity {
+    requests: watch::Sender<Requests>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            requests: watch::Sender::new(Requests::default()),
+        }
+    }
+}
+
+impl Activity {
+    /// A new connection's activity: idle.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// A request has begun; it is in progress until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InProgress {
+        self.requests.send_modify(|r| {
+            r.in_progress += 1;
+            r.begun += 1;
+        });
+        InProgress(self.clone())
+    }
+
+    /// Resolves once no request has been in progress for `timeout`.
+    pub async fn idle_for(&self, timeout: Duration) {
+        let mut rx = self.requests.subscribe();
+        loop {
+            let begun = match rx.wait_for(|r| r.in_progress == 0).await {
+                Ok(r) => r.begun,
+                // The sender lives as long as `self`: cannot happen.
+                Err(_) => return,
+            };
+            tokio::select! {
+                () = tokio::time::sleep(timeout) => return,
+                _ = rx.wait_for(|r| r.begun != begun) => {}
+            }
+        }
+    }
+}
+
+/// A request in progress (see [`Activity::begin`]).
+#[derive(Debug)]
+pub struct InProgress(Arc<Activity>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.requests.send_modify(|r| r.in_progress -= 1);
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request in progress until it is sent or dropped.
+    pub struct Tracked<B> {
+        #[pin]
+        inner: B,
+        _request: InProgress,
+    }
+}
+
+impl<B> Tracked<B> {
+    /// `inner`, counted as in progress by `request`.
+    pub fn new(inner: B, request: InProgress) -> Self {
+        Self {
+            inner,
+            _request: request,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Drives `conn` to its end: asks it to close (`graceful`) when `shutdown` turns true or when it
+/// has been idle for `idle_timeout`, and cuts it [`CLOSE_GRACE`] after an idle close if it has
+/// not ended by then. (After a shutdown, the server's own grace period applies instead.)
+pub async fn drive<C, E, F>(
+    conn: C,
+    mut graceful: F,
+    activity: &Activity,
+    idle_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+    F: FnMut(Pin<&mut C>),
+{
+    tokio::pin!(conn);
+    let idle = activity.idle_for(idle_timeout);
+    tokio::pin!(idle);
+    let cut = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(cut);
+    let (mut shutting_down, mut idle_closed) = (false, false);
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => return res,
+            _ = shutdown.wait_for(|stop| *stop), if !shutting_down => {
+                shutting_down = true;
+                graceful(conn.as_mut());
+            }
+            () = &mut idle, if !idle_closed => {
+                idle_closed = true;
+                graceful(conn.as_mut());
+                cut.as_mut().reset(crate::deadline::after(tokio::time::Instant::now(), CLOSE_GRACE));
+            }
+            () = &mut cut, if idle_closed => {
+                tracing::debug!("idle connection did not close when asked: cut");
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_means_no_request_in_progress_for_the_whole_timeout() {
+        let activity = Activity::new();
+        let t = Duration::from_secs(10);
+        let started = tokio::time::Instant::now();
+        activity.idle_for(t).await;
+        assert_eq!(
+            started.elapsed(),
+            t,
+            "a connection with no request is idle from the start"
+        );
+
+        // A request in progress keeps it busy however long it runs; the clock restarts when
+        // it ends.
+        let request = activity.begin();
+        let watcher = {
+            let activity = activity.clone();
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                activity.idle_for(t).await;
+                started.elapsed()
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        drop(request);
+        // Another short request 5 s later restarts the clock again.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(activity.begin());
+        assert_eq!(watcher.await.unwrap(), Duration::from_secs(100 + 5 + 10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_ignores_the_close_is_cut() {
+        let activity = Activity::new();
+        let (_tx, rx) = watch::channel(false);
+        let mut asked = 0;
+        let started = tokio::time::Instant::now();
+        let res: Result<(), ()> = drive(
+            std::future::pending(),
+            |_| asked += 1,
+            &activity,
+            Duration::from_secs(3),
+            rx,
+        )
+        .await;
+        assert!(res.is_ok());
+        assert_eq!(asked, 1);
+        assert_eq!(started.elapsed(), Duration::from_secs(3) + CLOSE_GRACE);
+    }
+}
