@@ -7,6 +7,12 @@ use std::sync::Arc;
 
 use http::Request;
 
+/// The longest model name accepted (longer ones are refused with 400 by the route and body-model
+/// layers). Google's model ids are a few dozen characters (the longest today, e.g.
+/// `gemini-2.5-flash-preview-native-audio-dialog`, has 44) and tuned-model ids at most 40
+/// (`tunedModels.create`); 128 leaves room for new names.
+pub const MAX_MODEL_NAME_BYTES: usize = 128;
+
 /// Which surface of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {

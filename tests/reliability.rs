@@ -338,3 +338,89 @@ mod idle_connections {
         drop(idle);
     }
 }
+
+/// A model name longer than any Google serves is refused at the edge, in the path or in the
+/// body, before it can reach the per-model key state.
+#[tokio::test]
+async fn overlong_model_names_are_refused() {
+    let h = Harness::start().await;
+    let long = "m".repeat(129);
+    let (status, _, body) = h
+        .post(
+            &format!("/v1beta/models/{long}:generateContent"),
+            GENERATE_BODY,
+        )
+        .await;
+    assert_google_error(status, &body, 400, "INVALID_ARGUMENT");
+    let (status, _, body) = h
+        .post(
+            "/v1beta/openai/chat/completions",
+            &format!(r#"{{"model":"{long}","messages":[]}}"#),
+        )
+        .await;
+    assert_google_error(status, &body, 400, "INVALID_ARGUMENT");
+    assert!(h.mock.requests().is_empty(), "nothing reached the upstream");
+    // 128 is still fine.
+    let ok = "m".repeat(128);
+    let (status, _, _) = h
+        .post(
+            &format!("/v1beta/models/{ok}:generateContent"),
+            GENERATE_BODY,
+        )
+        .await;
+    assert_ne!(status, 400);
+}
+
+/// Bodies buffered at once share `server.max_buffered_body_bytes`: while one large body is
+/// arriving, a second that would go over the budget is answered 503 with `Retry-After`; once the
+/// first is done, the second goes through.
+#[tokio::test]
+async fn buffered_bodies_share_one_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const MIB: usize = 1024 * 1024;
+    let h = Harness::start_with(MockOptions::default(), |c| {
+        c.server.max_request_body_bytes = MIB;
+        c.server.max_buffered_body_bytes = MIB + MIB / 2;
+    })
+    .await;
+    let big = format!(
+        r#"{{"contents":[{{"parts":[{{"text":"{}"}}]}}]}}"#,
+        "a".repeat(MIB - 100)
+    );
+    let mut slow = tokio::net::TcpStream::connect(h.server.proxy_addr())
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {FLASH} HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        big.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&big.as_bytes()[..1000]).await.unwrap();
+    // The first body holds its declared length; the second does not fit beside it.
+    let refused = within("the budget check", async {
+        loop {
+            let (status, headers, body) = h.post(FLASH, &big).await;
+            if status == 503 {
+                break (status, headers, body);
+            }
+        }
+    })
+    .await;
+    assert_google_error(refused.0, &refused.2, 503, "UNAVAILABLE");
+    assert_eq!(refused.1["retry-after"], "1");
+    // A small request still fits.
+    assert_eq!(h.post(FLASH, GENERATE_BODY).await.0, 200);
+
+    slow.write_all(&big.as_bytes()[1000..]).await.unwrap();
+    let mut answer = Vec::new();
+    within("the slow request's answer", slow.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..64.min(answer.len())])
+    );
+    assert_eq!(h.post(FLASH, &big).await.0, 200);
+}

@@ -11,8 +11,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use hashlink::LruCache;
 
 use serde::Serialize;
 use tokio::time::Instant;
@@ -162,6 +165,19 @@ pub trait KeyStateStore: Send + Sync + fmt::Debug {
     fn bind(&self, resource: &str, binding: Binding, expires: Instant);
     /// Who `resource` belongs to, if known and not expired.
     fn bound(&self, resource: &str, now: Instant) -> Option<Binding>;
+    /// How many bindings are held, and how many were dropped to stay within the cap.
+    fn binding_stats(&self) -> BindingStats {
+        BindingStats::default()
+    }
+}
+
+/// The affinity bindings a store holds (see [`KeyStateStore::binding_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BindingStats {
+    /// Bindings held now.
+    pub held: u64,
+    /// Bindings dropped, least recently used first, because the cap was reached.
+    pub evicted: u64,
 }
 
 /// Who a resource belongs to: the key (the Google project) that holds it — only that key can see
@@ -190,11 +206,28 @@ pub enum Admission {
 }
 
 /// The in-memory store: one process, nothing to install.
-#[derive(Debug, Default)]
+///
+/// Bounded whatever clients send: at most [`MAX_MODELS`] model names are remembered (the least
+/// recently used one without a rest makes room), and at most [`MAX_BINDINGS`] affinity
+/// bindings (least recently used first; counted in [`BindingStats::evicted`]).
+#[derive(Debug)]
 pub struct MemoryStore {
     keys: Mutex<Keys>,
-    bindings: Mutex<HashMap<Box<str>, (Binding, Instant)>>,
+    bindings: Mutex<LruCache<Box<str>, (Binding, Instant)>>,
+    bindings_evicted: AtomicU64,
 }
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_limits(MAX_MODELS, MAX_BINDINGS)
+    }
+}
+
+/// Model names a [`MemoryStore`] keeps state for, at most. Google serves a few dozen models; a
+/// client inventing names cannot grow memory (or slow picks) past this.
+pub const MAX_MODELS: usize = 256;
+/// Affinity bindings a [`MemoryStore`] keeps, at most (a binding is ~100 bytes).
+pub const MAX_BINDINGS: usize = 100_000;
 
 /// Key states by slot; slots are never reused, so a pool built before a reload stays valid.
 #[derive(Debug, Default)]
@@ -203,7 +236,12 @@ struct Keys {
     states: Vec<KeyState>,
     /// Model names interned to small numbers, so a pick compares numbers, not strings.
     models: HashMap<Arc<str>, u32>,
-    model_names: Vec<Arc<str>>,
+    /// By model number: its name and when it was last used (a tick of `clock`).
+    model_names: Vec<(Arc<str>, u64)>,
+    /// Numbers of evicted models, for reuse.
+    free_models: Vec<u32>,
+    clock: u64,
+    max_models: usize,
 }
 
 impl Keys {
@@ -222,14 +260,52 @@ impl Keys {
     }
 
     fn model(&mut self, model: &str) -> u32 {
+        self.clock += 1;
         if let Some(&id) = self.models.get(model) {
+            self.model_names[id as usize].1 = self.clock;
             return id;
         }
+        if self.models.len() >= self.max_models.max(1) {
+            self.evict_model();
+        }
         let name: Arc<str> = Arc::from(model);
-        let id = self.model_names.len() as u32;
-        self.model_names.push(name.clone());
+        let id = match self.free_models.pop() {
+            Some(id) => {
+                self.model_names[id as usize] = (name.clone(), self.clock);
+                id
+            }
+            None => {
+                self.model_names.push((name.clone(), self.clock));
+                (self.model_names.len() - 1) as u32
+            }
+        };
         self.models.insert(name, id);
         id
+    }
+
+    /// Forgets the least recently used model, preferring one no key rests for.
+    fn evict_model(&mut self) {
+        let now = Instant::now();
+        let resting = |id: u32| {
+            self.states.iter().any(|k| {
+                k.model(id)
+                    .and_then(|m| m.rest)
+                    .is_some_and(|(until, _)| until > now)
+            })
+        };
+        let Some(&victim) = self
+            .models
+            .values()
+            .min_by_key(|&&id| (resting(id), self.model_names[id as usize].1))
+        else {
+            return;
+        };
+        let name = self.model_names[victim as usize].0.clone();
+        self.models.remove(&name);
+        for k in &mut self.states {
+            k.models.retain(|(m, _)| *m != victim);
+        }
+        self.free_models.push(victim);
     }
 }
 
@@ -255,14 +331,25 @@ struct ModelState {
     rest: Option<(Instant, RestReason)>,
 }
 
-/// Bindings above this many are pruned of expired entries on the next insert.
-const PRUNE_BINDINGS_ABOVE: usize = 100_000;
 const MINUTE: Duration = Duration::from_secs(60);
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store with the default bounds ([`MAX_MODELS`], [`MAX_BINDINGS`]).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that remembers at most `max_models` model names and `max_bindings`
+    /// affinity bindings.
+    pub fn with_limits(max_models: usize, max_bindings: usize) -> Self {
+        Self {
+            keys: Mutex::new(Keys {
+                max_models,
+                ..Keys::default()
+            }),
+            bindings: Mutex::new(LruCache::new(max_bindings.max(1))),
+            bindings_evicted: AtomicU64::new(0),
+        }
     }
 
     fn keys(&self) -> MutexGuard<'_, Keys> {
@@ -515,7 +602,7 @@ impl KeyStateStore for MemoryStore {
             .filter_map(|(model, m)| {
                 let (until, reason) = m.rest?;
                 (until > now).then(|| RestStatus {
-                    model: keys.model_names[*model as usize].to_string(),
+                    model: keys.model_names[*model as usize].0.to_string(),
                     reason,
                     remaining_seconds: (until - now).as_secs_f64().ceil() as u64,
                 })
@@ -554,18 +641,35 @@ impl KeyStateStore for MemoryStore {
 
     fn bind(&self, resource: &str, binding: Binding, expires: Instant) {
         let mut b = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
-        if b.len() >= PRUNE_BINDINGS_ABOVE {
+        if b.len() >= b.capacity() && !b.contains_key(resource) {
+            // Make room: expired bindings first, then the least recently used.
             let now = Instant::now();
             b.retain(|_, (_, exp)| *exp > now);
+            if b.len() >= b.capacity() {
+                b.remove_lru();
+                self.bindings_evicted.fetch_add(1, Ordering::Relaxed);
+            }
         }
         b.insert(resource.into(), (binding, expires));
     }
 
     fn bound(&self, resource: &str, now: Instant) -> Option<Binding> {
-        let b = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
         b.get(resource)
             .filter(|(_, exp)| *exp > now)
             .map(|(binding, _)| binding.clone())
+    }
+
+    fn binding_stats(&self) -> BindingStats {
+        let held = self
+            .bindings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        BindingStats {
+            held: held as u64,
+            evicted: self.bindings_evicted.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -721,5 +825,75 @@ mod tests {
         assert_eq!(s.bound("files/abc", now), Some(binding));
         assert_eq!(s.bound("files/abc", now + Duration::from_secs(10)), None);
         assert_eq!(s.bound("files/zzz", now), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_model_names_stays_bounded_and_keeps_rests() {
+        let s = MemoryStore::with_limits(4, 10);
+        let now = Instant::now();
+        s.rest(
+            "k",
+            M,
+            now + Duration::from_secs(3600),
+            RestReason::ExhaustedToday,
+        );
+        for i in 0..1000 {
+            let model = format!("random-{i}");
+            assert_eq!(s.admit("k", &model, &rpm(10), now, true), Admission::Yes);
+        }
+        {
+            let keys = s.keys();
+            assert!(keys.models.len() <= 4, "{}", keys.models.len());
+            assert!(keys.states.iter().all(|k| k.models.len() <= 4));
+            assert!(keys.model_names.len() <= 4);
+        }
+        // The resting model was never the one evicted.
+        assert_eq!(
+            s.admit("k", M, &KeyLimits::default(), now, true),
+            Admission::NotUntil(now + Duration::from_secs(3600))
+        );
+        // A model evicted and seen again starts afresh, under its own name.
+        assert_eq!(
+            s.admit("k", "random-0", &rpm(10), now, true),
+            Admission::Yes
+        );
+        assert_eq!(s.status("k", now).resting[0].model, M);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bindings_are_capped_least_recently_used_first() {
+        let s = MemoryStore::with_limits(4, 3);
+        let now = Instant::now();
+        let later = now + Duration::from_secs(3600);
+        let to = |key: &str| Binding {
+            key: key.into(),
+            owner: None,
+        };
+        for r in ["files/a", "files/b", "files/c"] {
+            s.bind(r, to("k1"), later);
+        }
+        // Reading `a` makes `b` the least recently used.
+        assert!(s.bound("files/a", now).is_some());
+        s.bind("files/d", to("k2"), later);
+        assert_eq!(s.bound("files/b", now), None);
+        for r in ["files/a", "files/c", "files/d"] {
+            assert!(s.bound(r, now).is_some(), "{r}");
+        }
+        assert_eq!(
+            s.binding_stats(),
+            BindingStats {
+                held: 3,
+                evicted: 1
+            }
+        );
+        // Expired bindings make room before a live one is dropped.
+        s.bind("files/short", to("k1"), now + Duration::from_secs(1));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        s.bind("files/e", to("k1"), later);
+        assert_eq!(
+            s.binding_stats().evicted,
+            2,
+            "files/short had expired: no live binding dropped for files/e"
+        );
     }
 }

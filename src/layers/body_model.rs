@@ -24,7 +24,7 @@ use tower::{Layer, Service};
 use super::ShortCircuit;
 use crate::auth::{Client, ModelPolicy};
 use crate::error::GatewayError;
-use crate::route::{Api, Route};
+use crate::route::{Api, MAX_MODEL_NAME_BYTES, Route};
 
 /// Applies [`BodyModel`].
 #[derive(Debug, Clone, Default)]
@@ -222,6 +222,11 @@ where
             }
             (BodyModelOf::One(model), None) => model,
         };
+        if model.len() > MAX_MODEL_NAME_BYTES {
+            return ShortCircuit::ready(Err(GatewayError::ModelNameTooLong {
+                limit: MAX_MODEL_NAME_BYTES,
+            }));
+        }
         if let Some(client) = req.extensions().get::<Client>()
             && !client.allows_model(&model)
         {

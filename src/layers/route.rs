@@ -8,6 +8,9 @@
 //!
 //! Unknown paths under a known version pass through: Google adds endpoints often.
 //!
+//! A model name longer than [`MAX_MODEL_NAME_BYTES`] is answered 400 `INVALID_ARGUMENT`: no such
+//! model exists, and made-up names must not reach the per-model key state.
+//!
 //! A path the gateway cannot classify with certainty ([`Route::ambiguity`]) is refused with 400
 //! `INVALID_ARGUMENT` rather than forwarded: dot segments
 //! (`models/gemini-2.5-flash/../gemini-2.5-pro:…`, also as `%2e%2e`), encoded slashes or
@@ -22,7 +25,7 @@ use tower::{Layer, Service};
 
 use super::ShortCircuit;
 use crate::error::GatewayError;
-use crate::route::{AmbiguousPath, Route};
+use crate::route::{AmbiguousPath, MAX_MODEL_NAME_BYTES, Route};
 
 /// Applies [`Routing`].
 #[derive(Debug, Clone, Default)]
@@ -70,6 +73,16 @@ where
         }
         Route::ensure(&mut req);
         match req.extensions().get::<Route>() {
+            Some(route)
+                if route
+                    .model
+                    .as_ref()
+                    .is_some_and(|m| m.len() > MAX_MODEL_NAME_BYTES) =>
+            {
+                ShortCircuit::ready(Err(GatewayError::ModelNameTooLong {
+                    limit: MAX_MODEL_NAME_BYTES,
+                }))
+            }
             Some(_) => ShortCircuit::inner(self.inner.call(req)),
             None => ShortCircuit::ready(Err(GatewayError::NotFound {
                 method: req.method().clone(),

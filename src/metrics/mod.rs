@@ -24,6 +24,7 @@
 //! | `gem_proxy_key_cooldown_remaining_seconds` | gauge: longest rest left over its models | `key_id` |
 //! | `gem_proxy_keys` | gauge: keys per state | `state` |
 //! | `gem_proxy_key_requests_total`, `gem_proxy_key_errors_total`, `gem_proxy_key_tokens_total` | counters kept by the key-state store | `key_id` (+ `kind`) |
+//! | `gem_proxy_affinity_bindings` / `gem_proxy_affinity_bindings_evicted_total` | gauge / counter: bindings held, and dropped at the cap (least recently used) | — |
 //! | `gem_proxy_connections_open` / `gem_proxy_connections_total` | gauge / counter | `listener` (`proxy`, `admin`) |
 //! | `gem_proxy_tls_certificate_expiry_timestamp_seconds` | gauge, once TLS reports it | — |
 //! | `gem_proxy_client_requests_total`, `gem_proxy_client_tokens_total` | counters, only with `metrics.per_client` | `client`, `status_class` / `kind` |
@@ -852,6 +853,26 @@ fn register_observers(m: &Meter, gateway: Weak<Gateway>) {
                         ],
                     );
                 }
+            }
+        })
+        .build();
+    let g = gateway.clone();
+    m.i64_observable_gauge("gem_proxy.affinity.bindings")
+        .with_description("Affinity bindings (file, cached content, upload → key) held.")
+        .with_callback(move |o| {
+            if let Some(gw) = g.upgrade() {
+                o.observe(gw.store().binding_stats().held as i64, &[]);
+            }
+        })
+        .build();
+    let g = gateway.clone();
+    m.u64_observable_counter("gem_proxy.affinity.bindings.evicted")
+        .with_description(
+            "Affinity bindings dropped (least recently used first) to stay within the cap.",
+        )
+        .with_callback(move |o| {
+            if let Some(gw) = g.upgrade() {
+                o.observe(gw.store().binding_stats().evicted, &[]);
             }
         })
         .build();
