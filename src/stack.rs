@@ -5,52 +5,55 @@
 //!
 //! 1. **catch-panic** (tower-http) — a bug in any layer below becomes a Google-shaped 500 for that
 //!    request instead of a dropped connection.
-//! 2. **set request id** (tower-http, [`CounterRequestId`]) — `x-request-id`, kept when the client
+//! 2. **compression** (tower-http, [`compression::layer`]) — gzip towards clients that accept
+//!    it, except streams; outermost so every layer inside, and the upstream request (always
+//!    `Accept-Encoding: identity`), deals in plain bytes.
+//! 3. **set request id** (tower-http, [`CounterRequestId`]) — `x-request-id`, kept when the client
 //!    sent one, so everything below can name the request.
-//! 3. **propagate request id** (tower-http) — echoes it on the response, errors included.
-//! 4. **access log** ([`AccessLogLayer`]) — outside the error layer so it sees the final status of
+//! 4. **propagate request id** (tower-http) — echoes it on the response, errors included.
+//! 5. **access log** ([`AccessLogLayer`]) — outside the error layer so it sees the final status of
 //!    every request; writes its line when the response body ends.
-//! 5. **metrics** ([`MetricsLayer`]) — right inside the access log, for the same reasons: it sees
+//! 6. **metrics** ([`MetricsLayer`]) — right inside the access log, for the same reasons: it sees
 //!    every request and its final status, and records it (Prometheus series, `/performance`,
 //!    `/errors`) when the response body ends, so streams count with their whole duration.
-//! 6. **trace** ([`TraceLayer`]) — a span per request (OTLP, when `metrics.otlp.enabled`),
+//! 7. **trace** ([`TraceLayer`]) — a span per request (OTLP, when `metrics.otlp.enabled`),
 //!    continuing the client's `traceparent`; ends with the response body. Outside the error layer
 //!    so the span carries the final status.
-//! 7. **sensitive headers** (tower-http) — marks `Authorization` and `x-goog-api-key` sensitive so no
+//! 8. **sensitive headers** (tower-http) — marks `Authorization` and `x-goog-api-key` sensitive so no
 //!    `Debug` of a request below can print a credential.
-//! 8. **error response** ([`ErrorResponseLayer`]) — the one place a [`GatewayError`] becomes a
+//! 9. **error response** ([`ErrorResponseLayer`]) — the one place a [`GatewayError`] becomes a
 //!    Google-shaped response; every layer below returns `Result<_, GatewayError>`.
-//! 9. **route** ([`RouteLayer`]) — classifies the path (API, version, model); 404 before any body is
-//!    read, 400 for a path it cannot classify with certainty (dot segments, encoded slashes).
-//! 10. **auth** ([`AuthLayer`]) — checks the client's token (JWT) when `auth.enabled`; 401 / 403
+//! 10. **route** ([`RouteLayer`]) — classifies the path (API, version, model); 404 before any body is
+//!     read, 400 for a path it cannot classify with certainty (dot segments, encoded slashes).
+//! 11. **auth** ([`AuthLayer`]) — checks the client's token (JWT) when `auth.enabled`; 401 / 403
 //!     (model not allowed) before any body is read. After route because the model policy needs
 //!     the model.
-//! 11. **client stats** ([`ClientStatsLayer`]) — right inside auth, the first place the client is
+//! 12. **client stats** ([`ClientStatsLayer`]) — right inside auth, the first place the client is
 //!     known: names it on the span and, with `metrics.per_client`, counts its requests (its
 //!     client-limit rejections included).
-//! 12. **client limit** ([`ClientLimitLayer`]) — per-client requests per minute (GCRA), keyed by
+//! 13. **client limit** ([`ClientLimitLayer`]) — per-client requests per minute (GCRA), keyed by
 //!     token subject, or by client IP when auth is off; 429 before any body is read. After auth
 //!     so an unauthenticated flood cannot spend a real client's budget.
-//! 13. **buffer body** ([`BufferBodyLayer`]) — reads the body (≤ `server.max_request_body_bytes`)
+//! 14. **buffer body** ([`BufferBodyLayer`]) — reads the body (≤ `server.max_request_body_bytes`)
 //!     so an attempt can be replayed; 413 / 408.
-//! 14. **body model** ([`BodyModelLayer`]) — the model named in a JSON body (OpenAI-compatible
+//! 15. **body model** ([`BodyModelLayer`]) — the model named in a JSON body (OpenAI-compatible
 //!     surface, cached-content creation) completes the route's model and is checked against the
 //!     token's `models`; 403, or 400 for a body it cannot read with certainty (`model` twice).
 //!     Right after buffer body: the first place the body is there.
-//! 15. **affinity** ([`AffinityLayer`]) — binds requests about a file or cached content to the
+//! 16. **affinity** ([`AffinityLayer`]) — binds requests about a file or cached content to the
 //!     key that created it (only that key can see it) and, with auth, to the client that created
 //!     it (others get 404, listings are filtered), and learns new bindings from answers. After
 //!     buffer body because it reads the body for file and cache references.
-//! 16. **failover** ([`FailoverLayer`]) — reads what Google's answer means for the key (rest,
+//! 17. **failover** ([`FailoverLayer`]) — reads what Google's answer means for the key (rest,
 //!     invalid, overloaded…), applies it, and replays the buffered request on another key while
 //!     nothing has reached the client. Above key balance so each attempt picks afresh. Records
 //!     each attempt (duration, result, span) and each retry.
-//! 17. **key balance** ([`KeyBalanceLayer`]) — weighted pick over the keys with headroom for the
+//! 18. **key balance** ([`KeyBalanceLayer`]) — weighted pick over the keys with headroom for the
 //!     model; 429 with `Retry-After` when none has.
-//! 18. **usage** ([`UsageLayer`]) — taps successful answers for `usageMetadata` (tokens per key,
+//! 19. **usage** ([`UsageLayer`]) — taps successful answers for `usageMetadata` (tokens per key,
 //!     model and client; `gen_ai.usage.*` on the span) without buffering them. Inside key
 //!     balance: it needs the key.
-//! 19. **upstream** ([`Upstream`]) — strips client credentials and hop-by-hop headers, injects the
+//! 20. **upstream** ([`Upstream`]) — strips client credentials and hop-by-hop headers, injects the
 //!     key (and the attempt's `traceparent` when tracing), sends, streams the answer back.
 //!
 //! Request extensions (who inserts → who reads):
@@ -100,6 +103,7 @@ use crate::layers::body_model::BodyModelLayer;
 use crate::layers::buffer_body::BufferBodyLayer;
 use crate::layers::client_limit::ClientLimitLayer;
 use crate::layers::client_stats::ClientStatsLayer;
+use crate::layers::compression;
 use crate::layers::error_response::ErrorResponseLayer;
 use crate::layers::failover::FailoverLayer;
 use crate::layers::key_balance::KeyBalanceLayer;
@@ -126,6 +130,7 @@ where
 {
     ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(PanicResponse))
+        .layer(compression::layer())
         .layer(SetRequestIdLayer::x_request_id(CounterRequestId::default()))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(AccessLogLayer::new())

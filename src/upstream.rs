@@ -7,6 +7,10 @@
 //! - every client credential dropped: `Authorization`, `x-goog-api-key`, `key=` in the query;
 //! - the key injected as `x-goog-api-key`, or as `Authorization: Bearer` on the OpenAI-compatible
 //!   surface (`/v1beta/openai/`);
+//! - `Accept-Encoding: identity` instead of the client's: the gateway reads answers (usage,
+//!   verdicts, scrubbing, affinity), so they come plain, and the compression layer compresses
+//!   towards the client ([`crate::layers::compression`]); answers to streaming calls carry
+//!   [`StreamedAnswer`] so they are never compressed;
 //! - the resumable-upload URL Google answers with (`X-Goog-Upload-URL`, which carries the key) is
 //!   rewritten to point at the gateway, without the key.
 //!
@@ -124,6 +128,8 @@ async fn forward(
         Some(Api::OpenAi) => headers.insert(header::AUTHORIZATION, key.0.bearer_header.clone()),
         _ => headers.insert(X_GOOG_API_KEY.clone(), key.0.api_key_header.clone()),
     };
+    headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    let streamed = is_streaming_call(&parts.uri);
     // With tracing on, Google sees this attempt's span as the parent (same trace as the client's).
     if let Some(trace) = parts.extensions.get::<crate::trace::AttemptTrace>() {
         trace.inject(&mut headers);
@@ -165,10 +171,33 @@ async fn forward(
     }
     parts.extensions = http::Extensions::new();
     parts.extensions.insert(key);
+    let event_stream = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if streamed || event_stream {
+        parts.extensions.insert(StreamedAnswer);
+    }
     Ok(Response::from_parts(
         parts,
         GatewayBody::upstream(body, gemini.stream_idle_timeout()),
     ))
+}
+
+/// A response extension: this answer is a stream (`:streamGenerateContent`, `alt=sse`,
+/// `text/event-stream`) and must reach the client piece by piece, uncompressed (see
+/// [`crate::layers::compression`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamedAnswer;
+
+/// Whether the request asks for a streamed answer: `…:streamGenerateContent` (JSON-array pieces,
+/// or SSE with `alt=sse`), or any `alt=sse`.
+fn is_streaming_call(uri: &Uri) -> bool {
+    let method = uri.path().rsplit(':').next().unwrap_or("");
+    method.starts_with("stream")
+        || uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "alt=sse"))
 }
 
 /// Points the upload URLs Google answers with (`X-Goog-Upload-URL`, `X-Goog-Upload-Control-URL`) at

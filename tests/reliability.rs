@@ -424,3 +424,94 @@ async fn buffered_bodies_share_one_budget() {
     );
     assert_eq!(h.post(FLASH, &big).await.0, 200);
 }
+
+mod compression {
+    use std::io::Read;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    fn gunzip(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .expect("valid gzip");
+        out
+    }
+
+    fn gzip_accepting(h: &Harness, path: &str, body: &str) -> Request<Full<Bytes>> {
+        let mut req = request(Method::POST, &h.url(path), body);
+        req.headers_mut()
+            .insert("accept-encoding", "gzip".parse().unwrap());
+        req
+    }
+
+    /// A client that accepts gzip gets gzip, and still every token is counted: the gateway asks
+    /// Google for plain answers (it reads them) and compresses towards the client itself.
+    #[tokio::test]
+    async fn tokens_are_counted_when_the_client_accepts_gzip() {
+        let h = Harness::start().await;
+        let (status, headers, body) = h.call(gzip_accepting(&h, FLASH, GENERATE_BODY)).await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["content-encoding"], "gzip");
+        let answer = json(&gunzip(&body));
+        let total = answer["usageMetadata"]["totalTokenCount"].as_u64().unwrap();
+        assert!(total > 0);
+        assert_eq!(
+            h.mock.requests()[0].header("accept-encoding"),
+            Some("identity"),
+            "the upstream is asked for plain answers"
+        );
+        let v = health(&h).await;
+        assert_eq!(key_state(&v, "key1")["tokens"]["total"], total, "{v}");
+    }
+
+    /// `API_KEY_INVALID` is recognised (and the request replayed) whatever the client accepts.
+    #[tokio::test]
+    async fn an_invalid_key_is_recognised_when_the_client_accepts_gzip() {
+        let h = Harness::start().await;
+        h.mock.set_key_failure(KEY1, Some(Failure::InvalidKey));
+        let (status, _, body) = h.call(gzip_accepting(&h, FLASH, GENERATE_BODY)).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&gunzip(&body)));
+        assert_eq!(keys_seen(&h), [KEY1, KEY2]);
+        let v = health(&h).await;
+        assert_eq!(key_state(&v, "key1")["state"], "invalid", "{v}");
+    }
+
+    /// Streams are never compressed (an encoder would hold events back): each SSE event reaches
+    /// a gzip-accepting client while the upstream still holds the next.
+    #[tokio::test]
+    async fn sse_is_not_compressed_and_flushes_per_event() {
+        let h = Harness::start_with(
+            MockOptions {
+                chunks: 3,
+                ..MockOptions::default()
+            },
+            |_| {},
+        )
+        .await;
+        h.mock.hold_streams(true);
+        for path in [
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+        ] {
+            let res = h.send(gzip_accepting(&h, path, GENERATE_BODY)).await;
+            assert_eq!(res.status(), 200);
+            assert!(res.headers().get("content-encoding").is_none(), "{path}");
+            let mut body = res.into_body();
+            let first = within("the first piece", body.frame())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(!first.data_ref().unwrap().is_empty(), "{path}");
+            // Let the rest out and read to the end.
+            for _ in 0..3 {
+                h.mock.release_chunk();
+            }
+            while let Some(frame) = within("stream end", body.frame()).await {
+                frame.unwrap();
+            }
+        }
+    }
+}

@@ -1,4 +1,7 @@
 //! The accept loop: HTTP/1.1 and HTTP/2 (prior knowledge) on one port, `TCP_NODELAY` on every socket.
+//!
+//! Like Google, the mock gzips every answer (streams included) for a client whose
+//! `Accept-Encoding` allows it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +11,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+use tower::{Layer, ServiceExt};
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::SizeAbove;
 
 use crate::service;
 use crate::shared::Shared;
@@ -45,7 +51,12 @@ async fn serve_connection(
     if stream.set_nodelay(true).is_err() {
         return;
     }
-    let service = service_fn(move |request| service::handle(Arc::clone(&shared), request));
+    let compressed = CompressionLayer::new()
+        .compress_when(SizeAbove::new(0))
+        .layer(tower::service_fn(move |request| {
+            service::handle(Arc::clone(&shared), request)
+        }));
+    let service = service_fn(move |request| compressed.clone().oneshot(request));
     // Errors here are the peer going away or a stream aborted on purpose: nothing to report.
     let _ = builder
         .serve_connection(TokioIo::new(stream), service)

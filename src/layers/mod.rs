@@ -10,6 +10,7 @@ pub mod body_model;
 pub mod buffer_body;
 pub mod client_limit;
 pub mod client_stats;
+pub mod compression;
 pub mod error_response;
 pub mod failover;
 pub mod key_balance;
