@@ -515,3 +515,18 @@ mod compression {
         }
     }
 }
+
+/// The upstream breaks a stream off mid-way while the client talks HTTP/2 to the gateway: the
+/// client's stream ends with an error (`RST_STREAM`), never with a clean, truncated end.
+#[tokio::test]
+async fn a_stream_broken_mid_way_is_an_error_over_http2_too() {
+    let mut h = Harness::start().await;
+    h.client = http2_client();
+    assert!(
+        stream_broken_mid_way(&h).await,
+        "the HTTP/2 client must see the failure"
+    );
+    assert_eq!(h.mock.requests().len(), 1, "not replayed");
+    // The connection itself survives: the next request on it succeeds.
+    assert_eq!(h.post(FLASH, GENERATE_BODY).await.0, 200);
+}
