@@ -142,8 +142,7 @@ pub fn classify(status: StatusCode, body: &[u8]) -> Verdict {
             }
         }
         400 => {
-            let reason = error_info_reason(error);
-            if reason == Some("API_KEY_INVALID") {
+            if error_info_reasons(error).any(|r| r == "API_KEY_INVALID") {
                 Verdict::Invalid("API_KEY_INVALID".into())
             } else if google_status == Some("FAILED_PRECONDITION") {
                 Verdict::Rest(RestFor::Unusable, RestReason::Unusable)
@@ -152,7 +151,7 @@ pub fn classify(status: StatusCode, body: &[u8]) -> Verdict {
             }
         }
         401 => Verdict::Invalid("UNAUTHENTICATED".into()),
-        403 => match error_info_reason(error).filter(|r| KEY_LEVEL_REASONS.contains(r)) {
+        403 => match error_info_reasons(error).find(|r| KEY_LEVEL_REASONS.contains(r)) {
             Some(reason) => Verdict::Invalid(reason.to_owned()),
             None => Verdict::ClientError,
         },
@@ -191,20 +190,12 @@ fn type_is(detail: &Value, name: &str) -> bool {
         .is_some_and(|t| t.ends_with(name))
 }
 
-/// The first `ErrorInfo` reason that says something about the key (or, failing that, the first
-/// reason at all).
-fn error_info_reason(error: Option<&Value>) -> Option<&str> {
-    let mut reasons = details(error)
+/// Every `ErrorInfo.reason` in the error's details, in order.
+fn error_info_reasons(error: Option<&Value>) -> impl Iterator<Item = &str> {
+    details(error)
         .into_iter()
         .filter(|d| type_is(d, "google.rpc.ErrorInfo"))
-        .filter_map(|d| d.get("reason").and_then(Value::as_str));
-    let first = reasons.next()?;
-    if KEY_LEVEL_REASONS.contains(&first) {
-        return Some(first);
-    }
-    reasons
-        .find(|r| KEY_LEVEL_REASONS.contains(r))
-        .or(Some(first))
+        .filter_map(|d| d.get("reason").and_then(Value::as_str))
 }
 
 /// `"14s"`, `"14.19s"`, `"0.5s"` (protobuf Duration JSON), at most [`MAX_RETRY_DELAY`]. A delay
@@ -428,5 +419,112 @@ mod tests {
             v(429, b.as_bytes()),
             Verdict::Rest(RestFor::UntilMidnightPacific, RestReason::ExhaustedToday)
         );
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        use super::*;
+
+        const REASONS: &[&str] = &[
+            "API_KEY_INVALID",
+            "API_KEY_SERVICE_BLOCKED",
+            "CONSUMER_SUSPENDED",
+            "SERVICE_DISABLED",
+            "IAM_PERMISSION_DENIED",
+            "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+            "RATE_LIMIT_EXCEEDED",
+            "",
+        ];
+        const STATUSES: &[&str] = &[
+            "PERMISSION_DENIED",
+            "INVALID_ARGUMENT",
+            "FAILED_PRECONDITION",
+            "RESOURCE_EXHAUSTED",
+            "UNAVAILABLE",
+            "NOT_FOUND",
+        ];
+
+        /// One `details` entry of Google's error shape, with arbitrary values in its fields.
+        fn detail() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                (prop::sample::select(REASONS), ".{0,12}").prop_map(|(reason, domain)| json!({
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": reason, "domain": domain,
+                })),
+                "[-0-9.eE+a-z]{0,12}s?".prop_map(|delay| json!({
+                    "@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay,
+                })),
+                "[A-Za-z-]{0,40}".prop_map(|id| json!({
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [{"quotaId": id}],
+                })),
+                any::<i64>().prop_map(|n| json!({"@type": n, "reason": n})),
+            ]
+        }
+
+        /// `(status, body, whether it carries the explicit signal that invalidates a key)`.
+        fn error() -> impl Strategy<Value = (u16, Vec<u8>, bool)> {
+            (
+                prop::sample::select(&[400u16, 401, 403, 404, 409, 429, 500, 503, 504][..]),
+                prop::sample::select(STATUSES),
+                proptest::collection::vec(detail(), 0..4),
+                any::<bool>(),
+            )
+                .prop_map(|(code, status, details, as_list)| {
+                    // 400 invalidates on `API_KEY_INVALID` only, 403 on any key-level reason.
+                    let invalidates = |r: &str| match code {
+                        400 => r == "API_KEY_INVALID",
+                        _ => KEY_LEVEL_REASONS.contains(&r),
+                    };
+                    let key_level = details.iter().any(|d| {
+                        d["@type"]
+                            .as_str()
+                            .is_some_and(|t| t.ends_with("ErrorInfo"))
+                            && d["reason"].as_str().is_some_and(invalidates)
+                    });
+                    let body = json!({"error": {
+                        "code": code, "message": "m", "status": status, "details": details,
+                    }});
+                    let body = if as_list { json!([body]) } else { body };
+                    (code, serde_json::to_vec(&body).unwrap(), key_level)
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(
+                std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+            ))]
+
+            /// Google-shaped errors never panic the verdict, and a 403 (or a 400) takes a key out
+            /// only on an explicit key-level reason.
+            #[test]
+            fn invalidates_only_on_explicit_signals((code, body, key_level) in error()) {
+                let verdict = classify(StatusCode::from_u16(code).unwrap(), &body);
+                if matches!(code, 400 | 403) {
+                    prop_assert_eq!(
+                        matches!(verdict, Verdict::Invalid(_)),
+                        key_level,
+                        "{} {}", code, String::from_utf8_lossy(&body)
+                    );
+                }
+                if code == 403 && !key_level {
+                    prop_assert_eq!(&verdict, &Verdict::ClientError);
+                }
+                if let Verdict::Rest(RestFor::Delay(d), _) = verdict {
+                    prop_assert!(d <= MAX_RETRY_DELAY);
+                }
+            }
+
+            /// Arbitrary bytes never panic it either.
+            #[test]
+            fn arbitrary_bodies_never_panic(
+                code in 100u16..600,
+                body in proptest::collection::vec(any::<u8>(), 0..512),
+            ) {
+                classify(StatusCode::from_u16(code).unwrap(), &body);
+            }
+        }
     }
 }

@@ -387,4 +387,97 @@ data: {\"usageMetadata\":{\"promptTokenCount\":8,\"candidatesTokenCount\":3,\"to
             None
         );
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::config::{ApiKeyConfig, Secret};
+        use crate::key_pool::{KeyPool, MemoryStore};
+
+        /// A Gemini-shaped answer: `n` candidates pieces of text (with quotes, braces and
+        /// "usage"-looking text inside), then the usage, SSE-framed or as one JSON document.
+        fn answer(texts: &[String], tokens: (u32, u32), sse: bool) -> Vec<u8> {
+            let usage = format!(
+                r#""usageMetadata":{{"promptTokenCount":{},"candidatesTokenCount":{},"totalTokenCount":{}}}"#,
+                tokens.0,
+                tokens.1,
+                u64::from(tokens.0) + u64::from(tokens.1)
+            );
+            let piece = |t: &str| {
+                format!(
+                    r#"{{"candidates":[{{"content":{{"parts":[{{"text":{}}}]}}}}]"#,
+                    serde_json::to_string(t).unwrap()
+                )
+            };
+            if sse {
+                let mut out = String::new();
+                for t in texts {
+                    out.push_str(&format!("data: {}}}\r\n\r\n", piece(t)));
+                }
+                out.push_str(&format!("data: {},{usage}}}\r\n\r\n", piece("")));
+                out.into_bytes()
+            } else {
+                let all: String = texts.concat();
+                format!("{},\n  {usage}\n}}", piece(&all)).into_bytes()
+            }
+        }
+
+        /// Feeds `body` to a fresh tap in pieces cut at `cuts`; the tokens counted on the key.
+        fn tapped(body: &[u8], cuts: &[usize]) -> u64 {
+            let store = Arc::new(MemoryStore::new());
+            let pool = KeyPool::new(&[ApiKeyConfig {
+                id: "k".into(),
+                key: Secret::new("AIza-k"),
+                weight: 1,
+                max_requests_per_minute: None,
+                max_requests_per_day: None,
+                max_tokens_per_minute: None,
+                enabled: true,
+                label: None,
+                notes: None,
+            }])
+            .unwrap();
+            let key = SelectedKey(pool.pick(&*store, "m", &[], Instant::now()).unwrap());
+            let mut tap = UsageTap::new(store.clone(), key, Arc::from("m"), None);
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut at = 0;
+            for cut in cuts.into_iter().chain([body.len()]) {
+                tap.on_data(&Bytes::copy_from_slice(&body[at..cut]));
+                at = cut;
+            }
+            tap.on_end(BodyEnd::Complete);
+            store.status("k", Instant::now()).tokens.total
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(
+                std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+            ))]
+
+            /// However the answer is cut into frames, the same tokens are counted.
+            #[test]
+            fn the_same_tokens_however_the_stream_is_split(
+                texts in proptest::collection::vec("[a-z {}\"\\:,usage]{0,40}", 0..12),
+                tokens in (0u32..100_000, 0u32..100_000),
+                sse in any::<bool>(),
+                cuts in proptest::collection::vec(any::<usize>(), 0..40),
+            ) {
+                let body = answer(&texts, tokens, sse);
+                let whole = tapped(&body, &[]);
+                prop_assert_eq!(whole, u64::from(tokens.0) + u64::from(tokens.1));
+                prop_assert_eq!(tapped(&body, &cuts), whole);
+            }
+
+            /// Arbitrary bytes in arbitrary frames never panic the tap.
+            #[test]
+            fn arbitrary_bytes_never_panic(
+                body in proptest::collection::vec(any::<u8>(), 0..2048),
+                cuts in proptest::collection::vec(any::<usize>(), 0..20),
+            ) {
+                tapped(&body, &cuts);
+            }
+        }
+    }
 }
