@@ -34,8 +34,9 @@
 //! 13. **client limit** ([`ClientLimitLayer`]) — per-client requests per minute (GCRA), keyed by
 //!     token subject, or by client IP when auth is off; 429 before any body is read. After auth
 //!     so an unauthenticated flood cannot spend a real client's budget.
-//! 14. **buffer body** ([`BufferBodyLayer`]) — reads the body (≤ `server.max_request_body_bytes`)
-//!     so an attempt can be replayed; 413 / 408.
+//! 14. **buffer body** ([`BufferBodyLayer`]) — reads the body (≤ `server.max_request_body_bytes`;
+//!     all bodies at once ≤ `server.max_buffered_body_bytes`) so an attempt can be replayed;
+//!     413 / 408 / 503.
 //! 15. **body model** ([`BodyModelLayer`]) — the model named in a JSON body (OpenAI-compatible
 //!     surface, cached-content creation) completes the route's model and is checked against the
 //!     token's `models`; 403, or 400 for a body it cannot read with certainty (`model` twice).
@@ -70,6 +71,8 @@
 //! - [`SelectedKey`](crate::key_pool::SelectedKey): key balance → usage, upstream, which copies it
 //!   onto the response for failover, affinity and the access log.
 //! - [`ClientAddr`](crate::client_addr::ClientAddr): server → client limit (per-IP key when auth is off).
+//! - `Arc<`[`BufferedShare`](crate::layers::buffer_body::BufferedShare)`>`: buffer body → nobody;
+//!   it holds the body's share of the budget for as long as the request lives.
 //! - [`RequestTrace`](crate::trace::RequestTrace) (tracing on): trace → client stats, failover
 //!   (attempt spans), usage (token attributes).
 //! - [`AttemptTrace`](crate::trace::AttemptTrace) (tracing on): failover → upstream
@@ -78,7 +81,8 @@
 //! Response extensions: [`ErrorKind`](crate::error::ErrorKind) (error response → access log,
 //! metrics, trace), [`ErrorReason`](crate::error::ErrorReason) (error response → metrics),
 //! [`SelectedKey`](crate::key_pool::SelectedKey) (upstream → usage, failover, affinity, access
-//! log, metrics, trace).
+//! log, metrics, trace), [`StreamedAnswer`](crate::upstream::StreamedAnswer)
+//! (upstream → compression: never compressed).
 
 use std::any::Any;
 use std::convert::Infallible;
