@@ -426,6 +426,9 @@ async fn the_gateway_survives_hostile_clients_with_bounded_memory() {
         flood.push((h2, streams));
     }
     let open: usize = flood.iter().map(|(_, s)| s.len()).sum();
+    // The gateway announced its stream limit (server.http2.max_concurrent_streams).
+    assert_eq!(flood[0].0.current_max_send_streams(), 100);
+    assert!(open <= 20 * 100, "{open}");
     record.sample(&gw, &format!("stream flood, {open} unfinished streams"));
     drop(flood);
 
