@@ -128,7 +128,10 @@ async fn forward(
         Some(Api::OpenAi) => headers.insert(header::AUTHORIZATION, key.0.bearer_header.clone()),
         _ => headers.insert(X_GOOG_API_KEY.clone(), key.0.api_key_header.clone()),
     };
-    headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     let streamed = is_streaming_call(&parts.uri);
     // With tracing on, Google sees this attempt's span as the parent (same trace as the client's).
     if let Some(trace) = parts.extensions.get::<crate::trace::AttemptTrace>() {

@@ -366,7 +366,7 @@ mod tests {
                 String::from_utf8_lossy(b)
             );
             assert!(!verdict.retry_elsewhere());
-            assert_eq!(verdict.outcome(), Outcome::ClientError);
+            assert_eq!(verdict.outcome(), KeyOutcome::ClientError);
         }
     }
 

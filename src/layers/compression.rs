@@ -18,6 +18,8 @@
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{And, DefaultPredicate, Predicate};
 
+use crate::upstream::StreamedAnswer;
+
 /// Refuses to compress a [`StreamedAnswer`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NotStreamed;

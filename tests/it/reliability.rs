@@ -1,13 +1,11 @@
 //! Failover that never blames a key for the client's mistake and never replays what may bill
 //! twice; the gateway's own limits under abuse (idle connections, body budget, long model names).
 
-mod support;
-
+use crate::support::*;
 use bytes::Bytes;
 use gem_proxy_mock::{Failure, MockOptions};
 use http::{Method, Request};
 use http_body_util::Full;
-use support::*;
 
 const FLASH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 

@@ -4,8 +4,6 @@
 //! must stay far below what the attack throws at it. The gateway's resident memory and open
 //! files are printed after every phase (`cargo test --test hostile -- --nocapture`).
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -15,12 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use gem_proxy_mock::{MockOptions, MockUpstream};
 use http::{Method, Request};
 use http_body::{Body, Frame};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
