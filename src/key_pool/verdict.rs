@@ -298,6 +298,18 @@ mod tests {
         assert_eq!(v(400, &b), Verdict::Invalid("API_KEY_INVALID".into()));
     }
 
+    /// Found by the property test: `API_KEY_INVALID` that is not the first `ErrorInfo` of the
+    /// details was missed.
+    #[test]
+    fn row_400_api_key_invalid_counts_wherever_it_sits_in_the_details() {
+        let b = body(
+            400,
+            "INVALID_ARGUMENT",
+            r#"{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"OTHER"},{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID"}"#,
+        );
+        assert_eq!(v(400, &b), Verdict::Invalid("API_KEY_INVALID".into()));
+    }
+
     #[test]
     fn row_400_failed_precondition_makes_the_key_unusable_for_the_model() {
         assert_eq!(
