@@ -42,6 +42,8 @@ fn issued_token(config: &AuthConfig) -> String {
         ttl: Duration::from_secs(3600),
         models: vec!["gemini-2.5-*".into(), "text-embedding-004".into()],
         rpm: None,
+        tpm: None,
+        tpd: None,
         role: Role::Client,
     };
     issue(config, &req, unix_now()).unwrap().token

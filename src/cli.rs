@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -64,6 +65,13 @@ pub struct TokenArgs {
     /// when left out.
     #[arg(long)]
     pub rpm: Option<u32>,
+    /// The client's tokens-per-minute budget (`0` = none).
+    #[arg(long)]
+    pub tpm: Option<u64>,
+    /// The client's tokens-per-UTC-day budget (`0` = none); `auth.default_tokens_per_day` when
+    /// left out.
+    #[arg(long)]
+    pub tpd: Option<u64>,
     /// `admin` lets the client use the admin API; `client` (the default) does not.
     #[arg(long, value_enum)]
     pub role: Option<RoleArg>,
@@ -126,6 +134,8 @@ fn token(config: &Config, args: &TokenArgs) -> ExitCode {
         ttl: args.ttl,
         models: args.models.clone(),
         rpm: args.rpm,
+        tpm: args.tpm,
+        tpd: args.tpd,
         role: args.role.map_or(Role::Client, Role::from),
     };
     match issue(&config.auth, &req, unix_now()) {
@@ -212,14 +222,27 @@ fn serve(config: Config, path: &std::path::Path) -> anyhow::Result<()> {
             )
         })?;
         let gateway = Gateway::new(live);
+        let usage = gateway.live().config.usage.clone();
+        gateway
+            .usage()
+            .start(&usage, path.parent())
+            .context("cannot start the usage history")?;
         gateway.set_config_source(Some(path), loader, document);
         // Handlers first: a SIGTERM right after "listening" must not meet the default action.
         let signals = ShutdownSignals::install().context("cannot listen for signals")?;
+        let usage_to_flush = gateway
+            .usage()
+            .is_recording()
+            .then(|| gateway.usage().clone());
         let server = Server::start_gateway(gateway).await?;
         signals.wait().await;
         tracing::info!("shutting down: no new connections; waiting for running requests");
         server.shutdown();
         server.wait().await;
+        if let Some(usage) = usage_to_flush {
+            // The last rows, so a restart finds them (not forever: the disk may be stuck).
+            tokio::task::spawn_blocking(move || usage.flush(Duration::from_secs(5))).await.ok();
+        }
         tracing::info!("stopped");
         Ok(())
     })

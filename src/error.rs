@@ -122,6 +122,9 @@ pub enum GatewayError {
         /// Seconds until the whole per-minute budget is available again.
         reset_seconds: u64,
     },
+    /// The client used up its token budget (`tpm` / `tpd` claim, `auth.default_tokens_per_day`).
+    #[error("token budget exceeded: {0}")]
+    TokenBudget(crate::usage::BudgetExceeded),
     /// The keys needed to check the client's token are not available yet (JWKS not fetched).
     #[error("{0}")]
     AuthUnavailable(AuthFailure),
@@ -149,7 +152,9 @@ impl GatewayError {
             GatewayError::KeysExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             GatewayError::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RateLimited { .. } | GatewayError::TokenBudget(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -173,9 +178,9 @@ impl GatewayError {
             | GatewayError::AuthUnavailable(_) => "UNAVAILABLE",
             GatewayError::Unauthenticated(_) => "UNAUTHENTICATED",
             GatewayError::PermissionDenied(_) => "PERMISSION_DENIED",
-            GatewayError::RateLimited { .. } | GatewayError::KeysExhausted { .. } => {
-                "RESOURCE_EXHAUSTED"
-            }
+            GatewayError::RateLimited { .. }
+            | GatewayError::KeysExhausted { .. }
+            | GatewayError::TokenBudget(_) => "RESOURCE_EXHAUSTED",
             GatewayError::Internal(_) => "INTERNAL",
         }
     }
@@ -200,6 +205,7 @@ impl GatewayError {
             GatewayError::Unauthenticated(_) => "unauthenticated",
             GatewayError::PermissionDenied(_) => "permission_denied",
             GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::TokenBudget(_) => "token_budget",
             GatewayError::AuthUnavailable(_) => "auth_unavailable",
             GatewayError::Internal(_) => "internal",
         }
@@ -222,14 +228,19 @@ impl GatewayError {
     /// `x-ratelimit-reset`, and a `google.rpc.RetryInfo` detail as Google's own 429s do; a 401
     /// carries `WWW-Authenticate: Bearer`.
     pub fn into_response(self) -> Response<GatewayBody> {
-        let mut res = match &self {
+        let retry_after = match &self {
             GatewayError::RateLimited {
                 retry_after_seconds,
                 ..
             }
             | GatewayError::KeysExhausted {
                 retry_after_seconds,
-            } => google_error_with_details(
+            } => Some(*retry_after_seconds),
+            GatewayError::TokenBudget(b) => Some(b.retry_after_seconds),
+            _ => None,
+        };
+        let mut res = match retry_after {
+            Some(retry_after_seconds) => google_error_with_details(
                 self.status(),
                 self.google_status(),
                 &self.to_string(),
@@ -259,6 +270,15 @@ impl GatewayError {
                 retry_after_seconds,
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
+            }
+            GatewayError::TokenBudget(b) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(b.retry_after_seconds));
+                headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(b.limit));
+                headers.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from_static("0"));
+                headers.insert(
+                    X_RATELIMIT_RESET.clone(),
+                    HeaderValue::from(b.retry_after_seconds),
+                );
             }
             GatewayError::Unauthenticated(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

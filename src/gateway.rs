@@ -107,6 +107,8 @@ pub struct Gateway {
     metrics: Arc<crate::metrics::Metrics>,
     /// The OTLP tracer, when `metrics.otlp.enabled`.
     tracing: Option<Arc<crate::trace::Tracing>>,
+    /// The usage history and per-client token budgets.
+    usage: Arc<crate::usage::Usage>,
 }
 
 impl Gateway {
@@ -133,12 +135,18 @@ impl Gateway {
             started: Instant::now(),
             versions: std::sync::OnceLock::new(),
             tls: TlsStatus::default(),
+            usage: Arc::default(),
         })
     }
 
     /// Metrics, `/performance` and `/errors`.
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.metrics
+    }
+
+    /// The usage history and per-client token budgets.
+    pub fn usage(&self) -> &Arc<crate::usage::Usage> {
+        &self.usage
     }
 
     /// The OTLP tracer, when traces are on.

@@ -32,3 +32,4 @@ pub mod time;
 pub mod tls;
 pub mod trace;
 pub mod upstream;
+pub mod usage;

@@ -465,6 +465,14 @@ pub(super) fn set_key_enabled(ctx: &Ctx<'_>, id: &str, enabled: bool) -> Answer 
         }
     }
     ctx.gateway.store().set_disabled(id, !enabled);
+    let kind = if enabled {
+        crate::usage::KeyEventKind::Enabled
+    } else {
+        crate::usage::KeyEventKind::Disabled
+    };
+    ctx.gateway
+        .usage()
+        .key_event(id, kind, None, &format!("by {}", ctx.admin.0), None);
     tracing::info!(
         target: "gem_proxy::audit",
         who = %ctx.admin.0,
@@ -565,6 +573,12 @@ pub(crate) struct NewToken {
     /// The client's own requests per minute.
     #[serde(default)]
     rpm: Option<u32>,
+    /// The client's tokens per minute (`tpm`; `0` = none).
+    #[serde(default)]
+    tpm: Option<u64>,
+    /// The client's tokens per UTC day (`tpd`; `0` = none; unset: `auth.default_tokens_per_day`).
+    #[serde(default)]
+    tpd: Option<u64>,
     /// `admin` for an admin token; anything else is a client.
     #[serde(default)]
     role: Option<String>,
@@ -614,6 +628,8 @@ pub(super) fn issue_token(ctx: &Ctx<'_>) -> Answer {
         ttl,
         models: new.models,
         rpm: new.rpm,
+        tpm: new.tpm,
+        tpd: new.tpd,
         role,
     };
     let live = ctx.gateway.live();

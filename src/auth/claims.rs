@@ -33,6 +33,12 @@ pub(crate) struct Claims {
     /// The client's requests-per-minute limit (`0` = no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpm: Option<u32>,
+    /// The client's tokens-per-minute budget (`0` = no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// The client's tokens-per-UTC-day budget (`0` = no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpd: Option<u64>,
     /// `admin`, or absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,

@@ -19,6 +19,10 @@ pub struct TokenRequest {
     pub models: Vec<String>,
     /// The client's own requests-per-minute limit (`rpm`).
     pub rpm: Option<u32>,
+    /// The client's tokens-per-minute budget (`tpm`).
+    pub tpm: Option<u64>,
+    /// The client's tokens-per-day budget (`tpd`).
+    pub tpd: Option<u64>,
     /// The client's role (`role`); only `admin` is written.
     pub role: Role,
 }
@@ -79,6 +83,8 @@ pub fn issue(auth: &AuthConfig, req: &TokenRequest, now: u64) -> Result<Issued, 
         jti: Some(jti.clone()),
         models: (!req.models.is_empty()).then(|| OneOrMany::Many(req.models.clone())),
         rpm: req.rpm,
+        tpm: req.tpm,
+        tpd: req.tpd,
         role: (req.role == Role::Admin).then(|| Role::Admin.as_str().to_owned()),
     };
     let token = encode(
@@ -151,6 +157,8 @@ mod tests {
             ttl: Duration::from_secs(3600),
             models: vec!["gemini-2.5-*".into()],
             rpm: Some(30),
+            tpm: None,
+            tpd: Some(5000),
             role: Role::Admin,
         }
     }
@@ -166,6 +174,7 @@ mod tests {
         assert_eq!(&*client.id, "ci-bot");
         assert_eq!(client.role, Role::Admin);
         assert_eq!(client.rpm, Some(30));
+        assert_eq!((client.tpm, client.tpd), (None, Some(5000)));
         assert_eq!(client.models, ModelPolicy::only(["gemini-2.5-*"]));
         assert!(v.verify(&issued.token, NOW + 3700).is_err(), "expired");
 

@@ -46,6 +46,11 @@ pub struct Client {
     /// The client's own requests-per-minute limit (`rpm` claim; `0` = no limit); `None` means
     /// `auth.rate_limit_per_minute` applies.
     pub rpm: Option<u32>,
+    /// The client's tokens-per-minute budget (`tpm` claim; `0` = none).
+    pub tpm: Option<u64>,
+    /// The client's tokens-per-day budget (`tpd` claim; `0` = none); `None` means
+    /// `auth.default_tokens_per_day` applies.
+    pub tpd: Option<u64>,
 }
 
 impl Client {

@@ -298,6 +298,8 @@ impl Verifier {
                 None => ModelPolicy::Any,
             },
             rpm: c.rpm,
+            tpm: c.tpm,
+            tpd: c.tpd,
         })
     }
 }

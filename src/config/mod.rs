@@ -13,6 +13,7 @@ mod cidr;
 pub mod document;
 mod load;
 mod secret;
+mod usage;
 mod validate;
 pub mod versions;
 
@@ -24,6 +25,7 @@ pub use cidr::{Cidr, CidrError};
 pub(crate) use load::clean_serde_message;
 pub use load::{ConfigError, ConfigLoader, ENV_PREFIX, SECRET_FIELDS};
 pub use secret::Secret;
+pub use usage::{PriceConfig, UsageConfig};
 pub use validate::{KNOWN_EXAMPLE_SECRETS, MIN_JWT_SECRET_CHARS, Problem, is_known_example_secret};
 
 /// The whole configuration of one gateway process.
@@ -42,6 +44,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Log output.
     pub log: LogConfig,
+    /// The usage history and its price table.
+    pub usage: UsageConfig,
 }
 
 /// `admin`: the admin API on the admin listener (`metrics.prometheus_port`).
@@ -458,6 +462,9 @@ pub struct AuthConfig {
     pub allow_insecure_jwks_url: bool,
     /// Token ids (`jti` claims) that are refused although their signature is good.
     pub revoked_token_ids: Vec<String>,
+    /// Tokens (`totalTokenCount`) each client may use per UTC day; `0` means no limit. A token's
+    /// `tpd` claim overrides it (its `tpm` claim adds a per-minute budget).
+    pub default_tokens_per_day: u64,
 }
 
 impl Default for AuthConfig {
@@ -474,6 +481,7 @@ impl Default for AuthConfig {
             jwks_refresh_seconds: 300,
             allow_insecure_jwks_url: false,
             revoked_token_ids: Vec::new(),
+            default_tokens_per_day: 0,
         }
     }
 }

@@ -312,6 +312,9 @@ impl Config {
         {
             bad("metrics.otlp.endpoint", &e);
         }
+        for (path, msg) in self.usage.problems() {
+            bad(&path, &msg);
+        }
         p
     }
 }

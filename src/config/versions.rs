@@ -49,6 +49,11 @@ const RESTART_KEYS: &[&str] = &[
     "metrics.prometheus_port",
     "metrics.host",
     "log.",
+    "usage.enabled",
+    "usage.path",
+    "usage.replica_id",
+    "usage.queue_capacity",
+    "usage.flush_interval_milliseconds",
 ];
 
 /// One applied version.

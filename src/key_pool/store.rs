@@ -46,6 +46,17 @@ pub enum RestReason {
     Unusable,
 }
 
+impl RestReason {
+    /// `rate_limited`, `exhausted_today`, `unusable` (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestReason::RateLimited => "rate_limited",
+            RestReason::ExhaustedToday => "exhausted_today",
+            RestReason::Unusable => "unusable",
+        }
+    }
+}
+
 /// One request's outcome on a key, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyOutcome {

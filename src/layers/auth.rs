@@ -178,6 +178,8 @@ mod tests {
             ttl: Duration::from_secs(600),
             models: models.iter().map(|m| m.to_string()).collect(),
             rpm: Some(9),
+            tpm: None,
+            tpd: None,
             role: Role::Admin,
         };
         issue(&gw.live().config.auth, &req, unix_now())

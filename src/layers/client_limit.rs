@@ -14,6 +14,9 @@
 //! - **Errors:** 429 `RESOURCE_EXHAUSTED` with `Retry-After` (seconds until the next request is
 //!   accepted), `x-ratelimit-limit` (the per-minute limit), `x-ratelimit-remaining` (0) and
 //!   `x-ratelimit-reset` (seconds until the whole budget is back).
+//! - **Token budgets:** the token's `tpm` / `tpd` claims and `auth.default_tokens_per_day`
+//!   ([`crate::usage::budget`]), checked here too; over budget → 429 `RESOURCE_EXHAUSTED` naming
+//!   the budget and when it resets, with `Retry-After`.
 //! - **Memory:** one small entry per client seen in about the last minute; a janitor task drops
 //!   idle clients every [`JANITOR_INTERVAL`]. Nothing here is shared between replicas yet.
 //!
@@ -57,6 +60,7 @@ use crate::auth::Client;
 use crate::client_addr::{ClientAddr, client_ip};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::usage::BudgetLimits;
 
 /// How often idle clients are forgotten.
 pub const JANITOR_INTERVAL: Duration = Duration::from_secs(10);
@@ -130,6 +134,19 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let decision = {
             let live = self.gateway.live();
+            // Token budgets first: a refused request should not spend a request slot. Decided
+            // from in-memory counters (crate::usage::budget).
+            if let Some(client) = req.extensions().get::<Client>()
+                && let Some(limits) =
+                    BudgetLimits::of(client, live.config.auth.default_tokens_per_day)
+                && let Err(over) =
+                    self.gateway
+                        .usage()
+                        .budgets()
+                        .check(&client.id, limits, crate::usage::unix_now())
+            {
+                return ShortCircuit::ready(Err(GatewayError::TokenBudget(over)));
+            }
             let default_rpm = live.config.auth.rate_limit_per_minute;
             match req.extensions().get::<Client>() {
                 Some(client) => NonZeroU32::new(client.rpm.unwrap_or(default_rpm)).map(|rpm| {
@@ -450,6 +467,8 @@ mod tests {
                 role: Role::Client,
                 models: ModelPolicy::Any,
                 rpm,
+                tpm: None,
+                tpd: None,
             }
         }
 

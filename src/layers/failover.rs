@@ -46,6 +46,7 @@ use crate::replay::{ReplayPolicy, creates_resource};
 use crate::route::Route;
 use crate::time::until_pacific_midnight;
 use crate::trace::{AttemptTrace, RequestTrace};
+use crate::usage::KeyEventKind;
 
 /// Error answers larger than this are passed on unread (and classified by status alone).
 const MAX_ERROR_BODY_BYTES: usize = 256 * 1024;
@@ -124,6 +125,11 @@ where
         retry_on_timeout: gemini.retry_on_timeout,
         creates_resource: creates_resource(req.method(), req.uri().path(), route.map(|r| r.api)),
     };
+    // Error answers go into the usage history here; successes where their body ends (usage).
+    let usage =
+        gateway
+            .usage()
+            .request(&req, &model, live.config.auth.default_tokens_per_day);
     let (parts, body) = req.into_parts();
 
     let mut tried: Vec<Arc<str>> = Vec::new();
@@ -150,6 +156,9 @@ where
                 };
                 telemetry.failed(gateway.metrics(), &e);
                 gateway.store().record(&key, KeyOutcome::ServerError);
+                if let Some(u) = &usage {
+                    u.attempt(&key, KeyOutcome::ServerError);
+                }
                 let never_sent = matches!(e, GatewayError::UpstreamConnect { .. });
                 if last_attempt || !(never_sent || replay.replay_unknown_outcome()) {
                     return Err(e);
@@ -178,6 +187,9 @@ where
         };
         let verdict = classify(status, &bytes);
         apply(&gateway, &key.0.id, &model, &verdict, gemini);
+        if let Some(u) = &usage {
+            u.attempt(&key.0.id, verdict.outcome());
+        }
         let bytes = scrub(bytes, key.0.secret.expose(), &key.0.id);
         res_parts.headers.remove(header::CONTENT_LENGTH);
         let answer = Response::from_parts(res_parts, GatewayBody::full(bytes));
@@ -230,10 +242,20 @@ fn apply(
             );
             store.rest(key, model, deadline::after(Instant::now(), rest), *reason);
             gateway.metrics().cooldown(key, *reason);
+            gateway.usage().key_event(
+                key,
+                KeyEventKind::Rest,
+                Some(model),
+                reason.as_str(),
+                Some(rest.as_secs()),
+            );
         }
         Verdict::Invalid(reason) => {
             tracing::warn!(key_id = key, reason = %reason, "upstream key taken out of rotation");
             store.invalidate(key, reason);
+            gateway
+                .usage()
+                .key_event(key, KeyEventKind::Invalid, None, reason, None);
         }
         _ => {}
     }

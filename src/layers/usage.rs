@@ -5,7 +5,8 @@
 //! Sits inside key balance (it needs the key and the model) and above the upstream client. It taps
 //! successful answers: the body keeps the last few frames (reference-counted, no copy) and, when it
 //! ends, finds the usage in them. Tokens feed the key's `max_tokens_per_minute` budget and its
-//! counters. A body that fails mid-stream counts as a server error on the key.
+//! counters, and the answer (with its tokens) goes into the usage history and the client's token
+//! budget ([`crate::usage`]). A body that fails mid-stream counts as a server error on the key.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -29,6 +30,7 @@ use crate::key_pool::{KeyOutcome, KeyStateStore, SelectedKey, Tokens};
 use crate::metrics::Metrics;
 use crate::route::Route;
 use crate::trace::RequestTrace;
+use crate::usage::RequestUsage;
 
 /// How much of an answer's end is kept to find its usage in.
 const TAIL_BYTES: usize = 16 * 1024;
@@ -83,19 +85,29 @@ where
             .and_then(|r| r.model.clone())
             .unwrap_or_else(|| Arc::from(""));
         let sink = TokenSink::for_request(&self.gateway, &req, &model);
+        let default_tpd = self.gateway.live().config.auth.default_tokens_per_day;
+        let history = self.gateway.usage().request(&req, &model, default_tpd);
         ResponseFuture {
             future: self.inner.call(req),
-            tap: Some((self.gateway.store_handle(), model, sink)),
+            tap: Some((self.gateway.store_handle(), model, sink, history)),
         }
     }
 }
+
+/// What a response future needs to tap its answer.
+type Tap = (
+    Arc<dyn KeyStateStore>,
+    Arc<str>,
+    Option<TokenSink>,
+    Option<RequestUsage>,
+);
 
 pin_project! {
     /// Response future of [`Usage`].
     pub struct ResponseFuture<F> {
         #[pin]
         future: F,
-        tap: Option<(Arc<dyn KeyStateStore>, Arc<str>, Option<TokenSink>)>,
+        tap: Option<Tap>,
     }
 }
 
@@ -109,13 +121,13 @@ where
         let this = self.project();
         let mut res = ready!(this.future.poll(cx))?;
         if res.status().is_success()
-            && let (Some(key), Some((store, model, sink))) = (
+            && let (Some(key), Some((store, model, sink, history))) = (
                 res.extensions().get::<SelectedKey>().cloned(),
                 this.tap.take(),
             )
         {
             res.body_mut()
-                .tap(Box::new(UsageTap::new(store, key, model, sink)));
+                .tap(Box::new(UsageTap::new(store, key, model, sink, history)));
         }
         Poll::Ready(Ok(res))
     }
@@ -130,6 +142,8 @@ pub struct UsageTap {
     tail_len: usize,
     /// Metrics and the request's span, when on.
     sink: Option<TokenSink>,
+    /// The usage history and the client's budget, when on; taken when the answer is reported.
+    history: Option<RequestUsage>,
 }
 
 impl std::fmt::Debug for UsageTap {
@@ -147,6 +161,7 @@ impl UsageTap {
         key: SelectedKey,
         model: Arc<str>,
         sink: Option<TokenSink>,
+        history: Option<RequestUsage>,
     ) -> Self {
         Self {
             store,
@@ -155,6 +170,16 @@ impl UsageTap {
             tail: VecDeque::new(),
             tail_len: 0,
             sink,
+            history,
+        }
+    }
+}
+
+impl Drop for UsageTap {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away during the answer.
+        if let Some(h) = self.history.take() {
+            h.cancelled(&self.key.0.id);
         }
     }
 }
@@ -171,8 +196,12 @@ impl BodyObserver for UsageTap {
     }
 
     fn on_end(&mut self, end: BodyEnd) {
+        let history = self.history.take();
         if end == BodyEnd::Error {
             self.store.record(&self.key.0.id, KeyOutcome::ServerError);
+            if let Some(h) = history {
+                h.broke_off(&self.key.0.id);
+            }
             return;
         }
         // Most answers end in one frame: read it in place; otherwise join the few kept.
@@ -188,13 +217,17 @@ impl BodyObserver for UsageTap {
                 &joined
             }
         };
-        if let Some(tokens) = find_usage(tail) {
+        let tokens = find_usage(tail);
+        if let Some(tokens) = tokens {
             let k = &self.key.0;
             self.store
                 .add_tokens(&k.id, &self.model, &k.limits, tokens, Instant::now());
             if let Some(sink) = &self.sink {
                 sink.record(&tokens);
             }
+        }
+        if let Some(h) = history {
+            h.answered(&self.key.0.id, tokens.as_ref());
         }
     }
 }

@@ -137,6 +137,8 @@ fn client_jwt(role: &str) -> String {
         ttl: Duration::from_secs(3600),
         models: vec![],
         rpm: None,
+        tpm: None,
+        tpd: None,
         role: if role == "admin" {
             gem_proxy::auth::Role::Admin
         } else {

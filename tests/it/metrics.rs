@@ -289,6 +289,8 @@ async fn auth_failures_and_client_limits_are_counted_and_clients_labelled_when_a
             ttl: std::time::Duration::from_secs(600),
             models: vec![],
             rpm: Some(1),
+            tpm: None,
+            tpd: None,
             role: gem_proxy::auth::Role::Client,
         },
         gem_proxy::auth::unix_now(),
