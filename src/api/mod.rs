@@ -19,6 +19,9 @@
 //! | `DELETE /api/keys/{id}` | remove a key |
 //! | `POST /api/keys/{id}/enable`, `/disable` | (re-enabling also clears `invalid` and rests) |
 //! | `POST /api/keys/{id}/test` | a cheap live call with the key: valid / invalid / quota exhausted |
+//! | `GET /api/keys/{id}/events` | the key's rests, invalidations, enable/disable (usage history) |
+//! | `GET /api/usage` | usage per step and key / model / client / route, with cost (JSON or CSV) |
+//! | `GET /api/usage/summary` | top keys, models, clients over a window; error rate; tokens; cost |
 //! | `POST /api/tokens` | issue a client token |
 //! | `POST /api/tokens/revoke` | refuse a token id (`jti`) from now on |
 //! | `GET /api/openapi.json` | this API as OpenAPI 3 |
@@ -26,6 +29,7 @@
 mod handlers;
 mod openapi;
 pub mod sign_in;
+mod usage;
 
 use std::sync::Arc;
 
@@ -88,6 +92,7 @@ where
         .map(percent_decode)
         .collect();
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    let query = parts.uri.query();
     let ctx = handlers::Ctx {
         gateway: &gateway,
         admin: &admin,
@@ -105,6 +110,9 @@ where
         (&Method::POST, ["keys", id, "enable"]) => handlers::set_key_enabled(&ctx, id, true),
         (&Method::POST, ["keys", id, "disable"]) => handlers::set_key_enabled(&ctx, id, false),
         (&Method::POST, ["keys", id, "test"]) => handlers::test_key(&ctx, id).await,
+        (&Method::GET, ["keys", id, "events"]) => usage::key_events(&ctx, id, query).await,
+        (&Method::GET, ["usage"]) => usage::usage(&ctx, query).await,
+        (&Method::GET, ["usage", "summary"]) => usage::summary(&ctx, query).await,
         (&Method::POST, ["tokens"]) => handlers::issue_token(&ctx),
         (&Method::POST, ["tokens", "revoke"]) => handlers::revoke_token(&ctx),
         (method, segments) => match methods_of(segments) {

@@ -5,7 +5,10 @@ use serde::Serialize;
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::handlers::{History, IssuedToken, KeyTest, KeyView, NewToken, Revoke};
+use super::usage::{KeyEventView, KeyEvents};
 use crate::config::versions::Applied;
+use crate::usage::Counts;
+use crate::usage::query::{Point, Series, Summary, Top, Totals, UsageReport};
 
 /// Google's error shape, as every admin error is answered.
 #[derive(Debug, Serialize, ToSchema)]
@@ -31,7 +34,7 @@ pub(crate) struct GoogleErrorBody {
 /// The admin API.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "gem-proxy admin API", description = "Configuration, keys and tokens of a running gem-proxy."),
+    info(title = "gem-proxy admin API", description = "Configuration, keys, tokens and usage history of a running gem-proxy."),
     paths(
         paths::get_config,
         paths::put_config,
@@ -43,10 +46,14 @@ pub(crate) struct GoogleErrorBody {
         paths::enable_key,
         paths::disable_key,
         paths::test_key,
+        paths::key_events,
+        paths::usage,
+        paths::usage_summary,
         paths::issue_token,
         paths::revoke_token,
     ),
-    components(schemas(GoogleError, GoogleErrorBody, Applied, History, KeyView, KeyTest, NewToken, IssuedToken, Revoke)),
+    components(schemas(GoogleError, GoogleErrorBody, Applied, History, KeyView, KeyTest, NewToken, IssuedToken, Revoke,
+        Counts, Totals, Point, Series, UsageReport, Top, Summary, KeyEvents, KeyEventView)),
     modifiers(&BearerAuth, &Hardening),
     security(("bearer" = []))
 )]
@@ -212,4 +219,36 @@ mod paths {
         responses((status = 200, body = Applied), (status = 400, body = GoogleError),
             (status = 401, body = GoogleError), (status = 403, body = GoogleError)))]
     pub(super) fn revoke_token() {}
+
+    #[utoipa::path(get, path = "/api/keys/{id}/events", tag = "usage",
+        params(("id" = String, Path, description = "The key's id"),
+            ("from" = Option<String>, Query, description = "Start: seconds since the epoch or RFC 3339 (default: the whole history)"),
+            ("to" = Option<String>, Query, description = "End, exclusive (default: now)")),
+        responses((status = 200, description = "The key's rests, invalidations, enable/disable, newest first", body = KeyEvents),
+            (status = 400, body = GoogleError), (status = 404, body = GoogleError),
+            (status = 401, body = GoogleError), (status = 403, body = GoogleError),
+            (status = 503, body = GoogleError)))]
+    pub(super) fn key_events() {}
+
+    #[utoipa::path(get, path = "/api/usage", tag = "usage",
+        params(
+            ("from" = Option<String>, Query, description = "Start: seconds since the epoch or RFC 3339 (default: `to` − 24 h)"),
+            ("to" = Option<String>, Query, description = "End, exclusive (default: now)"),
+            ("step" = Option<String>, Query, description = "1m, 5m, 1h or 1d (default: from the range). Rows older than usage.minute_retention_days are hourly."),
+            ("group_by" = Option<String>, Query, description = "key (default), model, client or route"),
+            ("format" = Option<String>, Query, description = "json (default) or csv (a download: one line per group and step)")),
+        responses((status = 200, description = "Requests, errors, tokens and estimated cost per step and group",
+                content((UsageReport = "application/json"), (String = "text/csv"))),
+            (status = 400, body = GoogleError),
+            (status = 401, body = GoogleError), (status = 403, body = GoogleError),
+            (status = 503, body = GoogleError)))]
+    pub(super) fn usage() {}
+
+    #[utoipa::path(get, path = "/api/usage/summary", tag = "usage",
+        params(("window" = Option<String>, Query, description = "How far back: 90m, 24h (default), 7d …")),
+        responses((status = 200, description = "Totals, error rate and the busiest keys, models and clients", body = Summary),
+            (status = 400, body = GoogleError),
+            (status = 401, body = GoogleError), (status = 403, body = GoogleError),
+            (status = 503, body = GoogleError)))]
+    pub(super) fn usage_summary() {}
 }

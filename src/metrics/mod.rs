@@ -28,6 +28,7 @@
 //! | `gem_proxy_connections_open` / `gem_proxy_connections_total` | gauge / counter | `listener` (`proxy`, `admin`) |
 //! | `gem_proxy_tls_certificate_expiry_timestamp_seconds` | gauge, once TLS reports it | — |
 //! | `gem_proxy_client_requests_total`, `gem_proxy_client_tokens_total` | counters, only with `metrics.per_client` | `client`, `status_class` / `kind` |
+//! | `gem_proxy_usage_rows_dropped_total` | counter: usage-history reports dropped (writer behind) | — |
 //! | `gem_proxy_build_info` | gauge = 1 | `version` |
 //! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_threads`, `process_start_time_seconds` | from `/proc/self` | — |
 //!
@@ -873,6 +874,19 @@ fn register_observers(m: &Meter, gateway: Weak<Gateway>) {
         .with_callback(move |o| {
             if let Some(gw) = g.upgrade() {
                 o.observe(gw.store().binding_stats().evicted, &[]);
+            }
+        })
+        .build();
+    let g = gateway.clone();
+    m.u64_observable_counter("gem_proxy.usage.rows.dropped")
+        .with_description(
+            "Usage-history reports dropped because the writer could not keep up (its disk is slow or stuck).",
+        )
+        .with_callback(move |o| {
+            if let Some(gw) = g.upgrade()
+                && gw.usage().is_recording()
+            {
+                o.observe(gw.usage().dropped(), &[]);
             }
         })
         .build();
