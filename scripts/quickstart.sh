@@ -8,7 +8,8 @@
 # port 8443: on the first start the gateway generates a self-signed certificate
 # (config/cert.pem, config/key.pem) and reuses it afterwards; this script then prints how to
 # trust it. Without GEMINI_API_KEY_1 it runs in demo mode: the bundled mock Gemini upstream
-# stands in for Google, so everything can be tried without a key.
+# stands in for Google, so everything can be tried without a key, and the web console gets an
+# admin token (GEM_PROXY_ADMIN_TOKEN, or a random one made for this run) and a sign-in link.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,6 +35,7 @@ if [ ! -f "$CONFIG" ]; then
 fi
 
 mock_pid=""
+demo=0
 cleanup() { [ -n "$mock_pid" ] && kill "$mock_pid" 2>/dev/null || true; }
 trap cleanup EXIT
 
@@ -52,6 +54,13 @@ if [ -z "${GEMINI_API_KEY_1:-}" ]; then
     [ -n "$mock_url" ] || { echo "quickstart: the mock upstream did not start" >&2; exit 1; }
     export GEM_PROXY__GEMINI__BASE_URL="$mock_url"
     export GEMINI_API_KEY_1="demo-key-1" GEMINI_API_KEY_2="demo-key-2"
+    demo=1
+    if [ -z "${GEM_PROXY_ADMIN_TOKEN:-}" ]; then
+        # config/proxy.yaml.example reads admin.token from this variable.
+        GEM_PROXY_ADMIN_TOKEN="demo-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+        export GEM_PROXY_ADMIN_TOKEN
+        log "made an admin token for this demo run (set GEM_PROXY_ADMIN_TOKEN to choose your own)"
+    fi
 fi
 export GEMINI_API_KEY_2="${GEMINI_API_KEY_2:-$GEMINI_API_KEY_1}"
 
@@ -74,7 +83,10 @@ if [ -n "$admin_port" ] && command -v curl >/dev/null 2>&1; then
     done
 fi
 if [ -n "$admin_port" ]; then
-    if [ -n "${GEM_PROXY_ADMIN_TOKEN:-}" ]; then
+    if [ "$demo" = 1 ] && [ -n "${GEM_PROXY_ADMIN_TOKEN:-}" ]; then
+        # The token rides in the fragment (#...), which the browser never sends to the server.
+        log "web console: http://localhost:$admin_port/#token=$GEM_PROXY_ADMIN_TOKEN (signs you in)"
+    elif [ -n "${GEM_PROXY_ADMIN_TOKEN:-}" ]; then
         log "web console: http://localhost:$admin_port/ (sign in with \$GEM_PROXY_ADMIN_TOKEN)"
     else
         log "web console: http://localhost:$admin_port/ (set GEM_PROXY_ADMIN_TOKEN, 16+ characters, to sign in)"

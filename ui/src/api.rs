@@ -199,6 +199,22 @@ pub(crate) fn session_storage() -> Option<web_sys::Storage> {
     window().session_storage().ok().flatten()
 }
 
+/// The token of a sign-in link (`#token=…`), removed from the address bar.
+pub(crate) fn take_fragment_token() -> Option<String> {
+    let location = window().location();
+    let hash = location.hash().ok()?;
+    let token = crate::history::fragment_token(&hash)?;
+    let clean = format!(
+        "{}{}",
+        location.pathname().unwrap_or_default(),
+        location.search().unwrap_or_default()
+    );
+    if let Ok(history) = window().history() {
+        let _ = history.replace_state_with_url(&JsValue::NULL, "", Some(&clean));
+    }
+    Some(token)
+}
+
 /// Milliseconds on the browser's clock.
 pub(crate) fn now_ms() -> f64 {
     js_sys::Date::now()

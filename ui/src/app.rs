@@ -34,14 +34,22 @@ pub(crate) struct Session {
 
 impl Session {
     fn restore() -> Self {
+        let session = Self {
+            token: RwSignal::new(None),
+            ended: RwSignal::new(None),
+            config_etag: RwSignal::new(None),
+        };
+        // A sign-in link (`/#token=…`, as the quick start prints) signs in and leaves the
+        // address bar without the token. The fragment never reaches the server or its logs.
+        if let Some(token) = api::take_fragment_token() {
+            session.sign_in(token);
+            return session;
+        }
         let token = api::session_storage()
             .and_then(|s| s.get_item(TOKEN_KEY).ok().flatten())
             .filter(|t| !t.is_empty());
-        Self {
-            token: RwSignal::new(token),
-            ended: RwSignal::new(None),
-            config_etag: RwSignal::new(None),
-        }
+        session.token.set(token);
+        session
     }
 
     pub(crate) fn sign_in(&self, token: String) {
