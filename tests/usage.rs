@@ -395,6 +395,7 @@ async fn bad_usage_parameters_are_google_shaped_400s() {
         "/api/usage?step=1m&step=1h",
         "/api/usage?nonsense=1",
         "/api/usage/summary?window=forever",
+        "/api/usage/summary?window=%C2%80",
         "/api/usage/summary?window=1000d",
         "/api/keys/key1/events?from=soon",
     ] {

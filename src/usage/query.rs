@@ -38,12 +38,12 @@ pub fn parse_step(s: &str) -> Option<(&'static str, i64)> {
 
 /// Parses a window such as `90m`, `24h`, `7d` into seconds.
 pub fn parse_window(s: &str) -> Option<i64> {
-    let (n, unit) = s.split_at(s.len().checked_sub(1)?);
-    let n: i64 = n.parse().ok().filter(|&n| n > 0)?;
+    let unit = s.chars().last()?;
+    let n: i64 = s[..s.len() - unit.len_utf8()].parse().ok().filter(|&n| n > 0)?;
     let unit = match unit {
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
         _ => return None,
     };
     n.checked_mul(unit)
@@ -386,6 +386,8 @@ mod tests {
         assert_eq!(parse_window("0h"), None);
         assert_eq!(parse_window("h"), None);
         assert_eq!(parse_window(""), None);
+        assert_eq!(parse_window("\u{80}"), None);
+        assert_eq!(parse_window("5\u{80}"), None);
         assert_eq!(parse_step("5m"), Some(("5m", 300)));
         assert_eq!(parse_step("2m"), None);
         assert_eq!(auto_step(3600).0, "1m");
