@@ -210,6 +210,7 @@ fn Shell() -> impl IntoView {
             </div>
             <nav aria-label="Console">
                 <A href="/" exact=true>"Overview"</A>
+                <A href="/usage">"Usage"</A>
                 <A href="/keys">"Keys"</A>
                 <A href="/config">"Config"</A>
                 <A href="/tokens">"Tokens"</A>
@@ -220,7 +221,9 @@ fn Shell() -> impl IntoView {
         <main id="main" tabindex="-1">
             <Routes fallback=|| view! { <h1>"Not found"</h1><p>"No console page at this address."</p> }>
                 <Route path=path!("/") view=pages::overview::Overview/>
+                <Route path=path!("/usage") view=pages::usage::Usage/>
                 <Route path=path!("/keys") view=pages::keys::Keys/>
+                <Route path=path!("/keys/:id/events") view=pages::usage::KeyEvents/>
                 <Route path=path!("/config") view=pages::config::Config/>
                 <Route path=path!("/tokens") view=pages::tokens::Tokens/>
                 <Route path=path!("/errors") view=pages::errors::Errors/>

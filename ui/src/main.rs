@@ -3,12 +3,16 @@
 //! listener: the admin REST API under `/api/` and the open `/performance`, `/metrics`, `/errors`
 //! and `/health` documents.
 //!
-//! Pages: sign-in, Overview, Keys, Config, Tokens, Errors (`src/pages/`). Build it with
-//! `scripts/build-ui.sh` (wasm32 build, wasm-bindgen, hashed and gzipped assets in `ui/dist`).
+//! Pages: sign-in, Overview, Usage, Keys (with each key's event timeline), Config, Tokens, Errors
+//! (`src/pages/`). Build it with `scripts/build-ui.sh` (wasm32 build, wasm-bindgen, hashed and
+//! gzipped assets in `ui/dist`).
 //!
-//! Only `model` (parsing, formatting, form logic) is compiled for the host, where its unit tests
-//! run; everything that needs a browser is behind `target_arch = "wasm32"`.
+//! Only `model` and `history` (parsing, formatting, form logic, chart series) are compiled for the
+//! host, where their unit tests run; everything that needs a browser is behind
+//! `target_arch = "wasm32"`.
 
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+mod history;
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 mod model;
 

@@ -227,7 +227,7 @@ pub(crate) fn Keys() -> impl IntoView {
                     />
                 </td>
                 <th scope="row">
-                    <span class="key-id">{id.clone()}</span>
+                    <a class="key-id" href=format!("/keys/{}/events", js_sys::encode_uri_component(&id)) title=format!("Events of {id}")>{id.clone()}</a>
                     {k.label.clone().filter(|l| !l.is_empty()).map(|l| view! { <span class="chip">{l}</span> })}
                     {k.notes.clone().filter(|n| !n.is_empty()).map(|n| view! { <div class="notes muted">{n}</div> })}
                 </th>

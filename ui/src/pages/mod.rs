@@ -6,6 +6,7 @@ pub(crate) mod keys;
 pub(crate) mod login;
 pub(crate) mod overview;
 pub(crate) mod tokens;
+pub(crate) mod usage;
 
 use leptos::prelude::*;
 

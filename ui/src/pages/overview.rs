@@ -1,5 +1,6 @@
 //! Live figures: QPS, success rate, latency percentiles, time to first byte, tokens per minute and
-//! requests in flight, with charts of the last minutes, and the keys' states.
+//! requests in flight, with charts of the last minutes, and the keys' states; above them, the
+//! stored last hour from the usage history (so the page never opens on empty charts).
 
 use leptos::prelude::*;
 use leptos_router::components::A;
@@ -115,6 +116,9 @@ pub(crate) fn Overview() -> impl IntoView {
             <Card label="Time to first byte" value=fig(|s| fmt_ms(s.ttfb_p50_ms)) sub=fig(|s| format!("P50 · P95 {}", fmt_ms(s.ttfb_p95_ms)))/>
             <Card label="Tokens/min" value=fig(|s| s.tokens_per_minute.map(fmt_num).unwrap_or("—".into())) sub=fig(|s| s.tokens_total.map(|t| format!("{} since start", fmt_num(t))).unwrap_or_default())/>
             <Card label="In flight" value=fig(|s| s.in_flight.map(fmt_num).unwrap_or("—".into())) sub="requests being served"/>
+        </section>
+        <section class="charts" aria-label="The last hour">
+            <crate::pages::usage::StoredLastHour/>
         </section>
         <section class="charts" aria-label="Charts">
             <Chart title="Requests per second" format=fmt_num lines=qps_lines span=span/>
