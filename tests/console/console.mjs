@@ -12,7 +12,7 @@
 // Each step logs one line; the first failure throws, takes a screenshot and exits non-zero.
 // Console errors and uncaught page errors anywhere fail the run at the end.
 
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
@@ -234,6 +234,96 @@ try {
     assert(keys.length === 10 && !keys.includes(NEW_KEY), `the mock did not see the disabled key: ${keys}`);
   });
 
+  await step("a key's row links to its event timeline", async () => {
+    await page.locator("tbody tr", { hasText: "console-key" }).getByRole("link", { name: "console-key" }).click();
+    await heading("Key console-key: events").waitFor();
+    const disabled = page.locator('.timeline li[data-kind="disabled"]');
+    await disabled.waitFor();
+    assert((await disabled.textContent()).includes("by admin-token"), "says who disabled it");
+    await screenshot("key-events");
+    await nav("Keys");
+  });
+
+  await step("the Usage page: stored traffic by key, model and client, over every range", async () => {
+    await nav("Usage");
+    const shownTotal = async () => Number(await page.locator('[data-figure="Requests"]').textContent());
+    const rowRequests = async (group) =>
+      Number(await page.locator(`tr[data-group="${group}"] td[data-col="requests"]`).textContent());
+    // Rows reach the database within a flush interval: refresh until the page shows them all.
+    let byKey;
+    await until("the stored requests", async () => {
+      byKey = await admin("/api/usage?group_by=key");
+      if (byKey.totals.requests > 0 && (await shownTotal()) === byKey.totals.requests) return true;
+      await button("Refresh").click();
+      return false;
+    });
+    const total = byKey.totals.requests;
+    assert(byKey.groups.length >= 3, `three keys carried traffic: ${JSON.stringify(byKey.groups.map((g) => g.name))}`);
+    for (const g of byKey.groups) {
+      assert((await rowRequests(g.name)) === g.totals.requests, `row of ${g.name}`);
+    }
+    const areas = await page.locator('.chart[data-chart="Requests"] polygon.area').count();
+    assert(areas === Math.min(byKey.groups.length, 7), `one layer per key (${areas})`);
+    await screenshot("usage");
+
+    await page.getByLabel("Split by").selectOption("model");
+    await until("the model row", async () => (await page.locator(`tr[data-group="${MODEL}"]`).count()) === 1);
+    assert((await rowRequests(MODEL)) === total, "every request was for the one model");
+    await page.getByLabel("Split by").selectOption("client");
+    // Auth is off: the client is empty, shown as "(none)".
+    await until("the client row", async () => (await page.locator('tr[data-group=""]').count()) === 1);
+    assert((await page.locator('tr[data-group=""] th').textContent()) === "(none)", "no client without auth");
+    for (const range of ["1 h", "7 d", "30 d"]) {
+      await page.locator(`[data-range="${range}"]`).click();
+      await until(`range ${range}`, async () =>
+        (await page.locator(`[data-range="${range}"]`).getAttribute("aria-checked")) === "true" &&
+        (await shownTotal()) === total);
+    }
+    await page.locator('[data-range="custom"]').click();
+    await page.locator("#usage-from").fill("2020-01-01T00:00");
+    await page.locator("#usage-to").fill("2020-01-02T00:00");
+    await button("Show").click();
+    await page.getByText("No traffic in this range.").waitFor();
+    assert((await shownTotal()) === 0, "nothing in 2020");
+
+    // CSV export of the last 24 hours by key: the file holds the same numbers.
+    await page.locator('[data-range="24 h"]').click();
+    await page.getByLabel("Split by").selectOption("key");
+    await until("24 h by key", async () => (await shownTotal()) === total);
+    const [download] = await Promise.all([page.waitForEvent("download"), button("Export CSV").click()]);
+    assert(download.suggestedFilename().startsWith("gem-proxy-usage-by-key-"), download.suggestedFilename());
+    const lines = readFileSync(await download.path(), "utf8").trim().split("\n");
+    const header = lines[0].split(",");
+    assert(header[0] === "time" && header[1] === "key" && header.includes("total_tokens"), `CSV header ${header}`);
+    const col = header.indexOf("requests");
+    const sums = {};
+    for (const line of lines.slice(1)) {
+      const f = line.split(",");
+      sums[f[1]] = (sums[f[1]] || 0) + Number(f[col]);
+    }
+    for (const g of byKey.groups) {
+      assert(sums[g.name] === g.totals.requests, `CSV requests of ${g.name}: ${sums[g.name]} vs ${g.totals.requests}`);
+    }
+
+    await page.setViewportSize({ width: 390, height: 844 });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert(overflow <= 1, `no sideways scrolling on a phone (${overflow}px)`);
+    await screenshot("usage-phone");
+    await page.setViewportSize({ width: 1360, height: 900 });
+  });
+
+  await step("the overview opens with the stored last hour", async () => {
+    await page.goto(`${CONSOLE}/`);
+    await heading("Overview").waitFor();
+    const chart = page.locator(".chart", { hasText: "Requests per minute" }).locator("svg");
+    await until("a stored peak", async () => {
+      const label = (await chart.getAttribute("aria-label")) || "";
+      const peak = Number((label.match(/peak (\d+)/) || [])[1] || 0);
+      return peak > 0;
+    });
+    await nav("Keys");
+  });
+
   await step("paste two keys, filter, select all shown and delete them after confirming", async () => {
     await page.getByText("Paste several keys", { exact: true }).click();
     await page.getByLabel(/One key per line/).fill("bulk-a AIzaBULKA\nbulk-b, AIzaBULKB, 2\n");
@@ -408,6 +498,14 @@ try {
     assert(stored === null, "no token in session storage");
     await page.reload();
     await page.getByLabel("Admin token").waitFor();
+  });
+
+  await step("a sign-in link (as the quick start prints) signs in and leaves the address clean", async () => {
+    await page.goto(`${CONSOLE}/#token=${encodeURIComponent(TOKEN)}`);
+    await heading("Overview").waitFor();
+    assert(!page.url().includes("token"), `the address keeps no token: ${page.url()}`);
+    const stored = await page.evaluate(() => sessionStorage.getItem("gem-proxy.admin-token"));
+    assert(stored === TOKEN, "signed in with the link's token");
   });
 
   await step("no console errors", async () => {

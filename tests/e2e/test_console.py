@@ -41,7 +41,8 @@ def console_gateway(mock: Mock, tmp_path_factory: pytest.TempPathFactory):
     gw = start_gateway(
         tmp_path_factory.mktemp("console-gateway"),
         mock.url,
-        extra=f'admin: {{ token: "{ADMIN_TOKEN}", config_watch_interval_seconds: 0 }}\n',
+        extra=f'admin: {{ token: "{ADMIN_TOKEN}", config_watch_interval_seconds: 0 }}\n'
+        "usage: { flush_interval_milliseconds: 100 }\n",
     )
     yield gw
     _stop(gw.proc)
@@ -100,5 +101,5 @@ def test_the_console_in_chromium(console_gateway, mock: Mock):
     print(out)
     assert result.returncode == 0, out[-8000:]
     shots = sorted(p.name for p in ARTIFACTS.glob("*.png"))
-    for page in ("sign-in", "overview", "keys", "config", "tokens", "errors"):
+    for page in ("sign-in", "overview", "usage", "key-events", "keys", "config", "tokens", "errors"):
         assert any(s.endswith(f"-{page}.png") for s in shots), f"no screenshot of {page}: {shots}"

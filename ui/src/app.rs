@@ -210,8 +210,8 @@ fn Shell() -> impl IntoView {
             </div>
             <nav aria-label="Console">
                 <A href="/" exact=true>"Overview"</A>
-                <A href="/usage">"Usage"</A>
                 <A href="/keys">"Keys"</A>
+                <A href="/usage">"Usage"</A>
                 <A href="/config">"Config"</A>
                 <A href="/tokens">"Tokens"</A>
                 <A href="/errors">"Errors"</A>

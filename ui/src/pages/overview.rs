@@ -1,5 +1,5 @@
 //! Live figures: QPS, success rate, latency percentiles, time to first byte, tokens per minute and
-//! requests in flight, with charts of the last minutes, and the keys' states; above them, the
+//! requests in flight, with charts of the last minutes, and the keys' states; below them, the
 //! stored last hour from the usage history (so the page never opens on empty charts).
 
 use leptos::prelude::*;
@@ -117,9 +117,6 @@ pub(crate) fn Overview() -> impl IntoView {
             <Card label="Tokens/min" value=fig(|s| s.tokens_per_minute.map(fmt_num).unwrap_or("—".into())) sub=fig(|s| s.tokens_total.map(|t| format!("{} since start", fmt_num(t))).unwrap_or_default())/>
             <Card label="In flight" value=fig(|s| s.in_flight.map(fmt_num).unwrap_or("—".into())) sub="requests being served"/>
         </section>
-        <section class="charts" aria-label="The last hour">
-            <crate::pages::usage::StoredLastHour/>
-        </section>
         <section class="charts" aria-label="Charts">
             <Chart title="Requests per second" format=fmt_num lines=qps_lines span=span/>
             <Chart title="Success rate" format=|v| format!("{v:.0} %") floor=100.0 lines=success_lines span=span/>
@@ -127,6 +124,9 @@ pub(crate) fn Overview() -> impl IntoView {
             <Chart title="Time to first byte" format=|v| fmt_ms(Some(v)) lines=ttfb_lines span=span/>
             <Chart title="Tokens per minute" format=fmt_num lines=token_lines span=span/>
             <Chart title="Requests in flight" format=fmt_num lines=flight_lines span=span/>
+        </section>
+        <section class="charts" aria-label="The last hour">
+            <crate::pages::usage::StoredLastHour/>
         </section>
         <section class="panel" aria-labelledby="keys-title">
             <h2 id="keys-title">"Keys"</h2>
