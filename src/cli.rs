@@ -241,7 +241,9 @@ fn serve(config: Config, path: &std::path::Path) -> anyhow::Result<()> {
         server.wait().await;
         if let Some(usage) = usage_to_flush {
             // The last rows, so a restart finds them (not forever: the disk may be stuck).
-            tokio::task::spawn_blocking(move || usage.flush(Duration::from_secs(5))).await.ok();
+            tokio::task::spawn_blocking(move || usage.flush(Duration::from_secs(5)))
+                .await
+                .ok();
         }
         tracing::info!("stopped");
         Ok(())

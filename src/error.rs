@@ -123,8 +123,15 @@ pub enum GatewayError {
         reset_seconds: u64,
     },
     /// The client used up its token budget (`tpm` / `tpd` claim, `auth.default_tokens_per_day`).
-    #[error("token budget exceeded: {0}")]
-    TokenBudget(crate::usage::BudgetExceeded),
+    #[error("token budget exceeded: {message}")]
+    TokenBudget {
+        /// Which budget, how much was used, when it resets.
+        message: String,
+        /// The budget, in tokens.
+        limit: u64,
+        /// Seconds until it resets (at least 1).
+        retry_after_seconds: u64,
+    },
     /// The keys needed to check the client's token are not available yet (JWKS not fetched).
     #[error("{0}")]
     AuthUnavailable(AuthFailure),
@@ -152,7 +159,7 @@ impl GatewayError {
             GatewayError::KeysExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             GatewayError::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            GatewayError::RateLimited { .. } | GatewayError::TokenBudget(_) => {
+            GatewayError::RateLimited { .. } | GatewayError::TokenBudget { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
             GatewayError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -180,7 +187,7 @@ impl GatewayError {
             GatewayError::PermissionDenied(_) => "PERMISSION_DENIED",
             GatewayError::RateLimited { .. }
             | GatewayError::KeysExhausted { .. }
-            | GatewayError::TokenBudget(_) => "RESOURCE_EXHAUSTED",
+            | GatewayError::TokenBudget { .. } => "RESOURCE_EXHAUSTED",
             GatewayError::Internal(_) => "INTERNAL",
         }
     }
@@ -205,7 +212,7 @@ impl GatewayError {
             GatewayError::Unauthenticated(_) => "unauthenticated",
             GatewayError::PermissionDenied(_) => "permission_denied",
             GatewayError::RateLimited { .. } => "rate_limited",
-            GatewayError::TokenBudget(_) => "token_budget",
+            GatewayError::TokenBudget { .. } => "token_budget",
             GatewayError::AuthUnavailable(_) => "auth_unavailable",
             GatewayError::Internal(_) => "internal",
         }
@@ -236,7 +243,10 @@ impl GatewayError {
             | GatewayError::KeysExhausted {
                 retry_after_seconds,
             } => Some(*retry_after_seconds),
-            GatewayError::TokenBudget(b) => Some(b.retry_after_seconds),
+            GatewayError::TokenBudget {
+                retry_after_seconds,
+                ..
+            } => Some(*retry_after_seconds),
             _ => None,
         };
         let mut res = match retry_after {
@@ -271,13 +281,17 @@ impl GatewayError {
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
             }
-            GatewayError::TokenBudget(b) => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(b.retry_after_seconds));
-                headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(b.limit));
+            GatewayError::TokenBudget {
+                limit,
+                retry_after_seconds,
+                ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
+                headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(*limit));
                 headers.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from_static("0"));
                 headers.insert(
                     X_RATELIMIT_RESET.clone(),
-                    HeaderValue::from(b.retry_after_seconds),
+                    HeaderValue::from(*retry_after_seconds),
                 );
             }
             GatewayError::Unauthenticated(_) => {

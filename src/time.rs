@@ -13,7 +13,7 @@ const DAY: i64 = 86_400;
 const HOUR: i64 = 3_600;
 
 /// Seconds since the Unix epoch, now.
-fn now_unix() -> i64 {
+pub fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

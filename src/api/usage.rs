@@ -14,12 +14,12 @@ use super::{invalid, json, percent_decode};
 use crate::body::GatewayBody;
 use crate::config::Problem;
 use crate::error::google_error;
+use crate::time::now_unix as unix_now;
 use crate::usage::db::{self, GroupBy};
 use crate::usage::query::{
-    self, MAX_POINTS, Prices, Summary, UsageReport, auto_step, format_time, parse_step,
-    parse_time, parse_window,
+    self, MAX_POINTS, Prices, Summary, UsageReport, auto_step, format_time, parse_step, parse_time,
+    parse_window,
 };
-use crate::usage::unix_now;
 
 type Answer = Response<GatewayBody>;
 
@@ -193,7 +193,12 @@ pub(super) async fn usage(ctx: &Ctx<'_>, query: Option<&str>) -> Answer {
     let read = read(
         path,
         || (Vec::new(), Vec::new()),
-        move |conn| Ok((db::read_cells(conn, from, to, step, group)?, db::replicas(conn)?)),
+        move |conn| {
+            Ok((
+                db::read_cells(conn, from, to, step, group)?,
+                db::replicas(conn)?,
+            ))
+        },
     )
     .await;
     let (cells, replicas) = match read {
@@ -328,7 +333,14 @@ pub(super) async fn key_events(ctx: &Ctx<'_>, id: &str, query: Option<&str>) -> 
         let (f, t) = range(&params, &mut problems);
         // Without `from`, the whole history.
         let f = if get(&params, "from").is_none() { 0 } else { f };
-        (f, if get(&params, "to").is_none() { now + 1 } else { t })
+        (
+            f,
+            if get(&params, "to").is_none() {
+                now + 1
+            } else {
+                t
+            },
+        )
     };
     if !problems.is_empty() {
         return invalid("bad key events query", &problems);

@@ -67,13 +67,26 @@ impl UsageConfig {
     pub(super) fn problems(&self) -> Vec<(String, String)> {
         let mut p = Vec::new();
         if self.path.as_deref().is_some_and(|v| v.trim().is_empty()) {
-            p.push(("usage.path".into(), "must not be empty (leave it out for the default)".into()));
+            p.push((
+                "usage.path".into(),
+                "must not be empty (leave it out for the default)".into(),
+            ));
         }
-        if self.replica_id.as_deref().is_some_and(|v| v.trim().is_empty()) {
-            p.push(("usage.replica_id".into(), "must not be empty (leave it out for the host name)".into()));
+        if self
+            .replica_id
+            .as_deref()
+            .is_some_and(|v| v.trim().is_empty())
+        {
+            p.push((
+                "usage.replica_id".into(),
+                "must not be empty (leave it out for the host name)".into(),
+            ));
         }
         if self.minute_retention_days == 0 {
-            p.push(("usage.minute_retention_days".into(), "must be at least 1".into()));
+            p.push((
+                "usage.minute_retention_days".into(),
+                "must be at least 1".into(),
+            ));
         }
         if self.retention_days < self.minute_retention_days {
             p.push((
@@ -85,11 +98,17 @@ impl UsageConfig {
             p.push(("usage.queue_capacity".into(), "must be at least 1".into()));
         }
         if self.flush_interval_milliseconds == 0 {
-            p.push(("usage.flush_interval_milliseconds".into(), "must be > 0".into()));
+            p.push((
+                "usage.flush_interval_milliseconds".into(),
+                "must be > 0".into(),
+            ));
         }
         for (i, price) in self.prices.iter().enumerate() {
             if price.model.trim().is_empty() {
-                p.push((format!("usage.prices[{i}].model"), "must not be empty".into()));
+                p.push((
+                    format!("usage.prices[{i}].model"),
+                    "must not be empty".into(),
+                ));
             }
             for (field, v) in [
                 ("input_per_million", price.input_per_million),
@@ -97,7 +116,10 @@ impl UsageConfig {
                 ("cached_per_million", price.cached_per_million),
             ] {
                 if !v.is_finite() || v < 0.0 {
-                    p.push((format!("usage.prices[{i}].{field}"), "must be a number ≥ 0".into()));
+                    p.push((
+                        format!("usage.prices[{i}].{field}"),
+                        "must be a number ≥ 0".into(),
+                    ));
                 }
             }
         }

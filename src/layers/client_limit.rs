@@ -139,13 +139,13 @@ where
             if let Some(client) = req.extensions().get::<Client>()
                 && let Some(limits) =
                     BudgetLimits::of(client, live.config.auth.default_tokens_per_day)
-                && let Err(over) =
-                    self.gateway
-                        .usage()
-                        .budgets()
-                        .check(&client.id, limits, crate::usage::unix_now())
+                && let Err(over) = self.gateway.usage().budgets().check(
+                    &client.id,
+                    limits,
+                    crate::time::now_unix(),
+                )
             {
-                return ShortCircuit::ready(Err(GatewayError::TokenBudget(over)));
+                return ShortCircuit::ready(Err(over.into()));
             }
             let default_rpm = live.config.auth.rate_limit_per_minute;
             match req.extensions().get::<Client>() {

@@ -126,10 +126,9 @@ where
         creates_resource: creates_resource(req.method(), req.uri().path(), route.map(|r| r.api)),
     };
     // Error answers go into the usage history here; successes where their body ends (usage).
-    let usage =
-        gateway
-            .usage()
-            .request(&req, &model, live.config.auth.default_tokens_per_day);
+    let usage = gateway
+        .usage()
+        .request(&req, &model, live.config.auth.default_tokens_per_day);
     let (parts, body) = req.into_parts();
 
     let mut tried: Vec<Arc<str>> = Vec::new();

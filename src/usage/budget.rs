@@ -67,7 +67,7 @@ impl std::fmt::Display for BudgetExceeded {
             "this client used {} of its {what} of {}; it resets at {} (in {} s)",
             self.used,
             self.limit,
-            crate::auth::utc_time(self.resets_at.max(0) as u64),
+            crate::time::utc_time(self.resets_at.max(0) as u64),
             self.retry_after_seconds
         )
     }
@@ -95,6 +95,16 @@ impl Spent {
     }
 }
 
+impl From<BudgetExceeded> for crate::error::GatewayError {
+    fn from(b: BudgetExceeded) -> Self {
+        crate::error::GatewayError::TokenBudget {
+            message: b.to_string(),
+            limit: b.limit,
+            retry_after_seconds: b.retry_after_seconds,
+        }
+    }
+}
+
 /// Tokens spent per client in the current minute and day.
 #[derive(Debug, Default)]
 pub struct Budgets {
@@ -103,7 +113,12 @@ pub struct Budgets {
 
 impl Budgets {
     /// Whether `client` may send another request at `now` (seconds since the epoch).
-    pub fn check(&self, client: &str, limits: BudgetLimits, now: i64) -> Result<(), BudgetExceeded> {
+    pub fn check(
+        &self,
+        client: &str,
+        limits: BudgetLimits,
+        now: i64,
+    ) -> Result<(), BudgetExceeded> {
         let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
         let Some(s) = spent.get_mut(client) else {
             return Ok(());

@@ -40,14 +40,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::Request;
 
 use crate::auth::Client;
 use crate::config::UsageConfig;
-use crate::key_pool::{Outcome, Tokens};
-use crate::metrics::labels::RouteLabel;
+use crate::key_pool::{KeyOutcome, Tokens};
+use crate::route::Route;
+use crate::time::now_unix as unix_now;
 
 pub use budget::{BudgetExceeded, BudgetLimits, Budgets};
 pub use db::GroupBy;
@@ -177,18 +178,18 @@ impl Counts {
     }
 
     /// One attempt that ended with `outcome`.
-    fn attempt(outcome: Outcome) -> Self {
+    fn attempt(outcome: KeyOutcome) -> Self {
         let mut c = Counts {
             requests: 1,
             ..Counts::default()
         };
         match outcome {
-            Outcome::Success => c.successes = 1,
-            Outcome::RateLimited => c.rate_limited = 1,
-            Outcome::Invalid => c.invalid = 1,
-            Outcome::Overloaded => c.overloaded = 1,
-            Outcome::ServerError => c.server_errors = 1,
-            Outcome::ClientError => c.client_errors = 1,
+            KeyOutcome::Success => c.successes = 1,
+            KeyOutcome::RateLimited => c.rate_limited = 1,
+            KeyOutcome::Invalid => c.invalid = 1,
+            KeyOutcome::Overloaded => c.overloaded = 1,
+            KeyOutcome::ServerError => c.server_errors = 1,
+            KeyOutcome::ClientError => c.client_errors = 1,
         }
         c
     }
@@ -230,13 +231,6 @@ pub(crate) struct KeyEvent {
     pub(crate) seconds: Option<u64>,
 }
 
-/// Seconds since the epoch, now.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 impl Usage {
     /// Opens the history at `usage.path` (relative to `config_dir`; default
     /// `config_dir/data/usage.db`) and starts its writer. The file is opened by the writer, so a
@@ -247,11 +241,7 @@ impl Usage {
             return Ok(());
         }
         let path = resolve_path(config.path.as_deref(), config_dir);
-        let replica: Arc<str> = config
-            .replica_id
-            .clone()
-            .unwrap_or_else(host_name)
-            .into();
+        let replica: Arc<str> = config.replica_id.clone().unwrap_or_else(host_name).into();
         let tx = writer::spawn(writer::WriterOptions {
             path: path.clone(),
             replica: replica.clone(),
@@ -324,7 +314,7 @@ impl Usage {
             model: model.clone(),
             client: client.map(|c| c.id.clone()),
             budgeted,
-            route: RouteLabel::classify(req.uri().path()).0.as_str(),
+            route: Route::label_of(req.extensions().get::<Route>()).as_str(),
         })
     }
 
@@ -374,13 +364,13 @@ pub struct RequestUsage {
 impl RequestUsage {
     /// An attempt on `key` ended with an error `outcome` (failover), or the answer's body ended
     /// (the usage layer: a success with its tokens, or a broken stream).
-    pub fn attempt(&self, key: &Arc<str>, outcome: Outcome) {
+    pub fn attempt(&self, key: &Arc<str>, outcome: KeyOutcome) {
         self.row(key, Counts::attempt(outcome));
     }
 
     /// A successful answer from `key` ended completely, reporting `tokens` (if it did).
     pub fn answered(&self, key: &Arc<str>, tokens: Option<&Tokens>) {
-        let mut c = Counts::attempt(Outcome::Success);
+        let mut c = Counts::attempt(KeyOutcome::Success);
         if let Some(t) = tokens {
             c.input_tokens = t.prompt;
             c.output_tokens = t.candidates;
@@ -396,7 +386,7 @@ impl RequestUsage {
 
     /// A successful answer's stream broke off mid-way.
     pub fn broke_off(&self, key: &Arc<str>) {
-        let mut c = Counts::attempt(Outcome::ServerError);
+        let mut c = Counts::attempt(KeyOutcome::ServerError);
         c.stream_errors = 1;
         self.row(key, c);
     }
@@ -461,7 +451,10 @@ mod tests {
             Path::new("/etc/gp/data/usage.db")
         );
         assert_eq!(
-            resolve_path(Some("/var/lib/gem-proxy/usage.db"), Some(Path::new("/etc/gp"))),
+            resolve_path(
+                Some("/var/lib/gem-proxy/usage.db"),
+                Some(Path::new("/etc/gp"))
+            ),
             Path::new("/var/lib/gem-proxy/usage.db")
         );
         assert_eq!(resolve_path(Some("u.db"), None), Path::new("u.db"));
@@ -469,9 +462,9 @@ mod tests {
 
     #[test]
     fn counts_split_into_successes_errors_and_cancelled() {
-        let mut c = Counts::attempt(Outcome::Success);
-        c.add(&Counts::attempt(Outcome::RateLimited));
-        c.add(&Counts::attempt(Outcome::ClientError));
+        let mut c = Counts::attempt(KeyOutcome::Success);
+        c.add(&Counts::attempt(KeyOutcome::RateLimited));
+        c.add(&Counts::attempt(KeyOutcome::ClientError));
         assert_eq!(
             (c.requests, c.successes, c.errors(), c.rate_limited),
             (3, 1, 2, 1)

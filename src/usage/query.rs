@@ -39,7 +39,10 @@ pub fn parse_step(s: &str) -> Option<(&'static str, i64)> {
 /// Parses a window such as `90m`, `24h`, `7d` into seconds.
 pub fn parse_window(s: &str) -> Option<i64> {
     let unit = s.chars().last()?;
-    let n: i64 = s[..s.len() - unit.len_utf8()].parse().ok().filter(|&n| n > 0)?;
+    let n: i64 = s[..s.len() - unit.len_utf8()]
+        .parse()
+        .ok()
+        .filter(|&n| n > 0)?;
     let unit = match unit {
         'm' => 60,
         'h' => 3600,
@@ -60,7 +63,7 @@ pub fn parse_time(s: &str) -> Option<i64> {
 
 /// Seconds since the epoch as RFC 3339 UTC.
 pub fn format_time(t: i64) -> String {
-    crate::auth::utc_time(t.max(0) as u64)
+    crate::time::utc_time(t.max(0) as u64)
 }
 
 /// The price table, matched in order.

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use super::{Counts, KeyEvent, Record, RowKey, db, unix_now};
+use super::{Counts, KeyEvent, Record, RowKey, db};
+use crate::time::now_unix as unix_now;
 
 /// How often old minute rows are rolled up and expired rows deleted.
 const ROLL_UP_EVERY: Duration = Duration::from_secs(600);

@@ -17,3 +17,4 @@ mod robustness;
 mod security;
 mod shutdown;
 mod tls;
+mod usage;

@@ -87,7 +87,12 @@ pub(crate) fn layers(report: &Value, axis: &[i64], field: &str) -> Vec<(String, 
     let mut out: Vec<(String, Vec<f64>)> = groups
         .iter()
         .take(STACKED_GROUPS)
-        .map(|g| (group_label(g["name"].as_str().unwrap_or("")), values(g, axis, field)))
+        .map(|g| {
+            (
+                group_label(g["name"].as_str().unwrap_or("")),
+                values(g, axis, field),
+            )
+        })
         .collect();
     if groups.len() > STACKED_GROUPS {
         let mut other = vec![0.0; axis.len()];

@@ -87,18 +87,16 @@ pub(crate) fn Usage() -> impl IntoView {
         })
     };
 
-    let apply_custom = move |_| {
-        match (
-            parse_local_time(&custom_from.get_untracked()),
-            parse_local_time(&custom_to.get_untracked()),
-        ) {
-            (Some(from), Some(to)) if from < to => {
-                custom_error.set(None);
-                range.set(Range::Custom(from, to));
-            }
-            (Some(_), Some(_)) => custom_error.set(Some("The start must be before the end.".into())),
-            _ => custom_error.set(Some("Give both times (UTC).".into())),
+    let apply_custom = move |_| match (
+        parse_local_time(&custom_from.get_untracked()),
+        parse_local_time(&custom_to.get_untracked()),
+    ) {
+        (Some(from), Some(to)) if from < to => {
+            custom_error.set(None);
+            range.set(Range::Custom(from, to));
         }
+        (Some(_), Some(_)) => custom_error.set(Some("The start must be before the end.".into())),
+        _ => custom_error.set(Some("Give both times (UTC).".into())),
     };
 
     let axis = Memo::new(move |_| {
@@ -116,7 +114,12 @@ pub(crate) fn Usage() -> impl IntoView {
         }]
     });
     let step_label = move || {
-        report.with(|r| r["step"].as_str().map(|s| format!("per {s}")).unwrap_or_default())
+        report.with(|r| {
+            r["step"]
+                .as_str()
+                .map(|s| format!("per {s}"))
+                .unwrap_or_default()
+        })
     };
     let span = Signal::derive(move || {
         let (from, to) = bounds.get();
@@ -277,7 +280,12 @@ fn StackedChart(
                 .map(|(name, v)| format!("{name}: {}", fmt_num(v.iter().sum())))
                 .collect()
         });
-        format!("{title} {} over {}. {}", step.get(), span.get(), parts.join("; "))
+        format!(
+            "{title} {} over {}. {}",
+            step.get(),
+            span.get(),
+            parts.join("; ")
+        )
     };
     view! {
         <figure class="chart" data-chart=title>
@@ -320,7 +328,10 @@ pub(crate) fn KeyEvents() -> impl IntoView {
     Effect::new(move |_| {
         let id = id();
         tasks.spawn(async move {
-            match api.get_json(&format!("/api/keys/{}/events", urlencode(&id))).await {
+            match api
+                .get_json(&format!("/api/keys/{}/events", urlencode(&id)))
+                .await
+            {
                 Ok(v) => {
                     events.set(v);
                     load_error.set(None);
@@ -379,7 +390,10 @@ fn badge(kind: &str) -> &'static str {
 
 /// `2026-12-01T17:05:00Z` → `2026-12-01 17:05`.
 fn short_time_str(t: &str) -> String {
-    t.replace('T', " ").trim_end_matches('Z').trim_end_matches(":00").to_owned()
+    t.replace('T', " ")
+        .trim_end_matches('Z')
+        .trim_end_matches(":00")
+        .to_owned()
 }
 
 fn short_time(secs: i64) -> String {

@@ -1,13 +1,14 @@
 //! The usage history and token budgets, black-box: traffic through the real stack against the
 //! mock, read back through the admin API; a restart on the same file; a stalled disk; budgets.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{
+    GENERATE_BODY, HttpClient, assert_google_error, http1_client, json, read_all, within,
+};
 use bytes::Bytes;
 use gem_proxy::config::{Config, ConfigLoader};
 use gem_proxy::gateway::{Gateway, Live};
@@ -19,9 +20,6 @@ use gem_proxy_mock::{
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
-use support::{
-    GENERATE_BODY, HttpClient, assert_google_error, http1_client, json, read_all, within,
-};
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
 const JWT_SECRET: &str = "jwt-secret-0123456789abcdefghijklmnop";
@@ -221,10 +219,7 @@ async fn usage_by_key_model_and_client_is_exactly_what_was_sent_and_survives_a_r
     for _ in 0..3 {
         assert_eq!(gw.call(&bob, PRO, &[]).await.0, 200);
     }
-    assert_eq!(
-        gw.call(&bob, PRO, &[("x-mock-error", "400")]).await.0,
-        400
-    );
+    assert_eq!(gw.call(&bob, PRO, &[("x-mock-error", "400")]).await.0, 400);
     let t = TOTAL_TOKEN_COUNT;
     let report = gw.settle("group_by=client", 10).await;
     assert_eq!(
@@ -266,7 +261,10 @@ async fn usage_by_key_model_and_client_is_exactly_what_was_sent_and_survives_a_r
     assert_eq!(seen.len(), 3, "all three keys carried traffic: {seen:?}");
     let by_key = by_group(&gw.usage("group_by=key").await);
     assert_eq!(
-        by_key.iter().map(|(k, (r, _))| (k.clone(), *r)).collect::<BTreeMap<_, _>>(),
+        by_key
+            .iter()
+            .map(|(k, (r, _))| (k.clone(), *r))
+            .collect::<BTreeMap<_, _>>(),
         seen
     );
     assert_eq!(by_key.values().map(|(_, tok)| tok).sum::<u64>(), 9 * t);
@@ -293,8 +291,18 @@ async fn usage_by_key_model_and_client_is_exactly_what_was_sent_and_survives_a_r
         .admin(Method::GET, "/api/usage?group_by=client&step=1m&format=csv")
         .await;
     assert_eq!(status, 200);
-    assert!(headers["content-type"].to_str().unwrap().starts_with("text/csv"));
-    assert!(headers["content-disposition"].to_str().unwrap().contains("attachment"));
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    assert!(
+        headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("attachment")
+    );
     let text = String::from_utf8(body.to_vec()).unwrap();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
@@ -352,7 +360,9 @@ async fn key_events_record_rests_invalid_keys_and_operators() {
     let events = |id: &'static str| {
         let gw = &gw;
         async move {
-            let (status, _, body) = gw.admin(Method::GET, &format!("/api/keys/{id}/events")).await;
+            let (status, _, body) = gw
+                .admin(Method::GET, &format!("/api/keys/{id}/events"))
+                .await;
             assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
             json(&body)["events"].clone()
         }
@@ -443,8 +453,9 @@ async fn a_stalled_disk_never_blocks_requests_and_drops_rows_with_a_count() {
     assert_eq!(status, 200);
     let text = String::from_utf8_lossy(&body);
     assert!(
-        text.lines().any(|l| l.starts_with("gem_proxy_usage_rows_dropped_total")
-            && l.ends_with(&format!(" {dropped}"))),
+        text.lines()
+            .any(|l| l.starts_with("gem_proxy_usage_rows_dropped_total")
+                && l.ends_with(&format!(" {dropped}"))),
         "{}",
         text.lines()
             .filter(|l| l.contains("usage"))
@@ -488,11 +499,14 @@ async fn a_client_over_its_daily_token_budget_gets_429_and_others_do_not() {
     let midnight = (now / 86_400 + 1) * 86_400;
     assert!(message.contains("tokens-per-day budget (tpd)"), "{message}");
     assert!(
-        message.contains(&gem_proxy::auth::utc_time(midnight)),
+        message.contains(&gem_proxy::time::utc_time(midnight)),
         "names when it resets: {message}"
     );
     let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!(retry_after >= 1 && retry_after <= midnight - now + 1, "{retry_after}");
+    assert!(
+        retry_after >= 1 && retry_after <= midnight - now + 1,
+        "{retry_after}"
+    );
     let upstream_before = mock.requests().len();
 
     // carol has the default budget: one answer, then 429; bob has none and is never refused.
