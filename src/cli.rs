@@ -142,7 +142,7 @@ fn token(config: &Config, args: &TokenArgs) -> ExitCode {
         Ok(issued) => {
             println!("{}", issued.token);
             eprintln!(
-                "token for sub {:?}: jti {}, expires {}, models {}, rpm {}, role {}{}",
+                "token for sub {:?}: jti {}, expires {}, models {}, rpm {}{}, role {}{}",
                 req.sub,
                 issued.jti,
                 utc_time(issued.expires_at),
@@ -155,6 +155,10 @@ fn token(config: &Config, args: &TokenArgs) -> ExitCode {
                     || "auth.rate_limit_per_minute".to_owned(),
                     |r| r.to_string()
                 ),
+                [("tpm", req.tpm), ("tpd", req.tpd)]
+                    .iter()
+                    .filter_map(|(name, v)| v.map(|v| format!(", {name} {v}")))
+                    .collect::<String>(),
                 req.role.as_str(),
                 if config.auth.enabled {
                     ""

@@ -32,8 +32,9 @@
 //!     known: names it on the span and, with `metrics.per_client`, counts its requests (its
 //!     client-limit rejections included).
 //! 13. **client limit** ([`ClientLimitLayer`]) — per-client requests per minute (GCRA), keyed by
-//!     token subject, or by client IP when auth is off; 429 before any body is read. After auth
-//!     so an unauthenticated flood cannot spend a real client's budget.
+//!     token subject, or by client IP when auth is off, and token budgets (`tpm` / `tpd`, from
+//!     in-memory counters); 429 before any body is read. After auth so an unauthenticated flood
+//!     cannot spend a real client's budget.
 //! 14. **buffer body** ([`BufferBodyLayer`]) — reads the body (≤ `server.max_request_body_bytes`;
 //!     all bodies at once ≤ `server.max_buffered_body_bytes`) so an attempt can be replayed;
 //!     413 / 408 / 503.
@@ -52,8 +53,9 @@
 //! 18. **key balance** ([`KeyBalanceLayer`]) — weighted pick over the keys with headroom for the
 //!     model; 429 with `Retry-After` when none has.
 //! 19. **usage** ([`UsageLayer`]) — taps successful answers for `usageMetadata` (tokens per key,
-//!     model and client; `gen_ai.usage.*` on the span) without buffering them. Inside key
-//!     balance: it needs the key.
+//!     model and client; `gen_ai.usage.*` on the span; the usage history and the client's token
+//!     budget) without buffering them. Inside key balance: it needs the key. (Failover reports the
+//!     error answers and key rests to the usage history.)
 //! 20. **upstream** ([`Upstream`]) — strips client credentials and hop-by-hop headers, injects the
 //!     key (and the attempt's `traceparent` when tracing), sends, streams the answer back.
 //!
