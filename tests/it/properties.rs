@@ -53,6 +53,8 @@ fn token(sub: &str, role: Role) -> String {
         ttl: std::time::Duration::from_secs(3600),
         models: vec!["gemini-2.5-flash".into()],
         rpm: None,
+        tpm: None,
+        tpd: None,
         role,
     };
     issue(&auth, &req, unix_now()).unwrap().token
