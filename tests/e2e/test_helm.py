@@ -575,6 +575,7 @@ def test_every_variable_the_config_names_reaches_the_container(case: str):
     assert plain["GEM_PROXY__SERVER__TLS__CERT_PATH"] == tls["cert_path"]
     assert plain["GEM_PROXY__SERVER__TLS__KEY_PATH"] == tls["key_path"]
     assert plain["GEM_PROXY__SERVER__TLS__ACME__CACHE_DIR"] == tls["acme"]["cache_dir"]
+    assert plain["GEM_PROXY__USAGE__PATH"] == config_of(docs)["usage"]["path"]
     assert plain["GEM_PROXY_CONFIG"] == "/etc/gem-proxy/proxy.yaml"
     if "envFrom" in c:
         # The platform's own Secret: every key of it is in the environment.
@@ -629,7 +630,7 @@ def test_security_context(case: str):
     cfg = config_of(docs)
     mounts = [m["mountPath"] for m in gateway_container(docs)["volumeMounts"] if not m.get("readOnly")]
     tls = cfg["server"]["tls"]
-    for path in (tls["acme"]["cache_dir"], tls["cert_path"], tls["key_path"]):
+    for path in (tls["acme"]["cache_dir"], tls["cert_path"], tls["key_path"], cfg["usage"]["path"]):
         assert any(path.startswith(m + "/") for m in mounts) or "/var/run/secrets/gem-proxy/tls/" in path, path
 
 

@@ -114,6 +114,10 @@ over it. Everything that depends on the rest of the values is here, in one place
 {{- $_ := set $tls "acme" $acme -}}
 {{- $_ := set $server "tls" $tls -}}
 {{- $_ := set $cfg "server" $server -}}
+{{- /* The usage history (SQLite, one file per replica) on the same volume. */ -}}
+{{- $usage := default dict $cfg.usage -}}
+{{- if not (hasKey $usage "path") -}}{{- $_ := set $usage "path" "/var/lib/gem-proxy/usage.db" -}}{{- end -}}
+{{- $_ := set $cfg "usage" $usage -}}
 {{- /* Shared state: Redis whenever the chart has one. */ -}}
 {{- $redisUrl := include "gem-proxy.redisUrl" . -}}
 {{- if $redisUrl -}}
