@@ -472,7 +472,7 @@ data: {\"usageMetadata\":{\"promptTokenCount\":8,\"candidatesTokenCount\":3,\"to
             }])
             .unwrap();
             let key = SelectedKey(pool.pick(&*store, "m", &[], Instant::now()).unwrap());
-            let mut tap = UsageTap::new(store.clone(), key, Arc::from("m"), None);
+            let mut tap = UsageTap::new(store.clone(), key, Arc::from("m"), None, None);
             let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
             cuts.sort_unstable();
             let mut at = 0;
