@@ -8,17 +8,20 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use tower::Service;
+use tower::{Service, ServiceBuilder};
+use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::api::sign_in::SignInGuard;
 use crate::body::GatewayBody;
 use crate::error::google_error;
 use crate::gateway::Gateway;
+use crate::stack::{PanicResponse, ProxyBody};
 
-/// The admin service.
+/// The admin service. A panic in a handler is answered with Google's 500 shape (the same
+/// catch-panic as the proxy stack), never a dropped connection.
 pub fn service<B>(
     gateway: Arc<Gateway>,
-) -> impl Service<Request<B>, Response = Response<GatewayBody>, Error = Infallible, Future: Send>
+) -> impl Service<Request<B>, Response = Response<ProxyBody>, Error = Infallible, Future: Send>
 + Clone
 + Send
 + 'static
@@ -27,7 +30,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let guard = Arc::new(SignInGuard::new());
-    tower::service_fn(move |req: Request<B>| {
+    let handlers = tower::service_fn(move |req: Request<B>| {
         let gateway = gateway.clone();
         let guard = guard.clone();
         async move {
@@ -36,7 +39,10 @@ where
             }
             Ok(route(&gateway, &guard, &req))
         }
-    })
+    });
+    ServiceBuilder::new()
+        .layer(CatchPanicLayer::custom(PanicResponse))
+        .service(handlers)
 }
 
 /// With `admin.protect_observability`, whether the request carries the admin credential:

@@ -160,9 +160,10 @@ where
         .service(Upstream::new(gateway))
 }
 
-/// Answers a panic with Google's 500 shape; the panic message is logged, never sent.
+/// Answers a panic with Google's 500 shape; the panic message is logged, never sent. Used by the
+/// proxy stack and by the admin service.
 #[derive(Debug, Clone, Copy)]
-struct PanicResponse;
+pub struct PanicResponse;
 
 impl ResponseForPanic for PanicResponse {
     type ResponseBody = GatewayBody;
