@@ -154,6 +154,8 @@ main() {
     # (scrape, query API, `promtool check metrics|rules`, `promtool test rules`), and the Grafana
     # schema types with TypeScript to check the dashboard.
     apt_install prometheus
+    # Shared state across replicas (tests/it/redis_state.rs starts its own on a free port).
+    apt_install redis-server
     command -v npm >/dev/null 2>&1 || apt_install nodejs npm
     # Web console tests (tests/e2e/test_console.py): Debian's Chromium, driven by playwright-core
     # (which downloads no browser). Every npm package goes in this one call (see npm_install).

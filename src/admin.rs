@@ -174,6 +174,7 @@ fn health(gateway: &Gateway) -> serde_json::Value {
             "disabled": counts["disabled"],
         },
         "key_states": states,
+        "state": store.backend(),
         "tls": gateway.tls().health(),
         "config": {
             "version": gateway.versions().version(),

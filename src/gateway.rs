@@ -14,10 +14,10 @@ use http::{HeaderMap, Uri, header};
 
 use crate::auth::{Jwks, Verifier};
 use crate::config::document::ConfigDocument;
-use crate::config::versions::ConfigVersions;
+use crate::config::versions::{ChangeError, ConfigVersions};
 use crate::config::{AuthConfig, Config, ConfigLoader, Problem};
 use crate::http_client::{self, HttpClient, UpstreamTarget};
-use crate::key_pool::{KeyPool, KeyStateStore, MemoryStore};
+use crate::key_pool::{KeyPool, KeyStateStore};
 use crate::tls::TlsStatus;
 
 /// A configuration and what is built from it.
@@ -112,9 +112,10 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway running `live`.
+    /// A gateway running `live`, its key state in the store `live.config.state` names.
     pub fn new(live: Live) -> Arc<Self> {
-        Self::with_store(live, Arc::new(MemoryStore::new()))
+        let store = crate::state::open(&live.config.state);
+        Self::with_store(live, store)
     }
 
     /// A gateway running `live` with its key state in `store`.
@@ -124,7 +125,7 @@ impl Gateway {
             jwks.start();
         }
         let tracing = crate::trace::Tracing::from_config(&live.config.metrics.otlp);
-        Arc::new_cyclic(|me| Self {
+        let gateway = Arc::new_cyclic(|me| Self {
             metrics: Arc::new(crate::metrics::Metrics::new(
                 &live.config.metrics,
                 me.clone(),
@@ -136,7 +137,57 @@ impl Gateway {
             versions: std::sync::OnceLock::new(),
             tls: TlsStatus::default(),
             usage: Arc::default(),
-        })
+        });
+        let me = Arc::downgrade(&gateway);
+        gateway
+            .store
+            .on_shared_config(Box::new(move |who, document| {
+                if let Some(gateway) = me.upgrade() {
+                    gateway.apply_shared_config(who, document);
+                }
+            }));
+        gateway
+    }
+
+    /// Tells the other replicas (through a shared store) about a config change an operator just
+    /// made here through the admin API.
+    pub fn share_config(&self, who: &str) {
+        let live = self.live();
+        let document = self.versions().document().masked(&live.config);
+        self.store.share_config(who, &document);
+    }
+
+    /// Applies a config change made on another replica: its document, with this replica's own
+    /// secrets filling the masks, applied and persisted like an admin change. A change that
+    /// needs a secret this replica does not have (a new key added with its value) is refused.
+    fn apply_shared_config(&self, who: &str, document: serde_json::Value) {
+        let who = format!("{who} (on another replica)");
+        let live = self.live();
+        // Unmasked under the versions' write lock, from the document current at that moment.
+        let result = self.versions().update(
+            &who,
+            None,
+            &live.config,
+            |current| {
+                current
+                    .with_unmasked(document)
+                    .map_err(ChangeError::Invalid)
+            },
+            |c| self.reload(c),
+        );
+        match result {
+            Ok(_) => {}
+            Err(e @ ChangeError::Persist { .. }) => tracing::warn!(
+                who,
+                error = %e,
+                "config change from another replica applied, not written to the config file"
+            ),
+            Err(e) => tracing::warn!(
+                who,
+                error = %e,
+                "config change from another replica refused here (make it in the config file)"
+            ),
+        }
     }
 
     /// Metrics, `/performance` and `/errors`.

@@ -28,6 +28,7 @@ pub mod replay;
 pub mod route;
 pub mod server;
 pub mod stack;
+pub mod state;
 pub mod time;
 pub mod tls;
 pub mod trace;

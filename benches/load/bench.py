@@ -56,8 +56,9 @@ UPSTREAM_KEYS = [f"bench-upstream-key-{i}" for i in range(1, 5)]
 PROXY_CPU = 0
 LOAD_CPU = 1
 
-ALL_TARGETS = ["direct", "nginx", "pingora", "gem-proxy", "litellm"]
-PROXIES = ["nginx", "pingora", "gem-proxy", "litellm"]
+ALL_TARGETS = ["direct", "nginx", "pingora", "gem-proxy", "gem-proxy-redis", "litellm"]
+PROXIES = ["nginx", "pingora", "gem-proxy", "gem-proxy-redis", "litellm"]
+GEM_PROXIES = ("gem-proxy", "gem-proxy-redis")
 
 
 def log(msg: str) -> None:
@@ -246,6 +247,17 @@ log:
 """
 
 
+def redis_state_conf(redis_port: int) -> str:
+    """gem-proxy-redis: the same gateway with its key state shared through Redis."""
+    return f"""state:
+  backend: "redis"
+  redis:
+    url: "redis://127.0.0.1:{redis_port}/0"
+    key_prefix: "gem-proxy-bench"
+    sync_interval_ms: 200
+"""
+
+
 def litellm_conf(upstream_port: int) -> str:
     deployments = "\n".join(
         f"""  - model_name: {MODEL}
@@ -282,6 +294,8 @@ class Target:
         self.port = mock_port if name == "direct" else free_port()
         self.key = "bench-direct-key"
         self.starts = 0
+        self.redis: Service | None = None
+        self.redis_port = 0
 
     @property
     def pid(self) -> int | None:
@@ -301,11 +315,15 @@ class Target:
                                    capture_output=True, text=True)
             if check.returncode != 0:
                 raise RuntimeError(f"nginx -t failed:\n{check.stderr}")
-        elif self.name == "gem-proxy":
+        elif self.name in GEM_PROXIES:
             secret = "".join(random.SystemRandom().choice(string.ascii_letters + string.digits) for _ in range(48))
             self.admin_port = free_port()
-            conf = d / "gem-proxy.yaml"
-            conf.write_text(gem_proxy_conf(self.port, self.admin_port, self.mock_port, secret))
+            conf = d / f"{self.name}.yaml"
+            text = gem_proxy_conf(self.port, self.admin_port, self.mock_port, secret)
+            if self.name == "gem-proxy-redis":
+                self.redis_port = free_port()
+                text += redis_state_conf(self.redis_port)
+            conf.write_text(text)
             check = subprocess.run([self.tools["gem-proxy"], "check-config", "--config", str(conf)],
                                    capture_output=True, text=True)
             if check.returncode != 0:
@@ -337,9 +355,16 @@ class Target:
                    f"127.0.0.1:{self.mock_port}", "--threads", "1", "--pool", "1024"]
             # Pingora: SIGINT is its fast shutdown (SIGTERM waits for a grace period).
             self.svc = Service("pingora", cmd, PROXY_CPU, log_path, stop_signal=signal.SIGINT)
-        elif self.name == "gem-proxy":
-            cmd = [self.tools["gem-proxy"], "serve", "--config", str(d / "gem-proxy.yaml")]
-            self.svc = Service("gem-proxy", cmd, PROXY_CPU, log_path, stop_signal=signal.SIGINT)
+        elif self.name in GEM_PROXIES:
+            if self.name == "gem-proxy-redis" and self.redis is None:
+                # Redis on the load side's CPU: in a deployment it runs elsewhere too.
+                (d / "redis").mkdir(exist_ok=True)
+                self.redis = Service("redis-server", [self.tools["redis"], "--bind", "127.0.0.1", "--port",
+                                                      str(self.redis_port), "--save", "", "--appendonly", "no",
+                                                      "--dir", str(d / "redis")], LOAD_CPU, d / "redis.log")
+                wait_port(self.redis_port, 10, self.redis.proc)
+            cmd = [self.tools["gem-proxy"], "serve", "--config", str(d / f"{self.name}.yaml")]
+            self.svc = Service(self.name, cmd, PROXY_CPU, log_path, stop_signal=signal.SIGINT)
         elif self.name == "litellm":
             cmd = [self.tools["litellm"], "--config", str(d / "litellm.yaml"), "--host", "127.0.0.1",
                    "--port", str(self.port), "--num_workers", "1"]
@@ -355,6 +380,13 @@ class Target:
         if self.svc:
             self.svc.stop()
             self.svc = None
+
+    def stop_all(self) -> None:
+        """Stops the target and what it needs (Redis)."""
+        self.stop()
+        if self.redis:
+            self.redis.stop()
+            self.redis = None
 
     def restart(self) -> None:
         self.stop()
@@ -569,7 +601,7 @@ def main() -> int:
     except OSError:
         pass
     s = settings(args)
-    names = ["direct", "nginx", "pingora", "gem-proxy"] + (["litellm"] if args.with_litellm else [])
+    names = ["direct", "nginx", "pingora", "gem-proxy", "gem-proxy-redis"] + (["litellm"] if args.with_litellm else [])
     if args.targets:
         wanted = args.targets.split(",")
         names = [n for n in names if n in wanted] or names
@@ -657,7 +689,7 @@ def main() -> int:
                         f"held {r['held_rss_kb']} KiB  -> {r.get('kb_per_stream', float('nan')):.1f} KiB/stream")
     finally:
         for t in targets.values():
-            t.stop()
+            t.stop_all()
         if mock:
             mock.stop()
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import statistics
 
-PROXIES = ["nginx", "pingora", "gem-proxy", "litellm"]
+PROXIES = ["nginx", "pingora", "gem-proxy", "gem-proxy-redis", "litellm"]
 LABEL = {"direct": "direct (mock, the floor)", "nginx": "nginx", "pingora": "Pingora", "gem-proxy": "gem-proxy",
+         "gem-proxy-redis": "gem-proxy, state.backend: redis",
          "litellm": "LiteLLM"}
 
 

@@ -5,7 +5,8 @@
 #                       [--repeats N] [--seconds S] [--rate R] [--targets direct,nginx,...]
 #
 # From a clean checkout (Debian, root, 2+ cores) it:
-#   1. installs what it needs with apt-get when missing: nginx-light, wrk, cmake (Pingora's zlib-ng);
+#   1. installs what it needs with apt-get when missing: nginx-light, wrk, cmake (Pingora's zlib-ng),
+#      redis-server (the gem-proxy-redis target);
 #   2. builds gem-proxy and gem-proxy-mock (release), and the two crates of its own, each outside the
 #      workspace, into target/bench-tools: benches/pingora-ref (a minimal Pingora pass-through proxy)
 #      and benches/load/driver (bench-driver: open-loop, SSE timing and held streams);
@@ -53,6 +54,7 @@ need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 if [ "$dry" -eq 0 ] && [ "${#need[@]}" -gt 0 ]; then
     if [ "$install" -eq 0 ]; then
@@ -109,9 +111,9 @@ if [ "$dry" -eq 1 ] && ! [ -x "$NGINX" ]; then
     NGINX=""
 fi
 
-tools=$(printf '{"gem-proxy":"%s","mock":"%s","pingora":"%s","driver":"%s","wrk":"%s","nginx":"%s","litellm":"%s"}' \
+tools=$(printf '{"gem-proxy":"%s","mock":"%s","pingora":"%s","driver":"%s","wrk":"%s","nginx":"%s","litellm":"%s","redis":"%s"}' \
     "$GEM_PROXY" "$ROOT/target/release/gem-proxy-mock" "$TOOLS_DIR/release/pingora-ref" \
-    "$TOOLS_DIR/release/bench-driver" "$(command -v wrk || true)" "$NGINX" "$LITELLM")
+    "$TOOLS_DIR/release/bench-driver" "$(command -v wrk || true)" "$NGINX" "$LITELLM" "$(command -v redis-server || true)")
 
 command_line="benches/load/run.sh${pass[*]:+ ${pass[*]}}"
 exec "$PYTHON" "$ROOT/benches/load/bench.py" --tools "$tools" --command "$command_line" "${pass[@]}"

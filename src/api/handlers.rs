@@ -316,6 +316,10 @@ pub(super) fn rollback(ctx: &Ctx<'_>, version: &str) -> Answer {
             .rollback(version, &ctx.admin.0, expected, &live.config, |c| {
                 ctx.gateway.reload(c)
             });
+    share_if_applied(
+        ctx,
+        matches!(result, Ok(_) | Err(ChangeError::Persist { .. })),
+    );
     answer_change(result)
 }
 
@@ -719,10 +723,25 @@ fn edit_document(
         |doc| edit(doc).map_err(Refusal::Answer),
         |c| ctx.gateway.reload(c),
     );
+    share_if_applied(
+        ctx,
+        matches!(
+            result,
+            Ok(_) | Err(Refusal::Change(ChangeError::Persist { .. }))
+        ),
+    );
     match result {
         Ok(applied) => answer_change(Ok(applied)),
         Err(Refusal::Change(e)) => answer_change(Err(e)),
         Err(Refusal::Answer(res)) => *res,
+    }
+}
+
+/// Tells the other replicas (through a shared state store) about a change applied here, also when
+/// it could not be written (a read-only ConfigMap, say).
+fn share_if_applied(ctx: &Ctx<'_>, applied: bool) {
+    if applied {
+        ctx.gateway.share_config(&ctx.admin.0);
     }
 }
 

@@ -89,6 +89,46 @@ impl ConfigDocument {
     }
 }
 
+impl ConfigDocument {
+    /// This document with every value that `config` (loaded from it) holds as a secret replaced by
+    /// [`Secret::MASK`], so it can travel where secrets must not (to other replicas, which fill the
+    /// masks from their own documents with [`ConfigDocument::with_unmasked`]).
+    pub fn masked(&self, config: &Config) -> Value {
+        let mut tree = self.tree.clone();
+        mask_like(&mut tree, Some(&masked_view(config)));
+        tree
+    }
+}
+
+fn mask_like(value: &mut Value, masked: Option<&Value>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                mask_like(v, masked.and_then(|m| m.get(k)));
+            }
+        }
+        Value::Array(items) => {
+            let masked_items = masked.and_then(Value::as_array);
+            for (i, item) in items.iter_mut().enumerate() {
+                let m = match item.get("id").and_then(Value::as_str) {
+                    Some(id) => masked_items.and_then(|items| {
+                        items
+                            .iter()
+                            .find(|c| c.get("id").and_then(Value::as_str) == Some(id))
+                    }),
+                    None => masked_items.and_then(|c| c.get(i)),
+                };
+                mask_like(item, m);
+            }
+        }
+        leaf => {
+            if masked.and_then(Value::as_str) == Some(Secret::MASK) {
+                *leaf = Value::String(Secret::MASK.to_owned());
+            }
+        }
+    }
+}
+
 /// The running config as clients may see it: every secret replaced by [`Secret::MASK`].
 pub fn masked_view(config: &Config) -> Value {
     serde_json::to_value(config).unwrap_or(Value::Null)

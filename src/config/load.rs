@@ -184,11 +184,14 @@ impl Source for Expanded {
 }
 
 /// The fields where `${VAR}` is expanded: the secrets, which are never shown.
-pub const SECRET_FIELDS: &str = "gemini.api_keys[].key, auth.jwt_secret, admin.token";
+pub const SECRET_FIELDS: &str =
+    "gemini.api_keys[].key, auth.jwt_secret, admin.token, state.redis.url";
 
 fn is_secret_field(path: &str) -> bool {
     path == "auth.jwt_secret"
         || path == "admin.token"
+        // It may carry the Redis password.
+        || path == "state.redis.url"
         || (path.starts_with("gemini.api_keys[") && path.ends_with("].key"))
 }
 

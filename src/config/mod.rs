@@ -13,6 +13,7 @@ mod cidr;
 pub mod document;
 mod load;
 mod secret;
+pub mod state;
 mod usage;
 mod validate;
 pub mod versions;
@@ -46,6 +47,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The usage history and its price table.
     pub usage: UsageConfig,
+    /// Where key state lives: this process, or Redis shared by several replicas.
+    pub state: state::StateConfig,
 }
 
 /// `admin`: the admin API on the admin listener (`metrics.prometheus_port`).

@@ -315,6 +315,11 @@ impl Config {
         for (path, msg) in self.usage.problems() {
             bad(&path, &msg);
         }
+        if self.state.backend == super::state::StateBackend::Redis {
+            for (path, msg) in self.state.redis.problems() {
+                bad(&path, &msg);
+            }
+        }
         p
     }
 }

@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use crate::config::{ApiKeyConfig, Secret};
 pub use reconcile::reconcile;
 pub use store::{
-    Admission, KeyLimits, KeyOutcome, KeyStateStore, MemoryStore, RestReason, Slot, Tokens,
+    Admission, ClientId, KeyLimits, KeyOutcome, KeyStateStore, MemoryStore, RestReason, Slot,
+    Tokens,
 };
 
 /// One upstream API key, ready to be put on a request.

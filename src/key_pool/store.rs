@@ -35,7 +35,7 @@ pub struct KeyLimits {
 }
 
 /// Why a key rests for a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RestReason {
     /// Google answered 429 with a per-minute (or unspecified) quota.
@@ -180,6 +180,75 @@ pub trait KeyStateStore: Send + Sync + fmt::Debug {
     fn binding_stats(&self) -> BindingStats {
         BindingStats::default()
     }
+    /// For a backend that shares client limits between replicas: whether `client` may send one
+    /// more request under `rpm` requests per minute, counted if so. `None` (the default): client
+    /// limits are not shared, the client-limit layer's own limiter decides.
+    fn admit_client(&self, client: ClientId<'_>, rpm: u32, now: Instant) -> Option<Admission> {
+        let _ = (client, rpm, now);
+        None
+    }
+    /// For a shared backend: tells the other replicas that an operator changed the config
+    /// through the admin API (`document`: the config document, secrets masked).
+    fn share_config(&self, who: &str, document: &serde_json::Value) {
+        let _ = (who, document);
+    }
+    /// For a shared backend: where config changes made on other replicas go.
+    fn on_shared_config(&self, sink: ConfigSink) {
+        let _ = sink;
+    }
+    /// Which backend this is and how it is doing (for `/health` and the backend metric).
+    fn backend(&self) -> BackendStatus {
+        BackendStatus {
+            backend: "memory",
+            connected: None,
+            since: None,
+            url: None,
+            replicas: None,
+        }
+    }
+}
+
+/// Receives a config change made on another replica: who made it, and the document with its
+/// secrets masked.
+pub type ConfigSink = Box<dyn Fn(&str, serde_json::Value) + Send + Sync>;
+
+/// Whose budget a client request counts against, for [`KeyStateStore::admit_client`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientId<'a> {
+    /// An authenticated client: the token's `sub`.
+    Subject(&'a str),
+    /// An anonymous client: its address (IPv6 already reduced to its /64).
+    Ip(std::net::IpAddr),
+}
+
+/// What `/health` shows of the state backend (`state`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendStatus {
+    /// `memory` or `redis`.
+    pub backend: &'static str,
+    /// Whether the shared store answered the last sync (shared backends only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connected: Option<bool>,
+    /// When `connected` last changed (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// The shared store's address, without user or password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Replicas sharing the state, as last seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+}
+
+/// The part of a key's state that replicas share: disabled, invalid, rests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SharedKeyState {
+    /// Disabled by an operator.
+    pub disabled: bool,
+    /// Why the key is invalid, if it is.
+    pub invalid: Option<String>,
+    /// Models the key rests for: until when, and why.
+    pub rests: Vec<(Arc<str>, Instant, RestReason)>,
 }
 
 /// The affinity bindings a store holds (see [`KeyStateStore::binding_stats`]).
@@ -367,6 +436,58 @@ impl MemoryStore {
         // A panic while holding the lock cannot leave the counters inconsistent in a way that
         // matters more than losing the whole pool: keep going.
         self.keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ids of every key this store has state for.
+    pub fn key_ids(&self) -> Vec<Arc<str>> {
+        self.keys().slots.keys().cloned().collect()
+    }
+
+    /// `key`'s disabled flag, invalid reason and rests.
+    pub fn shared_state(&self, key: &str) -> SharedKeyState {
+        let keys = self.keys();
+        let Some(k) = keys.slots.get(key).map(|&slot| &keys.states[slot]) else {
+            return SharedKeyState::default();
+        };
+        SharedKeyState {
+            disabled: k.disabled,
+            invalid: k.invalid.clone(),
+            rests: k
+                .models
+                .iter()
+                .filter_map(|(m, s)| {
+                    let (until, reason) = s.rest?;
+                    Some((keys.model_names[*m as usize].0.clone(), until, reason))
+                })
+                .collect(),
+        }
+    }
+
+    /// Replaces `key`'s disabled flag, invalid reason and rests (counters and limits stay).
+    pub fn set_shared_state(&self, key: &str, shared: SharedKeyState) {
+        let mut keys = self.keys();
+        let models: Vec<u32> = shared.rests.iter().map(|(m, ..)| keys.model(m)).collect();
+        let k = keys.state(key);
+        k.disabled = shared.disabled;
+        k.invalid = shared.invalid;
+        for (_, m) in &mut k.models {
+            m.rest = None;
+        }
+        for (model, (_, until, reason)) in models.into_iter().zip(shared.rests) {
+            let m = k.model_mut(model);
+            if m.rest.is_none_or(|(u, _)| u < until) {
+                m.rest = Some((until, reason));
+            }
+        }
+    }
+
+    /// Every binding that has not expired: resource, binding, expiry.
+    pub fn bindings(&self, now: Instant) -> Vec<(Arc<str>, Binding, Instant)> {
+        let b = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+        b.iter()
+            .filter(|(_, (_, exp))| *exp > now)
+            .map(|(r, (binding, exp))| (Arc::from(&**r), binding.clone(), *exp))
+            .collect()
     }
 
     fn with_key<R>(&self, key: &str, f: impl FnOnce(&mut KeyState) -> R) -> R {

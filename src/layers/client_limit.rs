@@ -18,7 +18,11 @@
 //!   ([`crate::usage::budget`]), checked here too; over budget → 429 `RESOURCE_EXHAUSTED` naming
 //!   the budget and when it resets, with `Retry-After`.
 //! - **Memory:** one small entry per client seen in about the last minute; a janitor task drops
-//!   idle clients every [`JANITOR_INTERVAL`]. Nothing here is shared between replicas yet.
+//!   idle clients every [`JANITOR_INTERVAL`].
+//! - **Several replicas:** with `state.backend: redis` the key-state store decides instead
+//!   ([`KeyStateStore::admit_client`]): the same GCRA, kept in Redis, spent from leases each
+//!   replica holds (see `crate::state::lease`), so a client spread over replicas gets its limit
+//!   once.
 //!
 //! Why not `tower_governor`: it keeps one quota per layer and ties the body type to axum's; our
 //! quota varies per client (the `rpm` claim) and with reloads. So this layer keeps one governor
@@ -60,6 +64,7 @@ use crate::auth::Client;
 use crate::client_addr::{ClientAddr, client_ip};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::key_pool::{Admission, ClientId, KeyStateStore};
 use crate::usage::BudgetLimits;
 
 /// How often idle clients are forgotten.
@@ -148,15 +153,23 @@ where
                 return ShortCircuit::ready(Err(over.into()));
             }
             let default_rpm = live.config.auth.rate_limit_per_minute;
+            let store = self.gateway.store();
             match req.extensions().get::<Client>() {
                 Some(client) => NonZeroU32::new(client.rpm.unwrap_or(default_rpm)).map(|rpm| {
-                    self.limiter
-                        .check(ClientKey::Subject(client.id.clone()), rpm)
+                    shared(store, ClientId::Subject(&client.id), rpm).unwrap_or_else(|| {
+                        self.limiter
+                            .check(ClientKey::Subject(client.id.clone()), rpm)
+                    })
                 }),
                 None => NonZeroU32::new(default_rpm).map(|rpm| {
                     let peer = req.extensions().get::<ClientAddr>().map(|a| a.0.ip());
                     let ip = client_ip(peer, req.headers(), &live.config.server.trusted_proxies);
-                    self.limiter.check(ClientKey::ip(ip), rpm)
+                    let key = ClientKey::ip(ip);
+                    let shared_ip = match &key {
+                        ClientKey::Ip(ip) => shared(store, ClientId::Ip(*ip), rpm),
+                        ClientKey::Subject(_) => None,
+                    };
+                    shared_ip.unwrap_or_else(|| self.limiter.check(key, rpm))
                 }),
             }
         };
@@ -165,6 +178,36 @@ where
             None | Some(Ok(_)) => ShortCircuit::inner(self.inner.call(req)),
         }
     }
+}
+
+/// The decision of a store that shares client limits between replicas (`state.backend: redis`),
+/// or `None` when the store leaves it to this layer's limiter.
+fn shared(
+    store: &dyn KeyStateStore,
+    client: ClientId<'_>,
+    rpm: NonZeroU32,
+) -> Option<Result<Allowed, Limited>> {
+    let now = tokio::time::Instant::now();
+    Some(match store.admit_client(client, rpm.get(), now)? {
+        Admission::Yes => Ok(Allowed {
+            limit: rpm.get(),
+            remaining: 0,
+        }),
+        Admission::NotUntil(t) => {
+            let retry_after = t.saturating_duration_since(now);
+            let interval = Duration::from_secs(60) / rpm.get();
+            Err(Limited {
+                limit: rpm.get(),
+                retry_after,
+                reset: retry_after + interval * (rpm.get() - 1),
+            })
+        }
+        Admission::Never => Err(Limited {
+            limit: rpm.get(),
+            retry_after: Duration::from_secs(60),
+            reset: Duration::from_secs(60),
+        }),
+    })
 }
 
 /// Whose budget a request counts against.

@@ -25,6 +25,7 @@
 //! | `gem_proxy_keys` | gauge: keys per state | `state` |
 //! | `gem_proxy_key_requests_total`, `gem_proxy_key_errors_total`, `gem_proxy_key_tokens_total` | counters kept by the key-state store | `key_id` (+ `kind`) |
 //! | `gem_proxy_affinity_bindings` / `gem_proxy_affinity_bindings_evicted_total` | gauge / counter: bindings held, and dropped at the cap (least recently used) | — |
+//! | `gem_proxy_state_backend_up` | gauge: 1 while the key-state backend is usable (memory always; redis while it answers) | `backend` |
 //! | `gem_proxy_connections_open` / `gem_proxy_connections_total` | gauge / counter | `listener` (`proxy`, `admin`) |
 //! | `gem_proxy_tls_certificate_expiry_timestamp_seconds` | gauge, once TLS reports it | — |
 //! | `gem_proxy_client_requests_total`, `gem_proxy_client_tokens_total` | counters, only with `metrics.per_client` | `client`, `status_class` / `kind` |
@@ -782,6 +783,20 @@ fn register_observers(m: &Meter, gateway: Weak<Gateway>) {
             .collect()
     }
     const STATES: [&str; 4] = ["active", "cooling", "invalid", "disabled"];
+
+    let g = gateway.clone();
+    m.i64_observable_gauge("gem_proxy.state.backend.up")
+        .with_description("1 while the key-state backend is usable (memory always; redis while it answers), 0 otherwise.")
+        .with_callback(move |o| {
+            if let Some(gw) = g.upgrade() {
+                let b = gw.store().backend();
+                o.observe(
+                    i64::from(b.connected.unwrap_or(true)),
+                    &[KeyValue::new("backend", b.backend)],
+                );
+            }
+        })
+        .build();
 
     let g = gateway.clone();
     m.i64_observable_gauge("gem_proxy.key.state")

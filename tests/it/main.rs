@@ -12,6 +12,7 @@ mod key_pool;
 mod metrics;
 mod properties;
 mod proxy;
+mod redis_state;
 mod reliability;
 mod robustness;
 mod security;

@@ -1,0 +1,597 @@
+//! Leasing arithmetic: how one replica spends its share of a key's quota without asking Redis
+//! on the request path.
+//!
+//! For each key, model and limit a replica holds a [`Lease`]: a few *units* (requests) that Redis
+//! granted it. A request spends a unit locally. In the background, every `sync_interval_ms` (or at
+//! once when a lease runs low), [`Lease::plan`] says what to ask for: a block sized to the
+//! replica's recent traffic, the units that expired unused (given back), and the units spent
+//! without a lease (charged). [`Lease::answered`] books Redis's answer; [`Lease::unanswered`]
+//! puts everything back when Redis could not be reached.
+//!
+//! Units spent without a lease:
+//! - *cold start*: a request that finds the lease empty after a quiet spell (or before Redis ever
+//!   answered), unless Redis said the quota is out — at most one per replica until the next sync,
+//!   which charges it. A quiet lease holds nothing, so idle keys and clients cost Redis nothing;
+//! - *fallback share*: while Redis is unreachable, `limit / replicas` per window (the replicas
+//!   counted while connected; 1 if never connected), on top of what the leases still hold.
+//!
+//! Bound: in any window a key and model carries at most `limit + replicas × (max_block + 1)`
+//! requests while Redis is reachable, where `max_block = max(1, limit / (2 × replicas))`: a
+//! replica holds at most one block, which it may spend up to [`LEASE_TTL_SYNCS`] sync intervals
+//! after Redis counted it, plus one cold-start request (always charged, so it can only run ahead
+//! of Redis by one request per sync). While Redis is gone, each replica adds
+//! at most its fallback share per window; what it spent is charged when Redis is back.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::key_pool::Admission;
+
+/// Units expire unused after this many sync intervals (then they are given back).
+pub const LEASE_TTL_SYNCS: u32 = 10;
+/// Shortest lease lifetime, whatever the sync interval.
+const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+/// Smoothed requests per sync interval below which a lease holds nothing.
+const QUIET_DEMAND: f64 = 0.25;
+
+/// Which window a lease counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Requests per minute (GCRA in Redis, a burst of the whole limit).
+    Minute,
+    /// Requests per Pacific-time day; the number identifies the day.
+    Day(i64),
+}
+
+/// How the link to Redis is, for a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// Redis answered the last sync.
+    pub connected: bool,
+    /// Replicas sharing the quota (last seen while connected; at least 1).
+    pub replicas: u32,
+    /// `state.redis.sync_interval_ms`.
+    pub sync_interval: Duration,
+}
+
+impl Link {
+    /// How long a granted unit may be held.
+    pub fn lease_ttl(&self) -> Duration {
+        (self.sync_interval * LEASE_TTL_SYNCS).max(MIN_LEASE_TTL)
+    }
+}
+
+/// What one sync asks Redis for one lease.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ask {
+    /// Units wanted.
+    pub want: u32,
+    /// Units given back (expired unused).
+    pub give_back: u32,
+    /// Units spent without a lease, to be counted.
+    pub charge: u32,
+}
+
+impl Ask {
+    /// Whether there is anything to tell Redis.
+    pub fn is_empty(&self) -> bool {
+        *self == Ask::default()
+    }
+}
+
+/// One replica's lease on one key, model and window.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    window: Window,
+    limit: u32,
+    /// Units this replica may spend.
+    units: u32,
+    /// When they expire.
+    expires: Instant,
+    /// Units spent since the last plan (the demand).
+    used: u32,
+    /// Smoothed demand per sync interval.
+    demand: f64,
+    /// Units spent without a lease, not yet charged.
+    debt: u32,
+    /// Expired units not yet given back.
+    owed_back: u32,
+    /// No answer from Redis yet: the first request goes ahead as a cold start.
+    cold: bool,
+    /// Redis said no unit is free before then.
+    exhausted_until: Option<Instant>,
+    /// The fallback share's GCRA (minute) or count (day) while Redis is gone.
+    fallback_tat: Option<Instant>,
+    fallback_count: u32,
+}
+
+impl Lease {
+    /// A lease nothing was granted on yet.
+    pub fn new(window: Window, limit: u32, now: Instant) -> Self {
+        Self {
+            window,
+            limit: limit.max(1),
+            units: 0,
+            expires: now,
+            used: 0,
+            demand: 0.0,
+            debt: 0,
+            owed_back: 0,
+            cold: true,
+            exhausted_until: None,
+            fallback_tat: None,
+            fallback_count: 0,
+        }
+    }
+
+    /// Its limit per window.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// The window it counts in.
+    pub fn window(&self) -> Window {
+        self.window
+    }
+
+    /// Units held now.
+    pub fn units(&self, now: Instant) -> u32 {
+        if self.expires > now { self.units } else { 0 }
+    }
+
+    /// Follows a reload that changed the limit, or a new Pacific day.
+    pub fn update(&mut self, window: Window, limit: u32) {
+        if window != self.window {
+            // A new day: the old day's units and debts no longer matter.
+            *self = Self::new(window, limit, self.expires);
+            self.cold = false;
+            return;
+        }
+        self.limit = limit.max(1);
+    }
+
+    /// Whether one request may go ahead now (nothing is spent).
+    pub fn check(&self, now: Instant, link: Link) -> Admission {
+        self.decide(now, link)
+            .map_or_else(Admission::NotUntil, |_| Admission::Yes)
+    }
+
+    /// Spends one unit if a request may go ahead now.
+    pub fn take(&mut self, now: Instant, link: Link) -> Admission {
+        match self.decide(now, link) {
+            Ok(Spend::Unit) => self.units -= 1,
+            Ok(Spend::Cold) => self.debt += 1,
+            Ok(Spend::Fallback(tat)) => {
+                self.fallback_tat = tat;
+                self.fallback_count += 1;
+                self.debt += 1;
+            }
+            Err(t) => {
+                // Refused attempts are demand too: the next block is sized for them.
+                self.used += 1;
+                return Admission::NotUntil(t);
+            }
+        }
+        self.used += 1;
+        Admission::Yes
+    }
+
+    /// Whether the next request would find the lease empty (then a sync should run at once).
+    pub fn runs_low(&self, now: Instant) -> bool {
+        self.units(now) <= self.target(1).max(1) / 2
+    }
+
+    fn decide(&self, now: Instant, link: Link) -> Result<Spend, Instant> {
+        if self.units(now) > 0 {
+            return Ok(Spend::Unit);
+        }
+        // Redis said the quota is out: that holds whether or not it can be asked now.
+        if let Some(t) = self.exhausted_until.filter(|t| *t > now) {
+            return Err(t);
+        }
+        if link.connected {
+            // Quiet until now: go ahead and be counted at the next sync.
+            if self.debt == 0 && (self.cold || self.is_quiet()) {
+                return Ok(Spend::Cold);
+            }
+            return Err(now + link.sync_interval);
+        }
+        let share = (self.limit / link.replicas.max(1)).max(1);
+        match self.window {
+            Window::Minute => gcra(self.fallback_tat, now, share).map(|t| Spend::Fallback(Some(t))),
+            Window::Day(_) if self.fallback_count < share => Ok(Spend::Fallback(self.fallback_tat)),
+            // The day's share is spent: the caller waits for the day to turn.
+            Window::Day(_) => Err(now + MINUTE),
+        }
+    }
+
+    /// No traffic to speak of lately: nothing is held for it.
+    fn is_quiet(&self) -> bool {
+        self.demand < QUIET_DEMAND && self.used == 0
+    }
+
+    /// Nothing held, owed or wanted: the lease can be forgotten.
+    pub fn is_idle(&self, now: Instant) -> bool {
+        self.units(now) == 0 && self.debt == 0 && self.owed_back == 0 && self.is_quiet()
+    }
+
+    /// The largest block one replica holds.
+    pub fn max_block(&self, replicas: u32) -> u32 {
+        (self.limit / (2 * replicas.max(1))).max(1)
+    }
+
+    fn target(&self, replicas: u32) -> u32 {
+        if self.is_quiet() {
+            return 0;
+        }
+        ((2.0 * self.demand).round() as u32 + 1).min(self.max_block(replicas))
+    }
+
+    /// What to tell Redis at this sync.
+    pub fn plan(&mut self, now: Instant, link: Link) -> Ask {
+        if self.units > 0 && self.expires <= now {
+            self.owed_back += self.units;
+            self.units = 0;
+        }
+        self.demand = 0.5 * self.demand + 0.5 * f64::from(self.used);
+        self.used = 0;
+        let target = self.target(link.replicas);
+        // A replica that got quieter gives back what it no longer needs.
+        if self.units > target {
+            self.owed_back += self.units - target;
+            self.units = target;
+        }
+        let exhausted = self.exhausted_until.is_some_and(|t| t > now);
+        let want = if exhausted {
+            0
+        } else {
+            target.saturating_sub(self.units)
+        };
+        // Nothing spent long ago matters more than one window's worth.
+        let charge = self.debt.min(self.limit);
+        let ask = Ask {
+            want,
+            give_back: self.owed_back,
+            charge,
+        };
+        self.debt = 0;
+        self.owed_back = 0;
+        ask
+    }
+
+    /// Books Redis's answer: `granted` units, and — when the quota is out after the grant —
+    /// when its next unit frees.
+    pub fn answered(&mut self, granted: u32, free_at: Option<Instant>, now: Instant, link: Link) {
+        self.cold = false;
+        self.fallback_tat = None;
+        self.fallback_count = 0;
+        if granted > 0 {
+            self.units += granted;
+            self.expires = now + link.lease_ttl();
+        }
+        self.exhausted_until = free_at.filter(|t| *t > now);
+    }
+
+    /// Redis did not answer: keep what must still be told.
+    pub fn unanswered(&mut self, ask: Ask) {
+        self.debt += ask.charge;
+        self.owed_back += ask.give_back;
+    }
+}
+
+enum Spend {
+    Unit,
+    Cold,
+    Fallback(Option<Instant>),
+}
+
+/// GCRA for `limit` per minute with a burst of the whole limit: the new theoretical arrival time
+/// after one request now, or when one would be allowed.
+fn gcra(tat: Option<Instant>, now: Instant, limit: u32) -> Result<Instant, Instant> {
+    let interval = MINUTE / limit.max(1);
+    let new_tat = tat.map_or(now, |t| t.max(now)) + interval;
+    match new_tat.checked_sub(MINUTE) {
+        Some(allowed_at) if allowed_at > now => Err(allowed_at),
+        _ => Ok(new_tat),
+    }
+}
+
+/// Tokens per minute seen by one replica: its own tokens at once, everybody's at each sync.
+#[derive(Debug, Clone, Default)]
+pub struct TokenMeter {
+    /// GCRA theoretical arrival time of the shared token budget, as last known plus own tokens.
+    tat: Option<Instant>,
+    /// Own tokens not yet told to Redis.
+    unreported: u64,
+}
+
+impl TokenMeter {
+    /// Whether the budget is not overdrawn (tokens are counted after the answer).
+    pub fn check(&self, now: Instant) -> Admission {
+        match self.tat {
+            Some(t) if t.checked_sub(MINUTE).is_some_and(|a| a > now) => {
+                Admission::NotUntil(t - MINUTE)
+            }
+            _ => Admission::Yes,
+        }
+    }
+
+    /// Counts an answer's tokens. Without Redis, the other replicas' tokens are unknown: each
+    /// token then weighs `replicas` tokens, so the replicas together stay within the budget.
+    pub fn add(&mut self, tokens: u64, tpm: u32, now: Instant, link: Link) {
+        self.unreported += tokens;
+        let weight = if link.connected {
+            1
+        } else {
+            u64::from(link.replicas.max(1))
+        };
+        let spent = tokens.saturating_mul(weight);
+        let per_token = MINUTE / tpm.max(1);
+        let cost = per_token.saturating_mul(u32::try_from(spent).unwrap_or(u32::MAX));
+        self.tat = Some(self.tat.map_or(now, |t| t.max(now)) + cost);
+    }
+
+    /// Tokens to report at this sync (handed back by [`TokenMeter::unreported`] on failure).
+    pub fn report(&mut self) -> u64 {
+        std::mem::take(&mut self.unreported)
+    }
+
+    /// Redis did not take the report.
+    pub fn unreported(&mut self, tokens: u64) {
+        self.unreported += tokens;
+    }
+
+    /// Redis's view: its budget is `ahead` past now (tokens reported since are added again).
+    pub fn answered(&mut self, ahead: Duration, tpm: u32, now: Instant) {
+        let per_token = MINUTE / tpm.max(1);
+        let pending = per_token.saturating_mul(u32::try_from(self.unreported).unwrap_or(u32::MAX));
+        self.tat = Some(now + ahead + pending);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SYNC: Duration = Duration::from_millis(200);
+
+    fn link(connected: bool, replicas: u32) -> Link {
+        Link {
+            connected,
+            replicas,
+            sync_interval: SYNC,
+        }
+    }
+
+    /// Redis's side of a minute lease, the way the grant script computes it: GCRA over all
+    /// replicas' grants.
+    struct Shared {
+        tat: Instant,
+        limit: u32,
+    }
+
+    impl Shared {
+        fn new(limit: u32) -> Self {
+            Self {
+                tat: Instant::now(),
+                limit,
+            }
+        }
+        fn grant(&mut self, ask: Ask, now: Instant) -> (u32, Option<Instant>) {
+            let iv = MINUTE / self.limit;
+            let mut tat = self.tat.max(now);
+            tat = tat.checked_sub(iv * ask.give_back).unwrap_or(now).max(now);
+            tat += iv * ask.charge;
+            let room =
+                ((now + MINUTE).saturating_duration_since(tat).as_micros() / iv.as_micros()) as u32;
+            let g = ask.want.min(room);
+            tat += iv * g;
+            self.tat = tat;
+            let next = (tat + iv).checked_sub(MINUTE).filter(|t| *t > now);
+            (g, next)
+        }
+    }
+
+    fn sync(lease: &mut Lease, shared: &mut Shared, link: Link) -> Ask {
+        let now = Instant::now();
+        let ask = lease.plan(now, link);
+        let (g, next) = shared.grant(ask, now);
+        lease.answered(g, next, now, link);
+        ask
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_request_is_a_cold_start_then_requests_wait_for_a_lease() {
+        let l1 = link(true, 3);
+        let mut lease = Lease::new(Window::Minute, 30, Instant::now());
+        let now = Instant::now();
+        assert_eq!(lease.take(now, l1), Admission::Yes, "cold start");
+        // The next one waits for a grant (at most one sync away).
+        assert_eq!(lease.take(now, l1), Admission::NotUntil(now + SYNC));
+        let mut shared = Shared::new(30);
+        let ask = sync(&mut lease, &mut shared, l1);
+        assert_eq!(ask.charge, 1, "the cold start is counted");
+        assert!(ask.want >= 1);
+        assert_eq!(lease.take(now, l1), Admission::Yes);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn blocks_grow_with_traffic_up_to_the_cap_and_shrink_when_quiet() {
+        let l = link(true, 3);
+        let mut shared = Shared::new(600);
+        let mut lease = Lease::new(Window::Minute, 600, Instant::now());
+        assert_eq!(lease.max_block(3), 100);
+        let first = sync(&mut lease, &mut shared, l);
+        assert_eq!(first.want, 0, "no traffic yet: nothing held");
+        // A busy replica: 50 requests per interval.
+        let mut wants = Vec::new();
+        for _ in 0..12 {
+            let now = Instant::now();
+            for _ in 0..50 {
+                if lease.take(now, l) != Admission::Yes {
+                    break;
+                }
+            }
+            // Grant what it asks for (the shared budget is large).
+            wants.push(sync(&mut lease, &mut shared, l).want);
+            tokio::time::advance(SYNC).await;
+        }
+        // The block doubles or so per interval while the traffic needs it, and stops at the cap.
+        assert!(wants[..5].windows(2).all(|w| w[0] < w[1]), "{wants:?}");
+        let held = lease.units(Instant::now());
+        assert!(
+            (90..=100).contains(&held),
+            "about one whole block, never more: {held} {wants:?}"
+        );
+        // Quiet: the demand decays, the block shrinks to one unit; the rest expires and goes back.
+        for _ in 0..20 {
+            sync(&mut lease, &mut shared, l);
+            tokio::time::advance(SYNC).await;
+        }
+        let ask = lease.plan(Instant::now(), l);
+        assert!(ask.want <= 1, "{ask:?}");
+        assert!(
+            lease.units(Instant::now()) <= 1,
+            "{}",
+            lease.units(Instant::now())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unused_units_expire_and_are_given_back() {
+        let l = link(true, 1);
+        let mut shared = Shared::new(60);
+        let mut lease = Lease::new(Window::Minute, 60, Instant::now());
+        let now = Instant::now();
+        lease.take(now, l);
+        lease.answered(5, None, now, l);
+        assert_eq!(lease.units(now), 5);
+        tokio::time::advance(l.lease_ttl()).await;
+        let now = Instant::now();
+        assert_eq!(lease.units(now), 0, "expired");
+        let ask = lease.plan(now, l);
+        assert_eq!(ask.give_back, 5);
+        // Given back, the shared budget has those units again.
+        let before = shared.tat;
+        shared.tat = now + Duration::from_secs(5);
+        shared.grant(
+            Ask {
+                want: 0,
+                give_back: 5,
+                charge: 0,
+            },
+            now,
+        );
+        assert!(shared.tat <= before.max(now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn three_replicas_never_carry_more_than_the_bound_in_a_minute() {
+        let l = link(true, 3);
+        let mut shared = Shared::new(30);
+        let mut leases: Vec<Lease> = (0..3)
+            .map(|_| Lease::new(Window::Minute, 30, Instant::now()))
+            .collect();
+        let bound = 30 + 3 * (leases[0].max_block(3) + 1);
+        let mut admitted = 0;
+        let start = Instant::now();
+        // Requests round-robin, 10 per sync interval, for one minute.
+        while Instant::now() < start + MINUTE {
+            let now = Instant::now();
+            for i in 0..10 {
+                if leases[i % 3].take(now, l) == Admission::Yes {
+                    admitted += 1;
+                }
+            }
+            for lease in &mut leases {
+                sync(lease, &mut shared, l);
+            }
+            tokio::time::advance(SYNC).await;
+        }
+        // GCRA refills 30 per minute after the burst of 30: at most 60 in this minute, plus the bound.
+        assert!(admitted <= bound + 30, "{admitted} > {}", bound + 30);
+        assert!(admitted >= 50, "the quota is used, not sat on: {admitted}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn apart_from_redis_a_replica_spends_its_share_and_it_is_charged_on_return() {
+        let mut shared = Shared::new(30);
+        let mut lease = Lease::new(Window::Minute, 30, Instant::now());
+        let up = link(true, 3);
+        lease.take(Instant::now(), up);
+        sync(&mut lease, &mut shared, up);
+        let held = lease.units(Instant::now());
+        // Redis goes: the replica spends what it holds, then its share of 30 / 3 = 10.
+        let down = link(false, 3);
+        let now = Instant::now();
+        let mut admitted = 0;
+        while lease.take(now, down) == Admission::Yes {
+            admitted += 1;
+        }
+        assert_eq!(admitted, held + 10);
+        let ask = lease.plan(now, down);
+        lease.unanswered(ask);
+        // Back: the 10 are charged once (not twice, although one sync failed in between).
+        let ask = lease.plan(now, up);
+        assert_eq!(ask.charge, 10);
+        let tat_before = shared.tat.max(now);
+        let (_, _) = shared.grant(ask, now);
+        lease.answered(0, None, now, up);
+        assert!(shared.tat >= tat_before + (MINUTE / 30) * 10);
+        assert_eq!(lease.plan(now, up).charge, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quota_redis_said_was_out_stays_out_when_redis_goes() {
+        let mut shared = Shared::new(3);
+        let mut lease = Lease::new(Window::Minute, 3, Instant::now());
+        let up = link(true, 1);
+        let now = Instant::now();
+        // Spend the whole minute through Redis.
+        let mut admitted = 0;
+        for _ in 0..10 {
+            while lease.take(now, up) == Admission::Yes {
+                admitted += 1;
+            }
+            sync(&mut lease, &mut shared, up);
+        }
+        assert_eq!(admitted, 3);
+        assert!(matches!(lease.take(now, up), Admission::NotUntil(t) if t > now + SYNC));
+        // Redis goes: no fallback share before the time Redis gave.
+        let down = link(false, 1);
+        let Admission::NotUntil(t) = lease.take(now, down) else {
+            panic!("the fallback share must not undo what Redis said");
+        };
+        tokio::time::advance(t - now).await;
+        assert_eq!(lease.take(Instant::now(), down), Admission::Yes);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_never_reached_redis_assumes_it_is_alone() {
+        let mut lease = Lease::new(Window::Minute, 5, Instant::now());
+        let down = link(false, 1);
+        let now = Instant::now();
+        let admitted = (0..10)
+            .filter(|_| lease.take(now, down) == Admission::Yes)
+            .count();
+        assert_eq!(admitted, 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_weigh_more_while_apart_and_redis_view_replaces_the_local_one() {
+        let mut m = TokenMeter::default();
+        let now = Instant::now();
+        m.add(500, 1000, now, link(true, 2));
+        assert_eq!(m.check(now), Admission::Yes);
+        // Apart, 500 tokens weigh 1000 with two replicas: the budget is overdrawn for 60 s...
+        m.add(500, 1000, now, link(false, 2));
+        assert!(matches!(m.check(now), Admission::NotUntil(_)));
+        let reported = m.report();
+        assert_eq!(reported, 1000);
+        // Redis says everybody's tokens put the budget 30 s ahead: no longer overdrawn.
+        m.answered(Duration::from_secs(30), 1000, now);
+        assert_eq!(m.check(now), Admission::Yes);
+    }
+}
