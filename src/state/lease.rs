@@ -94,6 +94,8 @@ pub struct Lease {
     used: u32,
     /// Smoothed demand per sync interval.
     demand: f64,
+    /// When [`Lease::plan`] last ran.
+    last_plan: Instant,
     /// Units spent without a lease, not yet charged.
     debt: u32,
     /// Expired units not yet given back.
@@ -117,6 +119,7 @@ impl Lease {
             expires: now,
             used: 0,
             demand: 0.0,
+            last_plan: now,
             debt: 0,
             owed_back: 0,
             cold: true,
@@ -235,11 +238,24 @@ impl Lease {
             self.owed_back += self.units;
             self.units = 0;
         }
-        self.demand = 0.5 * self.demand + 0.5 * f64::from(self.used);
+        // Syncs come early when a lease runs low: count the demand per sync interval of time,
+        // not per sync.
+        let elapsed = now.saturating_duration_since(self.last_plan);
+        self.last_plan = now;
+        let per_interval = if elapsed.is_zero() {
+            f64::from(self.used)
+        } else {
+            f64::from(self.used) * link.sync_interval.as_secs_f64()
+                / elapsed
+                    .as_secs_f64()
+                    .max(link.sync_interval.as_secs_f64() / 10.0)
+        };
+        self.demand = 0.5 * self.demand + 0.5 * per_interval;
         self.used = 0;
         let target = self.target(link.replicas);
-        // A replica that got quieter gives back what it no longer needs.
-        if self.units > target {
+        // A replica that got quieter gives back what it no longer needs (with some slack, so a
+        // noisy estimate does not return what the next burst takes).
+        if self.units > 2 * target {
             self.owed_back += self.units - target;
             self.units = target;
         }
@@ -456,6 +472,37 @@ mod tests {
             lease.units(Instant::now()) <= 1,
             "{}",
             lease.units(Instant::now())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_early_sync_does_not_shrink_a_busy_lease() {
+        let l = link(true, 1);
+        let mut shared = Shared::new(60_000);
+        let mut lease = Lease::new(Window::Minute, 60_000, Instant::now());
+        // 100 requests per interval for a while.
+        for _ in 0..10 {
+            let now = Instant::now();
+            for _ in 0..100 {
+                lease.take(now, l);
+            }
+            sync(&mut lease, &mut shared, l);
+            tokio::time::advance(SYNC).await;
+        }
+        let before = lease.units(Instant::now());
+        assert!(before >= 150, "{before}");
+        // The lease ran low somewhere: a sync a twentieth of an interval later sees few requests,
+        // which at that pace is the same demand.
+        tokio::time::advance(SYNC / 20).await;
+        let now = Instant::now();
+        for _ in 0..5 {
+            lease.take(now, l);
+        }
+        sync(&mut lease, &mut shared, l);
+        assert!(
+            lease.units(now) + 5 >= before,
+            "{} < {before}",
+            lease.units(now)
         );
     }
 

@@ -705,10 +705,10 @@ async fn sync_task(store: Weak<RedisStore>, client: redis::Client) {
             }
             Err(e) => s.set_connected(false, Some(&e)),
         }
-        // A lease running low wakes the next round early, but never sooner than a tenth of
+        // A lease running low wakes the next round early, but never sooner than a twentieth of
         // the interval after this one: under load, syncs do not run back to back. (Holding the
         // store meanwhile is harmless: the next round sees it gone.)
-        let gap = interval / 10;
+        let gap = interval / 20;
         tokio::time::sleep(gap).await;
         let _ = tokio::time::timeout(interval - gap, s.wake.notified()).await;
     }
