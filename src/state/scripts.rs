@@ -36,8 +36,8 @@ for i = 2, #KEYS do
     out[#out + 1] = g
     out[#out + 1] = math.max(0, limit - used)
   else
-    local iv = math.floor(win * 1000 / limit)
-    if iv < 1 then iv = 1 end
+    -- Microseconds per unit, fractional: a large limit is not rounded to a smaller one.
+    local iv = win * 1000 / limit
     local w = win * 1000
     local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
     if tat < now then tat = now end
@@ -49,7 +49,7 @@ for i = 2, #KEYS do
       g = math.max(0, math.min(want, room))
       tat = tat + g * iv
     end
-    redis.call('SET', KEYS[i], string.format('%d', tat), 'PX', math.floor((tat - now) / 1000) + win)
+    redis.call('SET', KEYS[i], string.format('%.17g', tat), 'PX', math.floor((tat - now) / 1000) + win)
     out[#out + 1] = g
     out[#out + 1] = math.floor((tat - now) / 1000)
   end
