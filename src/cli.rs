@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default), `check-config` and `token`.
+//! The command line: `serve` (the default), `check-config`, `token` and `health`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +46,22 @@ pub enum Command {
     /// Clients use the token as their Gemini API key. Its id (`jti`, shown on stderr) can be
     /// listed in `auth.revoked_token_ids` to revoke it.
     Token(TokenArgs),
+    /// Ask a gateway's health endpoint: exit 0 when it answers 2xx, 1 (saying why) otherwise.
+    ///
+    /// For container `HEALTHCHECK`s and scripts: `gem-proxy health --url
+    /// http://127.0.0.1:9090/health/ready`. Reads no config file.
+    Health(HealthArgs),
+}
+
+/// `gem-proxy health`.
+#[derive(Debug, clap::Args)]
+pub struct HealthArgs {
+    /// The URL to ask (plain HTTP to the admin port, or HTTPS).
+    #[arg(long, default_value = "http://127.0.0.1:9090/health/ready")]
+    pub url: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 5)]
+    pub timeout_seconds: u64,
 }
 
 /// `gem-proxy token`.
@@ -98,6 +114,12 @@ impl From<RoleArg> for Role {
 /// Runs the command line; the process's exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Health(args)) = &cli.command {
+        return crate::probe::run(
+            &args.url,
+            std::time::Duration::from_secs(args.timeout_seconds),
+        );
+    }
     let loaded = ConfigLoader::from_process_env().load_file(&cli.config);
     let config = match loaded {
         Ok(config) => config,
@@ -115,6 +137,10 @@ pub fn run() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Token(args) => token(&config, &args),
+        Command::Health(args) => crate::probe::run(
+            &args.url,
+            std::time::Duration::from_secs(args.timeout_seconds),
+        ),
         Command::Serve => match serve(config, &cli.config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

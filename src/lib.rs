@@ -25,6 +25,7 @@ pub mod layers;
 pub mod logging;
 pub mod metrics;
 pub mod replay;
+pub mod probe;
 pub mod route;
 pub mod server;
 pub mod stack;
