@@ -59,6 +59,9 @@ if [ -n "$PREBUILT" ]; then
     fi
     mv -f target/image/gem-proxy.tmp target/image/gem-proxy
     ARGS+=(--build-arg BINARY=prebuilt)
+else
+    # Given explicitly: Buildah 1.28 does not see an ARG's default when it picks the stages to build.
+    ARGS+=(--build-arg BINARY=build)
 fi
 [ -n "$RUNTIME" ] && ARGS+=(--build-arg "RUNTIME_IMAGE=$RUNTIME")
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2016  # the --customize-hook commands get the new root as $1 from mmdebstrap
 # Makes local stand-ins for the container images docker/Dockerfile and docker/compose.yaml name,
 # for machines that cannot pull from a registry (CI here): each is built from Debian bookworm
 # packages with mmdebstrap, imported into Podman and tagged with the upstream image's name.
@@ -27,7 +28,7 @@ PROMETHEUS_IMAGE="docker.io/prom/prometheus:v2.53.2"
 HAPROXY_IMAGE="docker.io/library/haproxy:3.0-bookworm"
 RUST_IMAGE="docker.io/library/rust:1.95-slim-bookworm"
 
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+usage() { sed -n '3,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 
 RUST=0 FORCE=0
 while [ $# -gt 0 ]; do
@@ -51,7 +52,7 @@ command -v mmdebstrap >/dev/null 2>&1 || { log "mmdebstrap not found (scripts/se
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gem-proxy-bases.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 
-STANDIN='org.opencontainers.image.description=local stand-in built from Debian bookworm packages'
+STANDIN='org.opencontainers.image.description="local stand-in built from Debian bookworm packages"'
 # Debian's slim images leave out documentation and translations; so do these.
 SLIM=(
     --dpkgopt='path-exclude=/usr/share/doc/*'
