@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,7 +69,7 @@ class ApiSocket:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.path.unlink(missing_ok=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class HealthChecker(threading.Thread):
@@ -96,10 +97,12 @@ class Stack:
     files: list[Path]
     ports: dict[str, int]
     checker: HealthChecker
-    logs: list[str] = field(default_factory=list)
+    profiles: list[str] = field(default_factory=list)
 
     def compose(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         cmd = [COMPOSE, "-p", self.project]
+        for p in self.profiles:
+            cmd += ["--profile", p]
         for f in self.files:
             cmd += ["-f", str(f)]
         out = subprocess.run([*cmd, *args], capture_output=True, text=True, env=self.env, timeout=timeout, cwd=ROOT)
@@ -127,6 +130,9 @@ class Stack:
             ],
         }
 
+    def container(self, service: str) -> str:
+        return f"{self.project}-{service}-1"
+
     def url(self, name: str, scheme: str = "http") -> str:
         return f"{scheme}://127.0.0.1:{self.ports[name]}"
 
@@ -148,7 +154,9 @@ services:
     return path
 
 
-def make_stack(api: ApiSocket, name: str, image: str, files: list[Path], extra_env: dict[str, str] | None = None) -> Stack:
+def make_stack(
+    api: ApiSocket, name: str, image: str, files: list[Path], profiles: list[str] | None = None
+) -> Stack:
     project = f"{RUN_ID}-{name}"
     ports = {k: free_port() for k in ("proxy", "admin", "prometheus", "grafana", "redis", "lb")}
     env = {
@@ -167,11 +175,12 @@ def make_stack(api: ApiSocket, name: str, image: str, files: list[Path], extra_e
         "GRAFANA_PORT": str(ports["grafana"]),
         "REDIS_PORT": str(ports["redis"]),
         "LB_PORT": str(ports["lb"]),
-        **(extra_env or {}),
     }
     checker = HealthChecker(project)
     checker.start()
-    return Stack(project=project, env=env, files=[COMPOSE_FILE, *files], ports=ports, checker=checker)
+    return Stack(
+        project=project, env=env, files=[COMPOSE_FILE, *files], ports=ports, checker=checker, profiles=profiles or []
+    )
 
 
 def tear_down(stack: Stack) -> dict[str, Any]:

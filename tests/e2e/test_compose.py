@@ -171,7 +171,7 @@ def test_stack_serves_https_and_the_console(stack: Stack, tmp_path: Path) -> Non
         assert console.status_code == 200 and "<html" in console.text.lower()
     # The certificate the gateway generated into its volume on first start.
     cert = tmp_path / "cert.pem"
-    podman("cp", f"{stack.project}-gem-proxy-1:/var/lib/gem-proxy/cert.pem", str(cert))
+    podman("cp", f"{stack.container('gem-proxy')}:/var/lib/gem-proxy/cert.pem", str(cert))
     with httpx.Client(timeout=10, trust_env=False, verify=ssl.create_default_context(cafile=cert)) as https:
         r = https.post(
             f"{stack.url('proxy', 'https')}/v1beta/models/{MODEL}:generateContent",

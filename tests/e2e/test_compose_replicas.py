@@ -1,0 +1,136 @@
+"""The `replicas` profile of docker/compose.yaml, live: three gateways on one Redis behind HAProxy.
+
+Shared limits need the gateway's Redis state backend (`state.backend: redis`). The test asks
+the image first (`gem-proxy check-config` with GEM_PROXY__STATE__BACKEND=redis): a binary that
+refuses the `state` section runs the profile without shared state (balancing, health checks and
+scraping are still checked) and the shared-limit test is skipped saying why.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from compose_stack import ApiSocket, Stack, make_stack, mock_override, tear_down
+from helpers import MODEL
+from podman import cleanup_images, gateway_image, podman
+
+CLIENT_RPM = 3
+REQUESTS = 3 * CLIENT_RPM
+
+
+@pytest.fixture(scope="module")
+def image() -> Iterator[str]:
+    try:
+        yield gateway_image()
+    finally:
+        cleanup_images()
+
+
+@pytest.fixture(scope="module")
+def redis_state(image: str) -> str | None:
+    """None when the image's gateway accepts `state.backend: redis`, else its refusal."""
+    out = podman(
+        "run", "--rm", "--no-healthcheck", "--read-only",
+        "-e", "GEMINI_API_KEY_1=k", "-e", "GEMINI_API_KEY_2=k",
+        "-e", "GEM_PROXY__STATE__BACKEND=redis", "-e", "GEM_PROXY__STATE__REDIS__URL=redis://redis:6379",
+        image, "check-config",
+        check=False,
+    )  # fmt: skip
+    return None if out.returncode == 0 else (out.stderr.strip() or out.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[ApiSocket]:
+    sock = ApiSocket()
+    try:
+        yield sock
+    finally:
+        sock.stop()
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    api: ApiSocket, image: str, redis_state: str | None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("replicas")
+    files = [mock_override(tmp)]
+    limits = tmp / "compose.limits.yaml"
+    lines = ["services:"]
+    for name in ("gem-proxy", "gem-proxy-2", "gem-proxy-3"):
+        lines += [f"  {name}:", "    environment:", f"      GEM_PROXY__AUTH__RATE_LIMIT_PER_MINUTE: '{CLIENT_RPM}'"]
+        if redis_state is None and name == "gem-proxy":
+            lines += ["      GEM_PROXY__STATE__BACKEND: redis", "      GEM_PROXY__STATE__REDIS__URL: redis://redis:6379"]
+        if redis_state is not None and name != "gem-proxy":
+            lines += ["      GEM_PROXY__STATE__BACKEND: !reset null", "      GEM_PROXY__STATE__REDIS__URL: !reset null"]
+    limits.write_text("\n".join(lines) + "\n")
+    files.append(limits)
+    s = make_stack(api, "replicas", image, files, profiles=["replicas"])
+    try:
+        s.compose(
+            "up", "-d", "--wait", "--wait-timeout", "240", "--no-build",
+            "mock", "redis", "gem-proxy", "gem-proxy-2", "gem-proxy-3", "lb", "prometheus",
+        )  # fmt: skip
+        yield s
+    finally:
+        left = tear_down(s)
+        assert left == {"containers": [], "volumes": [], "networks": []}, f"`compose down -v` left {left}"
+
+
+def through_lb(stack: Stack, cert: Path, n: int) -> list[int]:
+    codes = []
+    ctx = ssl.create_default_context(cafile=cert)
+    ctx.check_hostname = False  # each gateway has its own self-signed certificate
+    ctx.verify_mode = ssl.CERT_NONE
+    for i in range(n):
+        # A new connection each time: HAProxy balances connections.
+        with httpx.Client(timeout=10, trust_env=False, verify=ctx) as https:
+            r = https.post(
+                f"{stack.url('lb', 'https')}/v1beta/models/{MODEL}:generateContent",
+                json={"contents": [{"parts": [{"text": f"request {i}"}]}]},
+            )
+            codes.append(r.status_code)
+    return codes
+
+
+def test_prometheus_finds_all_three_gateways(replicas: Stack) -> None:
+    deadline = time.monotonic() + 90
+    up: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{replicas.url('prometheus')}/api/v1/targets", timeout=10, trust_env=False)
+        up = {t["labels"]["instance"]: t["health"] for t in r.json()["data"]["activeTargets"]}
+        if len(up) == 3 and set(up.values()) == {"up"}:
+            break
+        time.sleep(1)
+    assert up == {"gem-proxy:9090": "up", "gem-proxy-2:9090": "up", "gem-proxy-3:9090": "up"}
+
+
+def test_the_balancer_spreads_requests_over_the_gateways(replicas: Stack, tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    podman("cp", f"{replicas.container('gem-proxy')}:/var/lib/gem-proxy/cert.pem", str(cert))
+    codes = through_lb(replicas, cert, 3)
+    assert codes[0] == 200, codes
+    served = {}
+    for name in ("gem-proxy", "gem-proxy-2", "gem-proxy-3"):
+        logs = podman("logs", replicas.container(name))
+        served[name] = (logs.stdout + logs.stderr).count("generateContent")
+    assert all(n >= 1 for n in served.values()), served
+
+
+def test_the_replicas_share_client_limits_through_redis(
+    replicas: Stack, redis_state: str | None, tmp_path: Path
+) -> None:
+    if redis_state is not None:
+        pytest.skip(f"this gem-proxy has no Redis state backend yet (check-config: {redis_state.splitlines()[-1]})")
+    cert = tmp_path / "cert.pem"
+    podman("cp", f"{replicas.container('gem-proxy')}:/var/lib/gem-proxy/cert.pem", str(cert))
+    codes = through_lb(replicas, cert, REQUESTS)
+    # Alone, each gateway would let CLIENT_RPM through: REQUESTS in all. Shared, the three
+    # together admit at most CLIENT_RPM a minute.
+    assert codes.count(200) <= CLIENT_RPM, codes
+    assert 429 in codes, codes
