@@ -168,6 +168,14 @@ main() {
     # Pebble (Let's Encrypt's test CA) and pebble-challtestsrv issue real ACME certificates.
     apt_install openssl pebble
     setup_helm_tools
+    # Containers (tests/e2e/test_container.py, test_compose*.py): rootful Podman and Buildah with
+    # runc, netavark/aardvark-dns (Compose networks with service names), catatonit (pods), and
+    # mmdebstrap for the local base images. Operations scripts (tests/e2e/test_ops.py): Redis,
+    # curl and jq, gnuplot for the report's charts.
+    apt_install podman buildah runc uidmap fuse-overlayfs slirp4netns catatonit netavark aardvark-dns \
+        iptables mmdebstrap redis-server redis-tools curl jq gnuplot-nox
+    # The stand-in base images (no registry here), made once and kept in Podman's storage.
+    CONTAINERS_CONF="${CONTAINERS_CONF:-$ROOT/tests/e2e/containers.conf}" scripts/make-base-images.sh
     log "done in $((SECONDS - t0))s"
 }
 

@@ -23,9 +23,12 @@ import yaml
 
 from compose_stack import COMPOSE, COMPOSE_FILE, ApiSocket, Stack, make_stack, mock_override, tear_down
 from helpers import MODEL
-from podman import ROOT, base_images, cleanup_images, gateway_image, podman
+from podman import FULL_IMAGE, ROOT, base_images, cleanup_images, gateway_image, podman
 
 CHECK_JSONSCHEMA = str(Path(sys.executable).parent / "check-jsonschema")
+
+# The full multi-stage build (GEM_PROXY_E2E_FULL_IMAGE=1) takes many minutes cold.
+pytestmark = pytest.mark.timeout(3600 if FULL_IMAGE else 300)
 
 
 def compose_config(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

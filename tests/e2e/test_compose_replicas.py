@@ -18,10 +18,13 @@ import pytest
 
 from compose_stack import ApiSocket, Stack, make_stack, mock_override, tear_down
 from helpers import MODEL
-from podman import cleanup_images, gateway_image, podman
+from podman import FULL_IMAGE, cleanup_images, gateway_image, podman
 
 CLIENT_RPM = 3
 REQUESTS = 3 * CLIENT_RPM
+
+# The full multi-stage build (GEM_PROXY_E2E_FULL_IMAGE=1) takes many minutes cold.
+pytestmark = pytest.mark.timeout(3600 if FULL_IMAGE else 300)
 
 
 @pytest.fixture(scope="module")

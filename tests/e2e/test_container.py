@@ -19,11 +19,14 @@ import pytest
 
 from conftest import free_port
 from helpers import MODEL, UPSTREAM_KEYS
-from podman import RUN_ID, cleanup_images, gateway_image, host_binary, inspect, podman
+from podman import FULL_IMAGE, RUN_ID, cleanup_images, gateway_image, host_binary, inspect, podman
 
 MOCK_PORT_IN_POD = 8080
 DEBIAN_IMAGE = "docker.io/library/debian:bookworm-slim"
 GRACE_SECONDS = 20
+
+# The full multi-stage build (GEM_PROXY_E2E_FULL_IMAGE=1) takes many minutes cold.
+pytestmark = pytest.mark.timeout(3600 if FULL_IMAGE else 300)
 
 
 @dataclass
