@@ -114,12 +114,16 @@ start_health_checks() {
 stop_health_checks() { [ -z "$checker" ] || kill "$checker" 2>/dev/null || true; checker=""; }
 trap stop_health_checks EXIT
 
-# ready: every gateway container reports healthy.
+# ready: every gateway container runs the image now tagged $TAG and reports healthy (a
+# container of the image before does not count, though it may still be up and healthy).
 ready() {
-    local g id state
+    local g id image state want
+    want="$("$ENGINE" image inspect --format '{{.Id}}' "$TAG" 2>/dev/null)" || return 1
     for g in "${GATEWAYS[@]}"; do
         id="$("${COMPOSE[@]}" ps -q "$g" 2>/dev/null | head -n 1)"
         [ -n "$id" ] || return 1
+        image="$("$ENGINE" inspect --format '{{.Image}}' "$id" 2>/dev/null)" || return 1
+        [ "${image#sha256:}" = "${want#sha256:}" ] || return 1
         state="$("$ENGINE" inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" 2>/dev/null)"
         [ "$state" = healthy ] || return 1
     done
