@@ -7,8 +7,11 @@
 #   5. cargo fmt --all --check                  formatting
 #   6. cargo clippy --workspace --all-targets -- -D warnings
 #   7. cargo test --workspace --no-fail-fast    unit + integration tests
-#   8. .venv/bin/python -m pytest tests/e2e     end-to-end tests with the real Gemini/OpenAI SDKs
-#                                               and the console in headless Chromium
+#   8. .venv/bin/python -m pytest tests/e2e     end-to-end tests with the real Gemini/OpenAI SDKs,
+#                                               the console in headless Chromium, and the container
+#                                               image, Compose stack and operations scripts under
+#                                               Podman (GEM_PROXY_E2E_FULL_IMAGE=1: the image's
+#                                               full multi-stage build instead of the runtime stage)
 #   9. benches/load/run.sh --dry-run            the load harness's configs and report self-test
 # Extra arguments go to pytest (e.g. `scripts/test.sh -k stream -x`).
 # Steps 4 to 9 all run even if one fails; the exit code is non-zero if any step failed.
