@@ -275,10 +275,10 @@ def test_a_damaged_archive_is_refused_without_touching_anything(install: dict) -
     invalid = archive.with_name("invalid.tar.gz")
     (unpacked / "tls-cert" / "cert.pem").write_bytes((base / "cert.pem").read_bytes())
     (unpacked / "config" / "proxy.yaml").write_text("gemini: { api_keys: [] }\n")
-    subprocess.run(
-        "find . -type f ! -name MANIFEST -print0 | LC_ALL=C sort -z | xargs -0 sha256sum > MANIFEST.new && mv MANIFEST.new MANIFEST",
-        shell=True, cwd=unpacked, check=True,
-    )  # fmt: skip
+    files = sorted(f for f in unpacked.rglob("*") if f.is_file() and f.name != "MANIFEST")
+    (unpacked / "MANIFEST").write_text(
+        "".join(f"{hashlib.sha256(f.read_bytes()).hexdigest()}  ./{f.relative_to(unpacked)}\n" for f in files)
+    )
     with tarfile.open(invalid, "w:gz") as tar:
         tar.add(unpacked, arcname=".")
 
