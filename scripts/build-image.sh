@@ -84,6 +84,12 @@ if ! "$ENGINE" build -f docker/Dockerfile -t "$TAG" "${ARGS[@]}" . >&2; then
     log "build failed after $((SECONDS - t0))s"
     exit 1
 fi
+if [ "$ENGINE" = podman ]; then
+    # Podman keeps an image per build step: drop this Dockerfile's that nothing uses any more
+    # (the prebuilt stage's copies of old binaries, the steps of images whose tag moved on).
+    "$ENGINE" image prune -f --filter label=io.gem-proxy.stage=prebuilt >/dev/null 2>&1 || true
+    "$ENGINE" image prune -f --filter label=org.opencontainers.image.title=gem-proxy >/dev/null 2>&1 || true
+fi
 size="$("$ENGINE" image inspect --format '{{.Size}}' "$TAG" 2>/dev/null | awk '{printf "%.1f MB", $1 / 1e6}')"
 log "built $TAG in $((SECONDS - t0))s (${size:-size unknown})"
 echo "$TAG"

@@ -22,7 +22,7 @@
 #
 # Before building, the image now tagged NAME is kept as NAME-previous (tag "previous"); if the new
 # one is not ready within the timeout, that image is tagged NAME again and the gateways are
-# recreated from it. Safe to re-run: an unchanged image means no change to running containers.
+# recreated from it; the new one is kept as NAME-failed (tag "failed") to look into. Safe to re-run: an unchanged image means no change to running containers.
 #
 # Exit codes: 0 deployed and ready; 1 the new image never became ready and the previous one is
 # back; 2 bad usage or a missing tool; 3 not ready and no rollback possible (or it failed too);
@@ -52,6 +52,7 @@ while [ $# -gt 0 ]; do
 done
 export GEM_PROXY_IMAGE="$TAG"
 PREVIOUS="${TAG%:*}:previous"
+FAILED="${TAG%:*}:failed"
 
 ENGINE="${CONTAINER_ENGINE:-}"
 if [ -z "$ENGINE" ]; then
@@ -179,7 +180,8 @@ if ! up; then
         log "not ready after ${TIMEOUT}s, and there is no previous image to roll back to"
         exit 3
     fi
-    log "not ready after ${TIMEOUT}s: rolling back to the previous image"
+    log "not ready after ${TIMEOUT}s: rolling back to the previous image (the new one stays as $FAILED)"
+    "$ENGINE" tag "$TAG" "$FAILED"
     "$ENGINE" tag "$PREVIOUS" "$TAG"
     if ! up; then
         log "the previous image is not ready either"

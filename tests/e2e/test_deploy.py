@@ -28,7 +28,7 @@ def stack() -> Iterator[Stack]:
     finally:
         left = tear_down(s)
         api.stop()
-        for tag in (TAG, TAG.replace(":latest", ":previous")):
+        for tag in (TAG, TAG.replace(":latest", ":previous"), TAG.replace(":latest", ":failed")):
             podman("rmi", "--force", tag, check=False)
         assert left == {"containers": [], "volumes": [], "networks": []}, left
 
@@ -66,4 +66,5 @@ def test_deploy_then_roll_back_an_image_that_never_gets_ready(stack: Stack) -> N
     assert "rolling back to the previous image" in second.stderr
     assert "gem-proxy rolled back" in second.stdout
     assert gateway_image_id(stack) == good
+    assert inspect(TAG.replace(":latest", ":failed"))["Id"] != good  # kept, to look into
     assert httpx.get(f"{stack.url('admin')}/health/ready", timeout=5).status_code == 200
