@@ -15,7 +15,8 @@
 #   --cert FILE          TLS certificate (default config/cert.pem)
 #   --key FILE           its private key (default config/key.pem)
 #   --acme-dir DIR       ACME cache (default config/acme)
-#   --data-dir DIR       data directory, e.g. a container volume's mount point (default none)
+#   --data-dir DIR       data directory: usage history, e.g. a container volume's mount point
+#                        (default: data/ beside the config, when it exists)
 #   --redis-url URL      Redis to snapshot (default $REDIS_URL; none: no snapshot)
 #   --env-file FILE      the secrets (default docker/.env), only with --include-secrets
 #   --include-secrets    put the env file in the archive too
@@ -68,6 +69,8 @@ KEY="${KEY:-$ROOT/config/key.pem}"
 ACME="${ACME:-$ROOT/config/acme}"
 ENV_FILE="${ENV_FILE:-$ROOT/docker/.env}"
 OUT="${OUT:-$ROOT/backups}"
+# The usage history's default place: data/ beside the config.
+if [ -z "$DATA" ] && [ -z "$RESTORE" ] && [ -d "$(dirname "$CONFIG")/data" ]; then DATA="$(dirname "$CONFIG")/data"; fi
 
 abs() { # a path made absolute (it need not exist)
     case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$(pwd)" "$1" ;; esac

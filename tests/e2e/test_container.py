@@ -132,7 +132,8 @@ def test_image_is_configured_for_operators(image: str) -> None:
     assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
     env = dict(e.split("=", 1) for e in config["Env"])
     assert env["GEM_PROXY_CONFIG"] == "/etc/gem-proxy/proxy.yaml"
-    assert env["GEM_PROXY__SERVER__TLS__CERT_PATH"].startswith("/var/lib/gem-proxy/")
+    for key in ("SERVER__TLS__CERT_PATH", "SERVER__TLS__KEY_PATH", "SERVER__TLS__ACME__CACHE_DIR", "USAGE__PATH"):
+        assert env[f"GEM_PROXY__{key}"].startswith("/var/lib/gem-proxy/"), key
     # No secret in the image: the example config takes them from the environment.
     assert not any(k.startswith("GEMINI_API_KEY") for k in env)
     history = podman("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
@@ -166,10 +167,11 @@ def test_runs_as_non_root_on_a_read_only_root_filesystem(pod: Pod) -> None:
     # What it wrote went to the volume: the certificate and its key, the key owner-only.
     listing = podman(
         "run", "--rm", "--read-only", "-v", f"{pod.name}-data:/data:ro", DEBIAN_IMAGE,
-        "stat", "-c", "%n %u %a", "/data/cert.pem", "/data/key.pem",
+        "stat", "-c", "%n %u %a", "/data/cert.pem", "/data/key.pem", "/data/usage.db",
     ).stdout.split("\n")  # fmt: skip
     assert "/data/cert.pem 65532" in listing[0], listing
     assert listing[1] == "/data/key.pem 65532 600", listing
+    assert listing[2].startswith("/data/usage.db 65532"), listing  # the usage history
 
 
 def test_the_images_healthcheck_passes(pod: Pod) -> None:
