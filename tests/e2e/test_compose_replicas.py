@@ -20,8 +20,11 @@ from compose_stack import ApiSocket, Stack, make_stack, mock_override, tear_down
 from helpers import MODEL
 from podman import FULL_IMAGE, cleanup_images, gateway_image, podman
 
-CLIENT_RPM = 3
+CLIENT_RPM = 30
 REQUESTS = 3 * CLIENT_RPM
+# README, "Overshoot bound": in a minute at most limit + replicas x (max_block + 1), with blocks
+# of at most limit / (2 x replicas).
+SHARED_BOUND = CLIENT_RPM + 3 * (CLIENT_RPM // 6 + 1)
 
 # The full multi-stage build (GEM_PROXY_E2E_FULL_IMAGE=1) takes many minutes cold.
 pytestmark = pytest.mark.timeout(3600 if FULL_IMAGE else 300)
@@ -132,8 +135,11 @@ def test_the_replicas_share_client_limits_through_redis(
         pytest.skip(f"this gem-proxy has no Redis state backend yet (check-config: {redis_state.splitlines()[-1]})")
     cert = tmp_path / "cert.pem"
     podman("cp", f"{replicas.container('gem-proxy')}:/var/lib/gem-proxy/cert.pem", str(cert))
+    health = httpx.get(f"{replicas.url('admin')}/health", timeout=5, trust_env=False).json()
+    assert health.get("state", {}).get("backend") == "redis", health.get("state")
+    assert health["state"].get("connected") is True, health["state"]
     codes = through_lb(replicas, cert, REQUESTS)
     # Alone, each gateway would let CLIENT_RPM through: REQUESTS in all. Shared, the three
-    # together admit at most CLIENT_RPM a minute.
-    assert codes.count(200) <= CLIENT_RPM, codes
-    assert 429 in codes, codes
+    # together admit the limit once (plus the documented overshoot of leases in flight).
+    assert CLIENT_RPM // 2 <= codes.count(200) <= SHARED_BOUND, codes
+    assert codes.count(429) >= REQUESTS - SHARED_BOUND, codes
