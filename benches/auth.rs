@@ -125,7 +125,7 @@ fn layers(c: &mut Criterion) {
     let inner = tower::service_fn(|_req: Request<()>| {
         std::future::ready(Ok::<_, GatewayError>(Response::new(())))
     });
-    let mut service = RouteLayer::new()
+    let mut service = RouteLayer::new(gateway.clone())
         .layer(AuthLayer::new(gateway.clone()).layer(ClientLimitLayer::new(gateway).layer(inner)));
     let mut cx = Context::from_waker(Waker::noop());
     let make = || {

@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
-use http::Request;
+use bytes::Bytes;
+use http::{Request, Uri};
+
+use crate::config::ModelsConfig;
 
 /// The longest model name accepted (longer ones are refused with 400 by the route and body-model
 /// layers). Google's model ids are a few dozen characters (the longest today, e.g.
@@ -153,12 +156,29 @@ impl Route {
     /// Parses the request's route once: the first layer that needs it (metrics, trace or route,
     /// whichever runs first) inserts it as the request's extension, the others find it there.
     /// A path outside the API gets none.
-    pub fn ensure<B>(req: &mut Request<B>) {
-        if req.extensions().get::<Route>().is_none()
-            && let Some(route) = Route::classify(req.uri().path())
-        {
-            req.extensions_mut().insert(route);
+    ///
+    /// A model in the path that is an alias (`gemini.models.aliases`) is replaced by its real
+    /// model, in the path sent upstream and in the route, before any layer reads it (an
+    /// ambiguous path is left alone: the route layer refuses it).
+    pub fn ensure<B>(req: &mut Request<B>, models: &ModelsConfig) {
+        if req.extensions().get::<Route>().is_some() {
+            return;
         }
+        let Some(mut route) = Route::classify(req.uri().path()) else {
+            return;
+        };
+        if let Some(real) = route
+            .model
+            .as_deref()
+            .filter(|_| route.api != Api::Upload)
+            .and_then(|m| models.resolve(m))
+            && Route::ambiguity(req.uri().path()).is_none()
+            && let Some(uri) = with_path_model(req.uri(), real)
+        {
+            *req.uri_mut() = uri;
+            route.model = Some(Arc::from(real));
+        }
+        req.extensions_mut().insert(route);
     }
 
     /// The label of a request's route, [`RouteLabel::NotFound`] when it has none.
@@ -172,6 +192,41 @@ impl Route {
             .as_deref()
             .filter(|_| self.label != RouteLabel::Upload)
     }
+}
+
+/// `uri` with the model of its `models/{model}` segment replaced by `model` (the `:method`, the
+/// rest of the path and the query kept).
+pub fn with_path_model(uri: &Uri, model: &str) -> Option<Uri> {
+    let path = uri.path();
+    let segment = Route::model_segment(path)?;
+    let start = segment.as_ptr() as usize - path.as_ptr() as usize;
+    let end = start + segment.find(':').unwrap_or(segment.len());
+    let mut out = String::with_capacity(path.len() + model.len() + 16);
+    out.push_str(&path[..start]);
+    out.push_str(model);
+    out.push_str(&path[end..]);
+    if let Some(q) = uri.query() {
+        out.push('?');
+        out.push_str(q);
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(out.parse().ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+/// `body` (a JSON object with one top-level `model`) with its model replaced by `model` (a
+/// `models/` prefix kept); the rest of the object is re-serialised as it was read.
+pub fn with_body_model(body: &[u8], model: &str) -> Option<Bytes> {
+    let mut object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).ok()?;
+    let slot = object.get_mut("model")?;
+    let prefixed = slot.as_str()?.starts_with("models/");
+    *slot = serde_json::Value::String(if prefixed {
+        format!("models/{model}")
+    } else {
+        model.to_owned()
+    });
+    serde_json::to_vec(&object).ok().map(Bytes::from)
 }
 
 /// What a request was for, from its path alone (never the raw path: that would be unbounded).
@@ -407,6 +462,53 @@ mod tests {
         ] {
             assert_eq!(Route::ambiguity(p), None, "{p}");
         }
+    }
+
+    #[test]
+    fn an_alias_in_the_path_becomes_its_model() {
+        let models = ModelsConfig {
+            aliases: [("flash".to_string(), "gemini-2.5-flash".to_string())].into(),
+            ..Default::default()
+        };
+        let ensure = |uri: &str| {
+            let mut req = Request::get(uri).body(()).unwrap();
+            Route::ensure(&mut req, &models);
+            let model = req.extensions().get::<Route>().and_then(|r| r.model.clone());
+            (req.uri().to_string(), model.map(|m| m.to_string()))
+        };
+        let m = |s: &str| Some(s.to_string());
+        assert_eq!(
+            ensure("/v1beta/models/flash:streamGenerateContent?alt=sse"),
+            (
+                "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse".into(),
+                m("gemini-2.5-flash")
+            )
+        );
+        assert_eq!(
+            ensure("/v1beta/models/fl%61sh"),
+            ("/v1beta/models/gemini-2.5-flash".into(), m("gemini-2.5-flash"))
+        );
+        // Not aliases, or not a path the gateway forwards: untouched.
+        for uri in [
+            "/v1beta/models/gemini-2.5-pro:generateContent",
+            "/v1beta/models/flash/../x:generateContent",
+            "/v1beta/models",
+        ] {
+            assert_eq!(ensure(uri).0, uri);
+        }
+        assert_eq!(ensure("/v1beta/models/flashy:generateContent").1, m("flashy"));
+    }
+
+    #[test]
+    fn a_body_model_is_replaced_and_the_rest_kept() {
+        let out = with_body_model(br#"{"model":"models/flash","x":[1]}"#, "gemini-2.5-flash");
+        let v: serde_json::Value = serde_json::from_slice(&out.unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"model": "models/gemini-2.5-flash", "x": [1]})
+        );
+        assert_eq!(with_body_model(b"[1]", "m"), None);
+        assert_eq!(with_body_model(br#"{"contents":[]}"#, "m"), None);
     }
 
     #[test]

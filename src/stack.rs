@@ -24,7 +24,9 @@
 //! 9. **error response** ([`ErrorResponseLayer`]) — the one place a [`GatewayError`] becomes a
 //!    Google-shaped response; every layer below returns `Result<_, GatewayError>`.
 //! 10. **route** ([`RouteLayer`]) — classifies the path (API, version, model); 404 before any body is
-//!     read, 400 for a path it cannot classify with certainty (dot segments, encoded slashes).
+//!     read, 400 for a path it cannot classify with certainty (dot segments, encoded slashes). A
+//!     model alias in the path becomes its real model here (or in metrics or trace, whichever
+//!     parses the route first), before anything reads the model.
 //! 11. **auth** ([`AuthLayer`]) — checks the client's token (JWT) when `auth.enabled`; 401 / 403
 //!     (model not allowed) before any body is read. After route because the model policy needs
 //!     the model.
@@ -40,29 +42,36 @@
 //!     413 / 408 / 503.
 //! 15. **body model** ([`BodyModelLayer`]) — the model named in a JSON body (OpenAI-compatible
 //!     surface, cached-content creation) completes the route's model and is checked against the
-//!     token's `models`; 403, or 400 for a body it cannot read with certainty (`model` twice).
+//!     token's `models` (an alias replaced by its real model first, in the body too); 403, or 400
+//!     for a body it cannot read with certainty (`model` twice).
 //!     Right after buffer body: the first place the body is there.
-//! 16. **affinity** ([`AffinityLayer`]) — binds requests about a file or cached content to the
+//! 16. **model list** ([`ModelListLayer`]) — adds the model aliases (`gemini.models.aliases`)
+//!     to the first page of `GET models`; every other request passes untouched. Inside auth so
+//!     it lists only the aliases of models the token allows.
+//! 17. **affinity** ([`AffinityLayer`]) — binds requests about a file or cached content to the
 //!     key that created it (only that key can see it) and, with auth, to the client that created
 //!     it (others get 404, listings are filtered), and learns new bindings from answers. After
 //!     buffer body because it reads the body for file and cache references.
-//! 17. **failover** ([`FailoverLayer`]) — reads what Google's answer means for the key (rest,
+//! 18. **failover** ([`FailoverLayer`]) — reads what Google's answer means for the key (rest,
 //!     invalid, overloaded…), applies it, and replays the buffered request on another key while
 //!     nothing has reached the client. Above key balance so each attempt picks afresh. Records
 //!     each attempt (duration, result, span) and each retry.
-//! 18. **key balance** ([`KeyBalanceLayer`]) — weighted pick over the keys with headroom for the
-//!     model; 429 with `Retry-After` when none has.
-//! 19. **usage** ([`UsageLayer`]) — taps successful answers for `usageMetadata` (tokens per key,
+//! 19. **key balance** ([`KeyBalanceLayer`]) — weighted pick over the keys with headroom for the
+//!     model; when none has and the model has fallbacks (`gemini.models.fallbacks`), the first
+//!     fallback the token allows with a key that has headroom serves it (path, body and route
+//!     switched; `x-gem-proxy-model` on the answer); else 429 with `Retry-After`.
+//! 20. **usage** ([`UsageLayer`]) — taps successful answers for `usageMetadata` (tokens per key,
 //!     model and client; `gen_ai.usage.*` on the span; the usage history and the client's token
 //!     budget) without buffering them. Inside key balance: it needs the key. (Failover reports the
 //!     error answers and key rests to the usage history.)
-//! 20. **upstream** ([`Upstream`]) — strips client credentials and hop-by-hop headers, injects the
+//! 21. **upstream** ([`Upstream`]) — strips client credentials and hop-by-hop headers, injects the
 //!     key (and the attempt's `traceparent` when tracing), sends, streams the answer back.
 //!
 //! Request extensions (who inserts → who reads):
 //! - [`Route`](crate::route::Route): the first of metrics, trace and route that runs (parsed
-//!   once; body model completes its model) → metrics and trace (route label, model), route (404
-//!   when absent, 400 when ambiguous), auth and body model (model policy), key balance and usage
+//!   once, model aliases resolved; body model completes its model, key balance switches it to a
+//!   fallback) → metrics and trace (route label, model), route (404 when absent, 400 when
+//!   ambiguous), auth and body model (model policy), model list, key balance and usage
 //!   (per-model state), upstream (credential header choice).
 //! - [`Client`](crate::auth::Client): auth (when `auth.enabled`) → client stats, client limit (key and `rpm`),
 //!   body model (`models`), affinity (who owns a resource); later the admin API (`role`) and
@@ -114,6 +123,7 @@ use crate::layers::error_response::ErrorResponseLayer;
 use crate::layers::failover::FailoverLayer;
 use crate::layers::key_balance::KeyBalanceLayer;
 use crate::layers::metrics::MetricsLayer;
+use crate::layers::model_list::ModelListLayer;
 use crate::layers::request_id::CounterRequestId;
 use crate::layers::route::RouteLayer;
 use crate::layers::trace::TraceLayer;
@@ -147,12 +157,13 @@ where
             X_GOOG_API_KEY.clone(),
         ]))
         .layer(ErrorResponseLayer::new())
-        .layer(RouteLayer::new())
+        .layer(RouteLayer::new(gateway.clone()))
         .layer(AuthLayer::new(gateway.clone()))
         .layer(ClientStatsLayer::new(gateway.clone()))
         .layer(ClientLimitLayer::new(gateway.clone()))
         .layer(BufferBodyLayer::new(gateway.clone()))
-        .layer(BodyModelLayer::new())
+        .layer(BodyModelLayer::new(gateway.clone()))
+        .layer(ModelListLayer::new(gateway.clone()))
         .layer(AffinityLayer::new(gateway.clone()))
         .layer(FailoverLayer::new(gateway.clone()))
         .layer(KeyBalanceLayer::new(gateway.clone()))

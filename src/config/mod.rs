@@ -12,6 +12,7 @@
 mod cidr;
 pub mod document;
 mod load;
+mod models;
 mod secret;
 pub mod state;
 mod usage;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 pub use cidr::{Cidr, CidrError};
 pub(crate) use load::clean_serde_message;
 pub use load::{ConfigError, ConfigLoader, ENV_PREFIX, SECRET_FIELDS};
+pub use models::ModelsConfig;
 pub use secret::Secret;
 pub use usage::{PriceConfig, UsageConfig};
 pub use validate::{KNOWN_EXAMPLE_SECRETS, MIN_JWT_SECRET_CHARS, Problem, is_known_example_secret};
@@ -356,6 +358,8 @@ pub struct GeminiConfig {
     pub retry_on_timeout: bool,
     /// The upstream API keys.
     pub api_keys: Vec<ApiKeyConfig>,
+    /// Model aliases and fallbacks (`gemini.models`; none by default).
+    pub models: ModelsConfig,
 }
 
 impl Default for GeminiConfig {
@@ -370,6 +374,7 @@ impl Default for GeminiConfig {
             unusable_rest_seconds: 3600,
             retry_on_timeout: false,
             api_keys: Vec::new(),
+            models: ModelsConfig::default(),
         }
     }
 }

@@ -185,6 +185,9 @@ impl Config {
         }
 
         let g = &self.gemini;
+        for (path, msg) in g.models.problems() {
+            bad(&path, &msg);
+        }
         if let Err(msg) = check_http_url(&g.base_url) {
             bad("gemini.base_url", &msg);
         }

@@ -31,7 +31,7 @@
 //! #     Ok::<_, gem_proxy::error::GatewayError>(http::Response::new(()))
 //! # });
 //! let service = tower::ServiceBuilder::new()
-//!     .layer(RouteLayer::new())
+//!     .layer(RouteLayer::new(gateway.clone()))
 //!     .layer(AuthLayer::new(gateway))
 //!     .service(inner);
 //! # let _ = service;
@@ -190,7 +190,7 @@ mod tests {
     /// Runs a request through route + auth; the client the inner service saw, or the error.
     async fn run(gw: &Arc<Gateway>, req: Request<()>) -> Result<Option<Client>, GatewayError> {
         let svc = tower::ServiceBuilder::new()
-            .layer(crate::layers::route::RouteLayer::new())
+            .layer(crate::layers::route::RouteLayer::new(gw.clone()))
             .layer(AuthLayer::new(gw.clone()))
             .service(tower::service_fn(|req: Request<()>| async move {
                 Ok::<_, GatewayError>(req.extensions().get::<Client>().cloned())

@@ -24,16 +24,20 @@ use tower::{Layer, Service};
 use super::ShortCircuit;
 use crate::auth::{Client, ModelPolicy};
 use crate::error::GatewayError;
-use crate::route::{Api, MAX_MODEL_NAME_BYTES, Route};
+use crate::gateway::Gateway;
+use crate::route::{Api, MAX_MODEL_NAME_BYTES, Route, with_body_model};
 
 /// Applies [`BodyModel`].
-#[derive(Debug, Clone, Default)]
-pub struct BodyModelLayer;
+#[derive(Debug, Clone)]
+pub struct BodyModelLayer {
+    gateway: Arc<Gateway>,
+}
 
 impl BodyModelLayer {
-    /// Checks the body's model for every buffered request (no settings of its own).
-    pub fn new() -> Self {
-        Self
+    /// Checks the body's model for every buffered request, with the live config's model
+    /// aliases.
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
     }
 }
 
@@ -41,7 +45,10 @@ impl<S> Layer<S> for BodyModelLayer {
     type Service = BodyModel<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        BodyModel { inner }
+        BodyModel {
+            inner,
+            gateway: self.gateway.clone(),
+        }
     }
 }
 
@@ -49,6 +56,7 @@ impl<S> Layer<S> for BodyModelLayer {
 #[derive(Debug, Clone)]
 pub struct BodyModel<S> {
     inner: S,
+    gateway: Arc<Gateway>,
 }
 
 /// What a JSON body says about its model.
@@ -198,6 +206,8 @@ where
             // The path names the model; a different one in the body is only checked for tokens
             // with a model policy (Google may read either).
             (BodyModelOf::One(body), Some(path)) => {
+                let live = self.gateway.live();
+                let body = live.config.gemini.models.resolve(&body).unwrap_or(&body);
                 if restricted && *body != *path {
                     return ShortCircuit::ready(Err(GatewayError::InvalidArgument(format!(
                         "the body names the model {body:?} but the path names {path:?}"
@@ -220,7 +230,22 @@ where
                 }
                 return ShortCircuit::inner(self.inner.call(req));
             }
-            (BodyModelOf::One(model), None) => model,
+            (BodyModelOf::One(model), None) => {
+                let live = self.gateway.live();
+                match live.config.gemini.models.resolve(&model) {
+                    Some(real) => {
+                        let Some(body) = with_body_model(req.body(), real) else {
+                            return ShortCircuit::ready(Err(GatewayError::InvalidArgument(
+                                "the body is not a JSON object".into(),
+                            )));
+                        };
+                        *req.body_mut() = body;
+                        req.headers_mut().remove(http::header::CONTENT_LENGTH);
+                        real.to_owned()
+                    }
+                    None => model,
+                }
+            }
         };
         if model.len() > MAX_MODEL_NAME_BYTES {
             return ShortCircuit::ready(Err(GatewayError::ModelNameTooLong {
@@ -261,6 +286,12 @@ mod tests {
         );
         assert_eq!(model_in(b"not json"), None);
         assert_eq!(model_in(br#"{"model":""}"#), None);
+    }
+
+    #[test]
+    fn an_alias_in_the_body_becomes_its_model() {
+        let out = with_body_model(br#"{"model":"flash","messages":[]}"#, "gemini-2.5-flash");
+        assert_eq!(model_in(&out.unwrap()).as_deref(), Some("gemini-2.5-flash"));
     }
 
     #[test]

@@ -59,6 +59,7 @@ const ERROR_BODY_BYTES: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
     metrics: Arc<Metrics>,
+    gateway: Arc<Gateway>,
 }
 
 impl MetricsLayer {
@@ -66,6 +67,7 @@ impl MetricsLayer {
     pub fn new(gateway: Arc<Gateway>) -> Self {
         Self {
             metrics: gateway.metrics().clone(),
+            gateway,
         }
     }
 }
@@ -77,6 +79,7 @@ impl<S> Layer<S> for MetricsLayer {
         Metering {
             inner,
             metrics: self.metrics.clone(),
+            gateway: self.gateway.clone(),
         }
     }
 }
@@ -86,6 +89,8 @@ impl<S> Layer<S> for MetricsLayer {
 pub struct Metering<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    /// For the model aliases the route is parsed with.
+    gateway: Arc<Gateway>,
 }
 
 impl<S> Metering<S> {
@@ -115,7 +120,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let pending = self.metrics.enabled().then(|| {
-            Route::ensure(&mut req);
+            Route::ensure(&mut req, &self.gateway.live().config.gemini.models);
             let parsed = req.extensions().get::<Route>();
             let route = Route::label_of(parsed);
             let model_name = parsed.and_then(Route::labelled_model).unwrap_or("");

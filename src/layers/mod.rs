@@ -15,6 +15,7 @@ pub mod error_response;
 pub mod failover;
 pub mod key_balance;
 pub mod metrics;
+pub mod model_list;
 pub mod request_id;
 pub mod route;
 pub mod trace;

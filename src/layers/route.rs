@@ -11,6 +11,10 @@
 //! A model name longer than [`MAX_MODEL_NAME_BYTES`] is answered 400 `INVALID_ARGUMENT`: no such
 //! model exists, and made-up names must not reach the per-model key state.
 //!
+//! A model alias in the path (`gemini.models.aliases`) is replaced by its real model here (or in
+//! metrics or trace above, whichever parses the route first), so the token policy, key limits,
+//! rests, metrics and the upstream all see the real model.
+//!
 //! A path the gateway cannot classify with certainty ([`Route::ambiguity`]) is refused with 400
 //! `INVALID_ARGUMENT` rather than forwarded: dot segments
 //! (`models/gemini-2.5-flash/../gemini-2.5-pro:…`, also as `%2e%2e`), encoded slashes or
@@ -18,6 +22,7 @@
 //! model has. Google (or a proxy before it) may normalise such a path into another model than
 //! the one the token's `models` policy was checked against.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Request;
@@ -25,16 +30,19 @@ use tower::{Layer, Service};
 
 use super::ShortCircuit;
 use crate::error::GatewayError;
+use crate::gateway::Gateway;
 use crate::route::{AmbiguousPath, MAX_MODEL_NAME_BYTES, Route};
 
 /// Applies [`Routing`].
-#[derive(Debug, Clone, Default)]
-pub struct RouteLayer;
+#[derive(Debug, Clone)]
+pub struct RouteLayer {
+    gateway: Arc<Gateway>,
+}
 
 impl RouteLayer {
-    /// Classifies every request (the route layer has no settings).
-    pub fn new() -> Self {
-        Self
+    /// Classifies every request, with the live config's model aliases.
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
     }
 }
 
@@ -42,7 +50,10 @@ impl<S> Layer<S> for RouteLayer {
     type Service = Routing<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Routing { inner }
+        Routing {
+            inner,
+            gateway: self.gateway.clone(),
+        }
     }
 }
 
@@ -51,6 +62,7 @@ impl<S> Layer<S> for RouteLayer {
 #[derive(Debug, Clone)]
 pub struct Routing<S> {
     inner: S,
+    gateway: Arc<Gateway>,
 }
 
 impl<S, B> Service<Request<B>> for Routing<S>
@@ -71,7 +83,7 @@ where
                 "{why}; the gateway does not forward paths it cannot classify with certainty"
             ))));
         }
-        Route::ensure(&mut req);
+        Route::ensure(&mut req, &self.gateway.live().config.gemini.models);
         match req.extensions().get::<Route>() {
             Some(route)
                 if route

@@ -37,6 +37,7 @@ use crate::trace::{RequestTrace, Tracing};
 #[derive(Debug, Clone)]
 pub struct TraceLayer {
     tracing: Option<Arc<Tracing>>,
+    gateway: Arc<Gateway>,
 }
 
 impl TraceLayer {
@@ -44,6 +45,7 @@ impl TraceLayer {
     pub fn new(gateway: Arc<Gateway>) -> Self {
         Self {
             tracing: gateway.tracing().cloned(),
+            gateway,
         }
     }
 }
@@ -55,6 +57,7 @@ impl<S> Layer<S> for TraceLayer {
         Trace {
             inner,
             tracing: self.tracing.clone(),
+            gateway: self.gateway.clone(),
         }
     }
 }
@@ -64,6 +67,8 @@ impl<S> Layer<S> for TraceLayer {
 pub struct Trace<S> {
     inner: S,
     tracing: Option<Arc<Tracing>>,
+    /// For the model aliases the route is parsed with.
+    gateway: Arc<Gateway>,
 }
 
 impl<S, B, ResB> Service<Request<B>> for Trace<S>
@@ -81,7 +86,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let trace = self.tracing.as_ref().map(|t| {
-            Route::ensure(&mut req);
+            Route::ensure(&mut req, &self.gateway.live().config.gemini.models);
             let parsed = req.extensions().get::<Route>();
             let route = Route::label_of(parsed);
             let model = parsed.and_then(Route::labelled_model);

@@ -15,6 +15,7 @@
 //! | `gem_proxy_upstream_attempts_total` | counter | `key_id`, `result` |
 //! | `gem_proxy_upstream_attempt_duration_seconds` | histogram (to response headers) | `key_id` |
 //! | `gem_proxy_retries_total` | counter: attempts replayed on another key (failovers) | `reason` |
+//! | `gem_proxy_model_fallbacks_total` | counter: requests served by a fallback model (`gemini.models.fallbacks`) | — |
 //! | `gem_proxy_rate_limited_total` | counter | `limiter` (`client`, `key_pool`, `upstream`) |
 //! | `gem_proxy_auth_failures_total` | counter | `reason` |
 //! | `gem_proxy_gateway_errors_total` | counter: errors the gateway answered itself | `kind` |
@@ -219,6 +220,7 @@ struct Instruments {
     connections_open: [BoundUpDownCounter<i64>; 2],
     connections: [BoundCounter<u64>; 2],
     retries: [BoundCounter<u64>; RetryReason::ALL.len()],
+    fallbacks: BoundCounter<u64>,
     rate_limited: [BoundCounter<u64>; 3],
     auth_failures: Counter<u64>,
     gateway_errors: Counter<u64>,
@@ -519,6 +521,13 @@ impl Metrics {
         }
     }
 
+    /// A request is served by a fallback model.
+    pub fn model_fallback(&self) {
+        if let Some(i) = &self.inst {
+            i.fallbacks.add(1);
+        }
+    }
+
     /// A key starts resting for a model.
     pub fn cooldown(&self, key_id: &str, reason: crate::key_pool::RestReason) {
         let Some(inst) = &self.inst else { return };
@@ -745,6 +754,11 @@ impl Instruments {
                 connections.bind(&listener("proxy")),
                 connections.bind(&listener("admin")),
             ],
+            fallbacks: counter(
+                "gem_proxy.model.fallbacks",
+                "Requests served by a fallback model because every key was resting for the one asked for.",
+            )
+            .bind(&[]),
             retries: RetryReason::ALL.map(|r| retries.bind(&[KeyValue::new("reason", r.as_str())])),
             rate_limited: ["client", "key_pool", "upstream"]
                 .map(|l| rate_limited.bind(&[KeyValue::new("limiter", l)])),
