@@ -473,7 +473,10 @@ mod tests {
         let ensure = |uri: &str| {
             let mut req = Request::get(uri).body(()).unwrap();
             Route::ensure(&mut req, &models);
-            let model = req.extensions().get::<Route>().and_then(|r| r.model.clone());
+            let model = req
+                .extensions()
+                .get::<Route>()
+                .and_then(|r| r.model.clone());
             (req.uri().to_string(), model.map(|m| m.to_string()))
         };
         let m = |s: &str| Some(s.to_string());
@@ -486,7 +489,10 @@ mod tests {
         );
         assert_eq!(
             ensure("/v1beta/models/fl%61sh"),
-            ("/v1beta/models/gemini-2.5-flash".into(), m("gemini-2.5-flash"))
+            (
+                "/v1beta/models/gemini-2.5-flash".into(),
+                m("gemini-2.5-flash")
+            )
         );
         // Not aliases, or not a path the gateway forwards: untouched.
         for uri in [
@@ -496,7 +502,10 @@ mod tests {
         ] {
             assert_eq!(ensure(uri).0, uri);
         }
-        assert_eq!(ensure("/v1beta/models/flashy:generateContent").1, m("flashy"));
+        assert_eq!(
+            ensure("/v1beta/models/flashy:generateContent").1,
+            m("flashy")
+        );
     }
 
     #[test]

@@ -68,10 +68,7 @@ impl ModelsConfig {
                 } else if fallback == model {
                     p.push((at, "a model must not fall back to itself".into()));
                 } else if self.aliases.contains_key(fallback) {
-                    p.push((
-                        at,
-                        format!("{fallback:?} is an alias: name the real model"),
-                    ));
+                    p.push((at, format!("{fallback:?} is an alias: name the real model")));
                 } else if list[..i].contains(fallback) {
                     p.push((at, format!("{fallback:?} is listed twice")));
                 }

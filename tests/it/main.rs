@@ -15,6 +15,7 @@ mod proxy;
 mod redis_state;
 mod reliability;
 mod robustness;
+mod routing;
 mod security;
 mod shutdown;
 mod tls;
