@@ -12,6 +12,8 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::heartbeat::{Beat, Heartbeat};
+
 /// Errors of a response body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -29,7 +31,7 @@ pin_project! {
         /// A body the gateway built (errors, health).
         Full { #[pin] inner: Full<Bytes> },
         /// The upstream's body, streamed through.
-        Upstream { #[pin] inner: Observed<IdleTimeout<Incoming>, Box<dyn BodyObserver + Send>> },
+        Upstream { #[pin] inner: Heartbeat<Observed<IdleTimeout<Incoming>, Box<dyn BodyObserver + Send>>> },
     }
 }
 
@@ -44,7 +46,15 @@ impl GatewayBody {
     /// The upstream's body, ended with [`StreamIdle`] if no frame arrives within `idle`.
     pub fn upstream(inner: Incoming, idle: Duration) -> Self {
         GatewayBody::Upstream {
-            inner: Observed::new(IdleTimeout::new(inner, idle), None),
+            inner: Heartbeat::new(Observed::new(IdleTimeout::new(inner, idle), None), None),
+        }
+    }
+
+    /// Writes `beat` into an upstream body while the upstream is silent (an event stream; see
+    /// [`crate::heartbeat`]). Observers never see the beats. A body the gateway built gets none.
+    pub fn heartbeat(&mut self, beat: Beat) {
+        if let GatewayBody::Upstream { inner } = self {
+            inner.set_beat(beat);
         }
     }
 
@@ -52,7 +62,7 @@ impl GatewayBody {
     /// body the gateway built has nothing to observe, and `observer` is dropped.
     pub fn tap(&mut self, observer: Box<dyn BodyObserver + Send>) {
         if let GatewayBody::Upstream { inner } = self {
-            inner.observe(observer);
+            inner.get_mut().observe(observer);
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod console;
 pub mod deadline;
 pub mod error;
 pub mod gateway;
+pub mod heartbeat;
 pub mod http_client;
 pub mod key_pool;
 pub mod layers;

@@ -32,6 +32,7 @@ use tower::Service;
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::heartbeat::Beat;
 use crate::http_client::{
     UpstreamTarget, X_GOOG_API_KEY, X_GOOG_UPLOAD_CONTROL_URL, X_GOOG_UPLOAD_URL, strip_key_param,
 };
@@ -181,10 +182,21 @@ async fn forward(
     if streamed || event_stream {
         parts.extensions.insert(StreamedAnswer);
     }
-    Ok(Response::from_parts(
-        parts,
-        GatewayBody::upstream(body, gemini.stream_idle_timeout()),
-    ))
+    let mut body = GatewayBody::upstream(body, gemini.stream_idle_timeout());
+    // Heartbeats only in a server-sent-events answer (`alt=sse`, OpenAI `stream: true`), never
+    // in the JSON-array stream form or a plain answer.
+    if let Some(every) = gemini.stream_heartbeat()
+        && parts.status.is_success()
+        && event_stream
+    {
+        let metrics = gateway.metrics().clone();
+        body.heartbeat(Beat {
+            every,
+            bytes: Bytes::from_static(gemini.stream_heartbeat_style.bytes()),
+            on_beat: Arc::new(move || metrics.stream_heartbeat()),
+        });
+    }
+    Ok(Response::from_parts(parts, body))
 }
 
 /// A response extension: this answer is a stream (`:streamGenerateContent`, `alt=sse`,

@@ -360,6 +360,34 @@ pub struct GeminiConfig {
     pub api_keys: Vec<ApiKeyConfig>,
     /// Model aliases and fallbacks (`gemini.models`; none by default).
     pub models: ModelsConfig,
+    /// While a server-sent-events answer is open and the upstream silent this long, write a
+    /// heartbeat (at an event boundary) so idle timers on the way do not cut it. 0: off.
+    pub stream_heartbeat_seconds: u64,
+    /// What a heartbeat is: an empty line (every SDK ignores it) or an SSE comment.
+    pub stream_heartbeat_style: HeartbeatStyle,
+}
+
+/// `gemini.stream_heartbeat_style`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeartbeatStyle {
+    /// An empty line between events: a no-op in SSE, and skipped by google-genai, @google/genai
+    /// and openai.
+    #[default]
+    BlankLine,
+    /// An SSE comment, `: keep-alive`: breaks google-genai (Python), which reads every line
+    /// that is not `data: ` as JSON.
+    Comment,
+}
+
+impl HeartbeatStyle {
+    /// The bytes of one heartbeat.
+    pub fn bytes(self) -> &'static [u8] {
+        match self {
+            HeartbeatStyle::BlankLine => b"\n",
+            HeartbeatStyle::Comment => b": keep-alive\n\n",
+        }
+    }
 }
 
 impl Default for GeminiConfig {
@@ -375,6 +403,8 @@ impl Default for GeminiConfig {
             retry_on_timeout: false,
             api_keys: Vec::new(),
             models: ModelsConfig::default(),
+            stream_heartbeat_seconds: 0,
+            stream_heartbeat_style: HeartbeatStyle::BlankLine,
         }
     }
 }
@@ -387,6 +417,11 @@ impl GeminiConfig {
     /// `stream_idle_timeout_seconds` as a duration.
     pub fn stream_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.stream_idle_timeout_seconds)
+    }
+    /// `stream_heartbeat_seconds` as a duration; `None` when heartbeats are off.
+    pub fn stream_heartbeat(&self) -> Option<Duration> {
+        (self.stream_heartbeat_seconds > 0)
+            .then(|| Duration::from_secs(self.stream_heartbeat_seconds))
     }
     /// `connect_timeout_seconds` as a duration.
     pub fn connect_timeout(&self) -> Duration {

@@ -16,6 +16,7 @@
 //! | `gem_proxy_upstream_attempt_duration_seconds` | histogram (to response headers) | `key_id` |
 //! | `gem_proxy_retries_total` | counter: attempts replayed on another key (failovers) | `reason` |
 //! | `gem_proxy_model_fallbacks_total` | counter: requests served by a fallback model (`gemini.models.fallbacks`) | — |
+//! | `gem_proxy_stream_heartbeats_total` | counter: heartbeats written into silent event streams (`gemini.stream_heartbeat_seconds`) | — |
 //! | `gem_proxy_rate_limited_total` | counter | `limiter` (`client`, `key_pool`, `upstream`) |
 //! | `gem_proxy_auth_failures_total` | counter | `reason` |
 //! | `gem_proxy_gateway_errors_total` | counter: errors the gateway answered itself | `kind` |
@@ -221,6 +222,7 @@ struct Instruments {
     connections: [BoundCounter<u64>; 2],
     retries: [BoundCounter<u64>; RetryReason::ALL.len()],
     fallbacks: BoundCounter<u64>,
+    heartbeats: BoundCounter<u64>,
     rate_limited: [BoundCounter<u64>; 3],
     auth_failures: Counter<u64>,
     gateway_errors: Counter<u64>,
@@ -528,6 +530,13 @@ impl Metrics {
         }
     }
 
+    /// A heartbeat is written into a silent event stream.
+    pub fn stream_heartbeat(&self) {
+        if let Some(i) = &self.inst {
+            i.heartbeats.add(1);
+        }
+    }
+
     /// A key starts resting for a model.
     pub fn cooldown(&self, key_id: &str, reason: crate::key_pool::RestReason) {
         let Some(inst) = &self.inst else { return };
@@ -757,6 +766,11 @@ impl Instruments {
             fallbacks: counter(
                 "gem_proxy.model.fallbacks",
                 "Requests served by a fallback model because every key was resting for the one asked for.",
+            )
+            .bind(&[]),
+            heartbeats: counter(
+                "gem_proxy.stream.heartbeats",
+                "Heartbeats written into silent server-sent-events answers (gemini.stream_heartbeat_seconds).",
             )
             .bind(&[]),
             retries: RetryReason::ALL.map(|r| retries.bind(&[KeyValue::new("reason", r.as_str())])),
