@@ -158,12 +158,14 @@ main() {
     apt_install redis-server
     command -v npm >/dev/null 2>&1 || apt_install nodejs npm
     # Web console tests (tests/e2e/test_console.py): Debian's Chromium, driven by playwright-core
-    # (which downloads no browser). Every npm package goes in this one call (see npm_install).
+    # (which downloads no browser). Stream heartbeat tests (tests/e2e/test_heartbeat.py): Google's
+    # JS SDK, @google/genai. Every npm package goes in this one call (see npm_install).
     apt_install chromium
     # Helm chart tests (tests/e2e/test_helm.py): the Prometheus Operator and Gateway API models
     # validate ServiceMonitor, PrometheusRule and HTTPRoute against their CRD schemas.
     npm_install typescript@5.9 @grafana/schema@13 playwright-core@1.65 \
-        @kubernetes-models/prometheus-operator@6 @kubernetes-models/gateway-api@2
+        @kubernetes-models/prometheus-operator@6 @kubernetes-models/gateway-api@2 \
+        @google/genai@1
     # TLS tests (tests/it/tls.rs, tests/it/acme.rs): openssl makes operators' keys in every format;
     # Pebble (Let's Encrypt's test CA) and pebble-challtestsrv issue real ACME certificates.
     apt_install openssl pebble
