@@ -165,7 +165,7 @@ main() {
     # validate ServiceMonitor, PrometheusRule and HTTPRoute against their CRD schemas.
     npm_install typescript@5.9 @grafana/schema@13 playwright-core@1.65 \
         @kubernetes-models/prometheus-operator@6 @kubernetes-models/gateway-api@2 \
-        @google/genai@1
+        @google/genai@3
     # TLS tests (tests/it/tls.rs, tests/it/acme.rs): openssl makes operators' keys in every format;
     # Pebble (Let's Encrypt's test CA) and pebble-challtestsrv issue real ACME certificates.
     apt_install openssl pebble

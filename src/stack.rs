@@ -65,7 +65,9 @@
 //!     budget) without buffering them. Inside key balance: it needs the key. (Failover reports the
 //!     error answers and key rests to the usage history.)
 //! 21. **upstream** ([`Upstream`]) — strips client credentials and hop-by-hop headers, injects the
-//!     key (and the attempt's `traceparent` when tracing), sends, streams the answer back.
+//!     key (and the attempt's `traceparent` when tracing), sends, streams the answer back (with
+//!     heartbeats in a silent event stream when `gemini.stream_heartbeat_seconds` is set; the
+//!     body observers above never see them).
 //!
 //! Request extensions (who inserts → who reads):
 //! - [`Route`](crate::route::Route): the first of metrics, trace and route that runs (parsed
