@@ -45,26 +45,30 @@
 //!     token's `models` (an alias replaced by its real model first, in the body too); 403, or 400
 //!     for a body it cannot read with certainty (`model` twice).
 //!     Right after buffer body: the first place the body is there.
-//! 16. **model list** ([`ModelListLayer`]) — adds the model aliases (`gemini.models.aliases`)
+//! 16. **overrides** ([`OverridesLayer`]) — applies `gemini.overrides` (`set` / `default`) to
+//!     the JSON body of a generate, stream or OpenAI chat request a rule matches by its real
+//!     model and client; other bodies are sent byte for byte. After body model and auth: it
+//!     needs the body, the model and the client.
+//! 17. **model list** ([`ModelListLayer`]) — adds the model aliases (`gemini.models.aliases`)
 //!     to the first page of `GET models`; every other request passes untouched. Inside auth so
 //!     it lists only the aliases of models the token allows.
-//! 17. **affinity** ([`AffinityLayer`]) — binds requests about a file or cached content to the
+//! 18. **affinity** ([`AffinityLayer`]) — binds requests about a file or cached content to the
 //!     key that created it (only that key can see it) and, with auth, to the client that created
 //!     it (others get 404, listings are filtered), and learns new bindings from answers. After
 //!     buffer body because it reads the body for file and cache references.
-//! 18. **failover** ([`FailoverLayer`]) — reads what Google's answer means for the key (rest,
+//! 19. **failover** ([`FailoverLayer`]) — reads what Google's answer means for the key (rest,
 //!     invalid, overloaded…), applies it, and replays the buffered request on another key while
 //!     nothing has reached the client. Above key balance so each attempt picks afresh. Records
 //!     each attempt (duration, result, span) and each retry.
-//! 19. **key balance** ([`KeyBalanceLayer`]) — weighted pick over the keys with headroom for the
+//! 20. **key balance** ([`KeyBalanceLayer`]) — weighted pick over the keys with headroom for the
 //!     model; when none has and the model has fallbacks (`gemini.models.fallbacks`), the first
 //!     fallback the token allows with a key that has headroom serves it (path, body and route
 //!     switched; `x-gem-proxy-model` on the answer); else 429 with `Retry-After`.
-//! 20. **usage** ([`UsageLayer`]) — taps successful answers for `usageMetadata` (tokens per key,
+//! 21. **usage** ([`UsageLayer`]) — taps successful answers for `usageMetadata` (tokens per key,
 //!     model and client; `gen_ai.usage.*` on the span; the usage history and the client's token
 //!     budget) without buffering them. Inside key balance: it needs the key. (Failover reports the
 //!     error answers and key rests to the usage history.)
-//! 21. **upstream** ([`Upstream`]) — strips client credentials and hop-by-hop headers, injects the
+//! 22. **upstream** ([`Upstream`]) — strips client credentials and hop-by-hop headers, injects the
 //!     key (and the attempt's `traceparent` when tracing), sends, streams the answer back (with
 //!     heartbeats in a silent event stream when `gemini.stream_heartbeat_seconds` is set; the
 //!     body observers above never see them).
@@ -76,7 +80,7 @@
 //!   ambiguous), auth and body model (model policy), model list, key balance and usage
 //!   (per-model state), upstream (credential header choice).
 //! - [`Client`](crate::auth::Client): auth (when `auth.enabled`) → client stats, client limit (key and `rpm`),
-//!   body model (`models`), affinity (who owns a resource); later the admin API (`role`) and
+//!   body model (`models`), overrides (`match.clients`), model list, affinity (who owns a resource); later the admin API (`role`) and
 //!   per-client statistics.
 //! - [`BoundKey`](crate::key_pool::BoundKey): affinity → failover (no replay), key
 //!   balance.
@@ -126,6 +130,7 @@ use crate::layers::failover::FailoverLayer;
 use crate::layers::key_balance::KeyBalanceLayer;
 use crate::layers::metrics::MetricsLayer;
 use crate::layers::model_list::ModelListLayer;
+use crate::layers::overrides::OverridesLayer;
 use crate::layers::request_id::CounterRequestId;
 use crate::layers::route::RouteLayer;
 use crate::layers::trace::TraceLayer;
@@ -165,6 +170,7 @@ where
         .layer(ClientLimitLayer::new(gateway.clone()))
         .layer(BufferBodyLayer::new(gateway.clone()))
         .layer(BodyModelLayer::new(gateway.clone()))
+        .layer(OverridesLayer::new(gateway.clone()))
         .layer(ModelListLayer::new(gateway.clone()))
         .layer(AffinityLayer::new(gateway.clone()))
         .layer(FailoverLayer::new(gateway.clone()))

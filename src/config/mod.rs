@@ -13,6 +13,7 @@ mod cidr;
 pub mod document;
 mod load;
 mod models;
+mod overrides;
 mod secret;
 pub mod state;
 mod usage;
@@ -27,6 +28,7 @@ pub use cidr::{Cidr, CidrError};
 pub(crate) use load::clean_serde_message;
 pub use load::{ConfigError, ConfigLoader, ENV_PREFIX, SECRET_FIELDS};
 pub use models::ModelsConfig;
+pub use overrides::{OVERRIDABLE_FIELDS, OverrideMatch, OverrideRule};
 pub use secret::Secret;
 pub use usage::{PriceConfig, UsageConfig};
 pub use validate::{KNOWN_EXAMPLE_SECRETS, MIN_JWT_SECRET_CHARS, Problem, is_known_example_secret};
@@ -365,6 +367,9 @@ pub struct GeminiConfig {
     pub stream_heartbeat_seconds: u64,
     /// What a heartbeat is: an empty line (every SDK ignores it) or an SSE comment.
     pub stream_heartbeat_style: HeartbeatStyle,
+    /// Rules that change request bodies before they are sent (`gemini.overrides`; none by
+    /// default).
+    pub overrides: Vec<OverrideRule>,
 }
 
 /// `gemini.stream_heartbeat_style`.
@@ -405,6 +410,7 @@ impl Default for GeminiConfig {
             models: ModelsConfig::default(),
             stream_heartbeat_seconds: 0,
             stream_heartbeat_style: HeartbeatStyle::BlankLine,
+            overrides: Vec::new(),
         }
     }
 }

@@ -185,6 +185,9 @@ impl Config {
         }
 
         let g = &self.gemini;
+        for (path, msg) in super::overrides::problems(&g.overrides) {
+            bad(&path, &msg);
+        }
         for (path, msg) in g.models.problems() {
             bad(&path, &msg);
         }

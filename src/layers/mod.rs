@@ -16,6 +16,7 @@ pub mod failover;
 pub mod key_balance;
 pub mod metrics;
 pub mod model_list;
+pub mod overrides;
 pub mod request_id;
 pub mod route;
 pub mod trace;

@@ -17,6 +17,7 @@
 //! | `gem_proxy_retries_total` | counter: attempts replayed on another key (failovers) | `reason` |
 //! | `gem_proxy_model_fallbacks_total` | counter: requests served by a fallback model (`gemini.models.fallbacks`) | — |
 //! | `gem_proxy_stream_heartbeats_total` | counter: heartbeats written into silent event streams (`gemini.stream_heartbeat_seconds`) | — |
+//! | `gem_proxy_overridden_requests_total` | counter: request bodies changed by `gemini.overrides` | — |
 //! | `gem_proxy_rate_limited_total` | counter | `limiter` (`client`, `key_pool`, `upstream`) |
 //! | `gem_proxy_auth_failures_total` | counter | `reason` |
 //! | `gem_proxy_gateway_errors_total` | counter: errors the gateway answered itself | `kind` |
@@ -223,6 +224,7 @@ struct Instruments {
     retries: [BoundCounter<u64>; RetryReason::ALL.len()],
     fallbacks: BoundCounter<u64>,
     heartbeats: BoundCounter<u64>,
+    overridden: BoundCounter<u64>,
     rate_limited: [BoundCounter<u64>; 3],
     auth_failures: Counter<u64>,
     gateway_errors: Counter<u64>,
@@ -537,6 +539,13 @@ impl Metrics {
         }
     }
 
+    /// A request body is changed by `gemini.overrides`.
+    pub fn overridden_request(&self) {
+        if let Some(i) = &self.inst {
+            i.overridden.add(1);
+        }
+    }
+
     /// A key starts resting for a model.
     pub fn cooldown(&self, key_id: &str, reason: crate::key_pool::RestReason) {
         let Some(inst) = &self.inst else { return };
@@ -771,6 +780,11 @@ impl Instruments {
             heartbeats: counter(
                 "gem_proxy.stream.heartbeats",
                 "Heartbeats written into silent server-sent-events answers (gemini.stream_heartbeat_seconds).",
+            )
+            .bind(&[]),
+            overridden: counter(
+                "gem_proxy.overridden_requests",
+                "Request bodies changed by gemini.overrides before they were sent.",
             )
             .bind(&[]),
             retries: RetryReason::ALL.map(|r| retries.bind(&[KeyValue::new("reason", r.as_str())])),

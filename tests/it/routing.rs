@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::support::*;
 use gem_proxy::auth::{Role, TokenRequest, issue, unix_now};
-use gem_proxy::config::{AuthConfig, Config, ModelsConfig, Secret};
+use gem_proxy::config::{AuthConfig, Config, ModelsConfig, OverrideRule, Secret};
 use gem_proxy_mock::MockOptions;
 use http::{Method, StatusCode};
 
@@ -42,12 +42,16 @@ fn with_auth(c: &mut Config) {
 }
 
 fn token(models: &[&str]) -> String {
+    token_for("team-a", models)
+}
+
+fn token_for(sub: &str, models: &[&str]) -> String {
     let auth = AuthConfig {
         jwt_secret: Secret::new(SECRET),
         ..Default::default()
     };
     let req = TokenRequest {
-        sub: "team-a".into(),
+        sub: sub.into(),
         ttl: Duration::from_secs(3600),
         models: models.iter().map(|m| m.to_string()).collect(),
         rpm: None,
@@ -384,4 +388,71 @@ async fn aliases_follow_a_reload() {
             "/v1beta/models/gemini-2.5-flash:generateContent"
         ]
     );
+}
+
+fn thinking_off_for_team_a(c: &mut Config) {
+    aliases(c);
+    with_auth(c);
+    let rule: OverrideRule = serde_json::from_value(serde_json::json!({
+        "match": { "models": ["gemini-2.5-flash"], "clients": ["team-a"] },
+        "set": { "generationConfig": { "thinkingConfig": { "thinkingBudget": 0 } } },
+        "default": { "generationConfig": { "maxOutputTokens": 256 } },
+    }))
+    .unwrap();
+    c.gemini.overrides = vec![rule];
+}
+
+/// A rule for team-a and gemini-2.5-flash: team-a's bodies carry the budget (also when it calls
+/// the model by an alias, and on the OpenAI surface), team-b's and other models' reach Google
+/// byte for byte; `default` never replaces what the client sent.
+#[tokio::test]
+async fn overrides_apply_to_the_matching_client_and_model_only() {
+    let h = Harness::start_with(MockOptions::default(), thinking_off_for_team_a).await;
+    let a = token_for("team-a", &[]);
+    let b = token_for("team-b", &[]);
+    let body = r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}],  "generationConfig":{"thinkingConfig":{"thinkingBudget":1024},"maxOutputTokens":64}}"#;
+    for (tok, path) in [
+        (&a, "/v1beta/models/flash:generateContent"),
+        (&b, "/v1beta/models/gemini-2.5-flash:generateContent"),
+        (&a, "/v1beta/models/gemini-2.5-pro:generateContent"),
+    ] {
+        assert_eq!(post_as(&h, tok, path, body).await.0, 200);
+    }
+    let (status, _, _) = post_as(
+        &h,
+        &a,
+        "/v1beta/openai/chat/completions",
+        r#"{"model":"flash","messages":[{"role":"user","content":"hi"}],"reasoning_effort":"high"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = h.mock.requests();
+    let team_a = json(&seen[0].body);
+    assert_eq!(
+        team_a["generationConfig"]["thinkingConfig"]["thinkingBudget"], 0,
+        "set replaces the client's budget"
+    );
+    assert_eq!(
+        team_a["generationConfig"]["maxOutputTokens"], 64,
+        "default leaves what the client sent"
+    );
+    assert_eq!(team_a["contents"][0]["parts"][0]["text"], "hi");
+    // Unmatched: byte for byte, the odd spacing included.
+    assert_eq!(&seen[1].body[..], body.as_bytes());
+    assert_eq!(&seen[2].body[..], body.as_bytes());
+    let openai = json(&seen[3].body);
+    assert_eq!(openai["model"], "gemini-2.5-flash");
+    assert_eq!(
+        openai["extra_body"]["google"]["thinking_config"]["thinking_budget"],
+        0
+    );
+    assert!(
+        openai.get("reasoning_effort").is_none(),
+        "Google refuses both"
+    );
+    assert_eq!(openai["max_tokens"], 256, "default fills what was left out");
+    let (_, _, metrics) = h
+        .call(request(Method::GET, &h.admin_url("/metrics"), ""))
+        .await;
+    assert!(String::from_utf8_lossy(&metrics).contains("gem_proxy_overridden_requests_total 2"));
 }
