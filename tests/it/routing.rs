@@ -55,6 +55,8 @@ fn token_for(sub: &str, models: &[&str]) -> String {
         ttl: Duration::from_secs(3600),
         models: models.iter().map(|m| m.to_string()).collect(),
         rpm: None,
+        tpm: None,
+        tpd: None,
         role: Role::Client,
     };
     issue(&auth, &req, unix_now()).unwrap().token
