@@ -58,7 +58,7 @@ def raw_stream(base: str, path: str) -> list[tuple[float, bytes]]:
     pieces = []
     with httpx.Client(trust_env=False, timeout=30) as http:
         t0 = time.monotonic()
-        with http.stream("POST", base + path, json=BODY, headers={**SILENT, "x-goog-api-key": CLIENT_TOKEN}) as r:
+        with http.stream("POST", base + path, json=BODY, headers={**SILENT, "x-goog-api-key": CLIENT_TOKEN, "accept-encoding": "identity"}) as r:
             assert r.status_code == 200
             for piece in r.iter_raw():
                 pieces.append((time.monotonic() - t0, piece))
