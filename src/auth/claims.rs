@@ -42,6 +42,10 @@ pub(crate) struct Claims {
     /// `admin`, or absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Request overrides for this client, like `gemini.overrides` (their `match.clients` is
+    /// ignored: the token is the client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<Vec<crate::config::OverrideRule>>,
 }
 
 /// A JSON number of seconds since the epoch; RFC 7519 allows fractions, which are dropped.

@@ -86,6 +86,7 @@ pub fn issue(auth: &AuthConfig, req: &TokenRequest, now: u64) -> Result<Issued, 
         tpm: req.tpm,
         tpd: req.tpd,
         role: (req.role == Role::Admin).then(|| Role::Admin.as_str().to_owned()),
+        overrides: None,
     };
     let token = encode(
         &Header::new(Algorithm::HS256),

@@ -51,7 +51,16 @@ pub struct Client {
     /// The client's tokens-per-day budget (`tpd` claim; `0` = none); `None` means
     /// `auth.default_tokens_per_day` applies.
     pub tpd: Option<u64>,
+    /// The token's own request overrides (`overrides` claim), applied after `gemini.overrides`.
+    pub overrides: Option<TokenOverrides>,
 }
+
+/// The rules of a token's `overrides` claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenOverrides(pub Arc<[crate::config::OverrideRule]>);
+
+// JSON values read from a token hold no NaN, so equality is reflexive.
+impl Eq for TokenOverrides {}
 
 impl Client {
     /// Whether the client may call `model` (a bare name like `gemini-2.5-flash` or

@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
 use super::claims::Claims;
 use super::keys::{Jwks, PublicKey, load_public_key};
-use super::{Client, ModelPolicy, Role};
+use super::{Client, ModelPolicy, Role, TokenOverrides};
 use crate::config::AuthConfig;
 
 /// Tokens longer than this are refused before any work is done on them.
@@ -300,6 +300,13 @@ impl Verifier {
             rpm: c.rpm,
             tpm: c.tpm,
             tpd: c.tpd,
+            overrides: match c.overrides {
+                Some(rules) if !crate::config::override_problems(&rules).is_empty() => {
+                    return Err(AuthFailure::Malformed);
+                }
+                Some(rules) if !rules.is_empty() => Some(TokenOverrides(rules.into())),
+                _ => None,
+            },
         })
     }
 }

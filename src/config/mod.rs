@@ -28,7 +28,9 @@ pub use cidr::{Cidr, CidrError};
 pub(crate) use load::clean_serde_message;
 pub use load::{ConfigError, ConfigLoader, ENV_PREFIX, SECRET_FIELDS};
 pub use models::ModelsConfig;
-pub use overrides::{OVERRIDABLE_FIELDS, OverrideMatch, OverrideRule};
+pub use overrides::{
+    OVERRIDABLE_FIELDS, OverrideMatch, OverrideRule, problems as override_problems,
+};
 pub use secret::Secret;
 pub use usage::{PriceConfig, UsageConfig};
 pub use validate::{KNOWN_EXAMPLE_SECRETS, MIN_JWT_SECRET_CHARS, Problem, is_known_example_secret};

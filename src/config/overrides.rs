@@ -30,8 +30,9 @@ pub struct OverrideMatch {
 pub const OVERRIDABLE_FIELDS: [&str; 3] =
     ["generationConfig", "safetySettings", "systemInstruction"];
 
-/// Problems as `(path, message)`, paths under `gemini.overrides`.
-pub(crate) fn problems(rules: &[OverrideRule]) -> Vec<(String, String)> {
+/// Problems as `(path, message)`, paths under `gemini.overrides` (also used for a token's
+/// `overrides` claim).
+pub fn problems(rules: &[OverrideRule]) -> Vec<(String, String)> {
     let mut p = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
         let at = |f: &str| format!("gemini.overrides[{i}].{f}");

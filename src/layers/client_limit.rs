@@ -512,6 +512,7 @@ mod tests {
                 rpm,
                 tpm: None,
                 tpd: None,
+                overrides: None,
             }
         }
 

@@ -14,7 +14,12 @@
 //! is not filled when the client sent `reasoning_effort`), `maxOutputTokens` as `max_tokens`.
 //! `safetySettings` and `systemInstruction` apply to the native API only.
 //!
-//! Counted in `gem_proxy_overridden_requests_total`. Only a request a rule matched is re-serialised; every other body is sent byte for byte. A
+//! A token may carry rules of its own (`overrides` claim, same shape, issued by an admin for that
+//! client): they apply after the config's, matched by model only; a token whose rules break the
+//! rules for `gemini.overrides` is refused as malformed.
+//!
+//! Counted in `gem_proxy_overridden_requests_total`. Only a request a rule matched is
+//! re-serialised; every other body is sent byte for byte. A
 //! body that is not a JSON object is sent as it is (Google answers it). Sits after body model
 //! (the body is buffered and the model known) and auth (the client is known).
 
@@ -78,7 +83,11 @@ where
     fn call(&mut self, mut req: Request<Bytes>) -> Self::Future {
         let live = self.gateway.live();
         let rules = &live.config.gemini.overrides;
-        if !rules.is_empty()
+        let client = req.extensions().get::<Client>();
+        let token_rules = client
+            .and_then(|c| c.overrides.as_ref())
+            .map_or(&[][..], |t| &t.0[..]);
+        if !(rules.is_empty() && token_rules.is_empty())
             && req.method() == Method::POST
             && let Some(route) = req.extensions().get::<Route>()
             && matches!(
@@ -88,9 +97,14 @@ where
         {
             let openai = route.label == RouteLabel::OpenAiChat;
             let model = route.model.as_deref().unwrap_or("");
-            let client = req.extensions().get::<Client>().map(|c| &*c.id);
-            let matched: Vec<&OverrideRule> =
-                rules.iter().filter(|r| applies(r, model, client)).collect();
+            let id = client.map(|c| &*c.id);
+            // The config's rules, then the token's (its `match.clients` is moot: it is the
+            // client).
+            let matched: Vec<&OverrideRule> = rules
+                .iter()
+                .filter(|r| applies(r, model, id))
+                .chain(token_rules.iter().filter(|r| model_matches(r, model)))
+                .collect();
             if !matched.is_empty()
                 && let Some(body) = overridden(req.body(), &matched, openai)
             {
@@ -104,9 +118,15 @@ where
 
 /// Whether `rule` is for this model and client.
 fn applies(rule: &OverrideRule, model: &str, client: Option<&str>) -> bool {
-    let m = &rule.matches;
-    (m.models.is_empty() || m.models.iter().any(|p| ModelPattern::new(p).matches(model)))
-        && (m.clients.is_empty() || client.is_some_and(|c| m.clients.iter().any(|x| x == c)))
+    let clients = &rule.matches.clients;
+    model_matches(rule, model)
+        && (clients.is_empty() || client.is_some_and(|c| clients.iter().any(|x| x == c)))
+}
+
+/// Whether `rule` is for this model.
+fn model_matches(rule: &OverrideRule, model: &str) -> bool {
+    let models = &rule.matches.models;
+    models.is_empty() || models.iter().any(|p| ModelPattern::new(p).matches(model))
 }
 
 /// `body` with the rules applied, re-serialised; `None` when it is not a JSON object.

@@ -458,3 +458,63 @@ async fn overrides_apply_to_the_matching_client_and_model_only() {
         .await;
     assert!(String::from_utf8_lossy(&metrics).contains("gem_proxy_overridden_requests_total 2"));
 }
+
+fn token_with_claims(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A token's own `overrides` claim applies to that client's requests for its models; a token
+/// whose rules are not valid override rules is refused.
+#[tokio::test]
+async fn a_tokens_overrides_claim_applies_to_its_client() {
+    let h = Harness::start_with(MockOptions::default(), |c| {
+        aliases(c);
+        with_auth(c);
+    })
+    .await;
+    let exp = unix_now() + 600;
+    let tok = token_with_claims(serde_json::json!({
+        "sub": "team-c",
+        "exp": exp,
+        "overrides": [{
+            "match": { "models": ["gemini-2.5-*"] },
+            "set": { "safetySettings": [{ "category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE" }] },
+        }],
+    }));
+    let body = r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
+    assert_eq!(
+        post_as(&h, &tok, "/v1beta/models/flash:generateContent", body)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        post_as(&h, &tok, "/v1beta/models/gemma-3:generateContent", body)
+            .await
+            .0,
+        200
+    );
+    let seen = h.mock.requests();
+    assert_eq!(
+        json(&seen[0].body)["safetySettings"][0]["threshold"],
+        "BLOCK_NONE"
+    );
+    assert_eq!(
+        &seen[1].body[..],
+        body.as_bytes(),
+        "another model: untouched"
+    );
+
+    let bad = token_with_claims(serde_json::json!({
+        "sub": "team-c",
+        "exp": exp,
+        "overrides": [{ "set": { "tools": [] } }],
+    }));
+    let (status, _, answer) = post_as(&h, &bad, "/v1beta/models/flash:generateContent", body).await;
+    assert_google_error(status, &answer, 401, "UNAUTHENTICATED");
+}
