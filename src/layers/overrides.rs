@@ -187,22 +187,30 @@ fn to_openai(native: &Map<String, Value>, thinking: bool) -> Map<String, Value> 
     out
 }
 
-/// Writes `fields` over `into`: objects merge key by key, anything else replaces.
+/// Writes `fields` over `into`: objects merge key by key, anything else replaces. Keys match in
+/// either spelling Google reads (`thinkingBudget` / `thinking_budget`); the rule's replaces the
+/// client's.
 fn set_into(into: &mut Map<String, Value>, fields: &Map<String, Value>) {
     for (k, v) in fields {
-        match (into.get_mut(k), v) {
+        let have = same_key(into, k);
+        match (have.as_ref().and_then(|h| into.get_mut(h)), v) {
             (Some(Value::Object(have)), Value::Object(want)) => set_into(have, want),
             _ => {
+                if let Some(h) = have {
+                    into.remove(&h);
+                }
                 into.insert(k.clone(), v.clone());
             }
         }
     }
 }
 
-/// Fills in the `fields` that `into` lacks, at any depth of objects; what is there stays.
+/// Fills in the `fields` that `into` lacks (in either spelling), at any depth of objects; what is
+/// there stays.
 fn default_into(into: &mut Map<String, Value>, fields: &Map<String, Value>) {
     for (k, v) in fields {
-        match (into.get_mut(k), v) {
+        let have = same_key(into, k);
+        match (have.as_ref().and_then(|h| into.get_mut(h)), v) {
             (Some(Value::Object(have)), Value::Object(want)) => default_into(have, want),
             (Some(_), _) => {}
             (None, _) => {
@@ -210,6 +218,34 @@ fn default_into(into: &mut Map<String, Value>, fields: &Map<String, Value>) {
             }
         }
     }
+}
+
+/// The key of `object` that names the same field as `key`: Google's JSON reads a field by its
+/// lowerCamelCase name or its proto name (`thinkingBudget`, `thinking_budget`), and the SDKs
+/// send either (google-genai sends `thinkingConfig: {thinking_budget: …}`).
+fn same_key(object: &Map<String, Value>, key: &str) -> Option<String> {
+    if object.contains_key(key) {
+        return Some(key.to_owned());
+    }
+    let want = camel(key);
+    object.keys().find(|k| camel(k) == want).cloned()
+}
+
+/// `key` in lowerCamelCase (`thinking_budget` → `thinkingBudget`).
+fn camel(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut upper = false;
+    for c in key.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -292,6 +328,25 @@ mod tests {
         );
         let body = json!({"model": "m", "messages": [], "reasoning_effort": "low"});
         assert_eq!(apply(body.clone(), &d, true), body);
+    }
+
+    #[test]
+    fn a_field_matches_in_either_spelling() {
+        let r = rule(
+            &[],
+            &[],
+            json!({"generationConfig": {"thinkingConfig": {"thinkingBudget": 0}}}),
+            json!({"generationConfig": {"maxOutputTokens": 9, "thinkingConfig": {"includeThoughts": false}}}),
+        );
+        let got = apply(
+            json!({"generation_config": {"max_output_tokens": 64, "thinkingConfig": {"thinking_budget": 2048, "include_thoughts": true}}}),
+            &r,
+            false,
+        );
+        assert_eq!(
+            got,
+            json!({"generation_config": {"max_output_tokens": 64, "thinkingConfig": {"thinkingBudget": 0, "include_thoughts": true}}})
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-"""Routing rules with the real SDKs: model aliases set through the admin API's config PUT.
+"""Routing rules with the real SDKs: model aliases and request overrides set through the admin
+API's config PUT.
 
 A gateway of its own (admin token on), its `gemini.models` changed at run time; the mock's
 request log says which model the upstream saw.
@@ -34,6 +35,13 @@ def routing_gateway(mock: Mock, tmp_path_factory: pytest.TempPathFactory):
         r.raise_for_status()
         config = r.json()
         config["gemini"]["models"] = {"aliases": ALIASES}
+        config["gemini"]["overrides"] = [
+            {
+                "match": {"models": ["gemini-2.5-pro"]},
+                "set": {"generationConfig": {"thinkingConfig": {"thinkingBudget": 0}}},
+                "default": {"generationConfig": {"maxOutputTokens": 256}},
+            }
+        ]
         r = http.put(f"{gw.admin_url}/api/config", json=config, headers={"If-Match": r.headers["etag"]})
         assert r.status_code == 200, r.text
     yield gw
@@ -74,3 +82,26 @@ def test_the_openai_sdk_calls_an_alias_and_the_upstream_sees_the_model(routing_g
     (seen,) = [r for r in upstream.requests() if r["method"] == "POST"]
     assert seen["path"] == "/v1beta/openai/chat/completions"
     assert json.loads(seen["body"])["model"] == "gemini-2.5-flash"
+
+
+def test_an_override_reaches_the_upstream_and_a_default_keeps_the_clients_value(routing_gateway, upstream: Mock):
+    client = genai.Client(
+        api_key=CLIENT_TOKEN,
+        http_options=types.HttpOptions(base_url=routing_gateway.url, api_version="v1beta", timeout=30_000),
+    )
+    config = types.GenerateContentConfig(
+        max_output_tokens=64, thinking_config=types.ThinkingConfig(thinking_budget=2048, include_thoughts=True)
+    )
+    try:
+        assert client.models.generate_content(model="pro", contents="hi", config=config).text
+        # Another model: no rule, the SDK's bytes reach Google unchanged.
+        assert client.models.generate_content(model="flash", contents="hi", config=config).text
+    finally:
+        client.close()
+    pro, flash = [r for r in upstream.requests() if r["method"] == "POST"]
+    sent = json.loads(pro["body"])["generationConfig"]
+    # google-genai spells the thinking fields snake_case; the rule's spelling replaces the SDK's
+    # (Google reads both, so a body with both would name the field twice).
+    assert sent["thinkingConfig"] == {"thinkingBudget": 0, "include_thoughts": True}
+    assert sent["maxOutputTokens"] == 64
+    assert json.loads(flash["body"])["generationConfig"]["thinkingConfig"]["thinking_budget"] == 2048
