@@ -218,6 +218,22 @@ impl GatewayError {
         }
     }
 
+    /// Whether the gateway may answer this before it has read the request body (route, auth,
+    /// client limit, body reading itself): on HTTP/1 the connection then cannot be reused. The
+    /// errors that come after the body was buffered (no key, upstream failures) are `false`.
+    pub fn refused_before_body(&self) -> bool {
+        !matches!(
+            self,
+            GatewayError::NoKey
+                | GatewayError::UpstreamUnavailable { .. }
+                | GatewayError::UpstreamConnect { .. }
+                | GatewayError::UpstreamTimeout { .. }
+                | GatewayError::KeysExhausted { .. }
+                | GatewayError::ResourceNotFound(_)
+                | GatewayError::Internal(_)
+        )
+    }
+
     /// The upstream key an upstream failure happened on, for failover.
     pub fn upstream_key(&self) -> Option<&Arc<str>> {
         match self {

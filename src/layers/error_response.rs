@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::{Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response, Version, header};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -56,8 +56,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let body_may_be_unread = req.version() < Version::HTTP_2 && declares_body(req.headers());
         ResponseFuture {
             future: self.inner.call(req),
+            body_may_be_unread,
         }
     }
 }
@@ -67,6 +69,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         future: F,
+        body_may_be_unread: bool,
     }
 }
 
@@ -77,12 +80,30 @@ where
     type Output = Result<Response<GatewayBody>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let res = ready!(self.project().future.poll(cx));
+        let this = self.project();
+        let res = ready!(this.future.poll(cx));
+        let body_may_be_unread = *this.body_may_be_unread;
         Poll::Ready(Ok(res.unwrap_or_else(|e| {
             if e.status().is_server_error() {
                 tracing::warn!(kind = e.kind(), error = %e, "request failed");
             }
-            e.into_response()
+            // hyper closes an HTTP/1 connection whose request body was left unread; saying so
+            // keeps a client from sending its next request on a connection about to close.
+            let close = body_may_be_unread && e.refused_before_body();
+            let mut res = e.into_response();
+            if close {
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            res
         })))
     }
+}
+
+/// Whether the request says a body follows (`Content-Length` above 0, or chunked).
+fn declares_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }

@@ -680,3 +680,44 @@ async fn tokens_from_the_cli_are_accepted() {
     );
     assert!(out.stdout.is_empty());
 }
+
+/// A refusal sent before the request body was read says `Connection: close`: hyper does not keep
+/// such a connection, and a client that sent its next request on it would see that one fail.
+/// Answers after the body was read keep the connection.
+#[tokio::test]
+async fn a_refusal_before_the_body_is_read_says_the_connection_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let h = Harness::start_with(MockOptions::default(), enable_auth).await;
+    let mut tcp = tokio::net::TcpStream::connect(h.server.proxy_addr())
+        .await
+        .unwrap();
+    // The head and the start of a body the gateway never reads (no token: 401).
+    let head = format!(
+        "POST {GENERATE} HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
+         content-length: 1000\r\n\r\n{{\"contents\":"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = within("the 401's head", tcp.read(&mut buf)).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before answering: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+
+    let token = hs256(&claims("alice"));
+    let mut req = request(Method::POST, &h.url(GENERATE), GENERATE_BODY);
+    req.headers_mut()
+        .insert("x-goog-api-key", token.parse().unwrap());
+    let (status, headers, _) = h.call(req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get("connection").is_none(), "{headers:?}");
+}

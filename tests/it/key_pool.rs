@@ -13,32 +13,6 @@ use http_body_util::Full;
 const FLASH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 const PRO: &str = "/v1beta/models/gemini-2.5-pro:generateContent";
 
-async fn health(h: &Harness) -> serde_json::Value {
-    let res = h
-        .client
-        .request(request(Method::GET, &h.admin_url("/health"), ""))
-        .await
-        .unwrap();
-    json(&read_all(res).await.2)
-}
-
-fn key_state<'a>(health: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    health["key_states"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == id)
-        .unwrap()
-}
-
-fn keys_seen(h: &Harness) -> Vec<String> {
-    h.mock
-        .requests()
-        .into_iter()
-        .filter_map(|r| r.key)
-        .collect()
-}
-
 /// A 429 with `retryDelay: 30s` rests that key for that model only, for 30 s; the client never
 /// sees the 429 because the request is replayed on the other key.
 #[tokio::test(start_paused = true)]

@@ -217,15 +217,6 @@ async fn start_one(mock: &MockUpstream, redis: &Redis, edit: &impl Fn(&mut Confi
     Server::start(Live::build(c).unwrap()).await.unwrap()
 }
 
-fn key_state<'a>(health: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    health["key_states"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == id)
-        .unwrap()
-}
-
 fn rests_for(health: &serde_json::Value, id: &str, model: &str) -> bool {
     key_state(health, id)["resting"]
         .as_array()

@@ -189,3 +189,32 @@ pub async fn stream_broken_mid_way(h: &Harness) -> bool {
     }
     false
 }
+
+/// The admin port's `/health`.
+pub async fn health(h: &Harness) -> serde_json::Value {
+    let res = h
+        .client
+        .request(request(Method::GET, &h.admin_url("/health"), ""))
+        .await
+        .unwrap();
+    json(&read_all(res).await.2)
+}
+
+/// One key's entry in `/health`'s `key_states`.
+pub fn key_state<'a>(health: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    health["key_states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap()
+}
+
+/// The upstream keys the mock saw, in order.
+pub fn keys_seen(h: &Harness) -> Vec<String> {
+    h.mock
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.key)
+        .collect()
+}
