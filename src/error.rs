@@ -25,7 +25,7 @@ pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-
 pub enum GatewayError {
     /// The path is not part of the Gemini API.
     #[error(
-        "no API route matches {method} {path}; the gateway serves /v1/, /v1beta/, /v1alpha/ and /upload/"
+        "no API route matches {method} {path}; the gateway serves /v1/, /v1beta/, /v1alpha/, /upload/ and /download/"
     )]
     NotFound {
         /// The request method.

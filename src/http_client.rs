@@ -51,6 +51,10 @@ pub fn build_client(connect_timeout: Duration) -> HttpClient {
         .build(https)
 }
 
+/// Google's API host, whose URLs in answers (download links) are the upstream's whatever
+/// `gemini.base_url` says.
+const GOOGLE_HOST: &str = "generativelanguage.googleapis.com";
+
 /// Where upstream requests go, parsed once from `gemini.base_url`.
 #[derive(Debug, Clone)]
 pub struct UpstreamTarget {
@@ -78,6 +82,17 @@ impl UpstreamTarget {
     /// The path prefix of the base URL, without a trailing slash (usually empty).
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The path (base URL prefix removed) of a URL that points at the upstream (or at Google's
+    /// own host), `None` for any other URL.
+    pub fn path_of<'u>(&self, url: &'u Uri) -> Option<&'u str> {
+        let authority = url.authority()?;
+        let ours = url.scheme() == Some(&self.scheme) && *authority == self.authority;
+        if ours {
+            return Some(url.path().strip_prefix(&*self.prefix).unwrap_or(url.path()));
+        }
+        (authority.host() == GOOGLE_HOST).then(|| url.path())
     }
 
     /// The upstream URI for a client request URI: same path and query, without `key=`.

@@ -13,7 +13,8 @@ use crate::route::Api;
 
 /// Whether a request creates a resource on Google's side: a media upload, `POST` to a
 /// collection (`…/files`, `…/cachedContents`, `…/batches`, `…/tunedModels`: Google's create
-/// methods have no `:verb`), a batch (`:batchGenerateContent`, `:asyncBatchEmbedContent`), or the
+/// methods have no `:verb`), a batch (`:batchGenerateContent`, `:asyncBatchEmbedContent`), a
+/// long-running operation (`:predictLongRunning`, a file search store's `:importFile`), or the
 /// OpenAI-compatible surface's `files` and `batches`.
 pub fn creates_resource(method: &Method, path: &str, api: Option<Api>) -> bool {
     if method != Method::POST {
@@ -30,11 +31,17 @@ pub fn creates_resource(method: &Method, path: &str, api: Option<Api>) -> bool {
             match last.split_once(':') {
                 None => true,
                 Some((_, verb)) => {
-                    matches!(verb, "batchGenerateContent" | "asyncBatchEmbedContent")
+                    matches!(
+                        verb,
+                        "batchGenerateContent"
+                            | "asyncBatchEmbedContent"
+                            | "predictLongRunning"
+                            | "importFile"
+                    )
                 }
             }
         }
-        None => false,
+        Some(Api::Download) | None => false,
     }
 }
 

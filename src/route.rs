@@ -25,6 +25,8 @@ pub enum Api {
     OpenAi,
     /// Media upload (`/upload/v1beta/files`).
     Upload,
+    /// Media download (`/download/v1beta/files/{id}:download?alt=media`: batch results, videos).
+    Download,
 }
 
 /// API version, from the first path segment.
@@ -111,6 +113,7 @@ impl Route {
     fn model_segment(path: &str) -> Option<&str> {
         let rest = path
             .strip_prefix("/upload")
+            .or_else(|| path.strip_prefix("/download"))
             .unwrap_or(path)
             .strip_prefix('/')?;
         let (_version, rest) = rest.split_once('/')?;
@@ -120,10 +123,14 @@ impl Route {
     /// Classifies a path; `None` when it is not part of the API. The model is read
     /// percent-decoded, as Google reads it; check [`Route::ambiguity`] first.
     pub fn classify(path: &str) -> Option<Route> {
-        let (upload, rest) = match path.strip_prefix("/upload/") {
-            Some(rest) => (true, rest),
-            None => (false, path.strip_prefix('/')?),
+        let (media, rest) = if let Some(rest) = path.strip_prefix("/upload/") {
+            (Some(Api::Upload), rest)
+        } else if let Some(rest) = path.strip_prefix("/download/") {
+            (Some(Api::Download), rest)
+        } else {
+            (None, path.strip_prefix('/')?)
         };
+        let upload = media == Some(Api::Upload);
         let (version, rest) = rest.split_once('/')?;
         let version = match version {
             "v1" => ApiVersion::V1,
@@ -131,8 +138,8 @@ impl Route {
             "v1alpha" => ApiVersion::V1Alpha,
             _ => return None,
         };
-        let api = if upload {
-            Api::Upload
+        let api = if let Some(media) = media {
+            media
         } else if rest.starts_with("openai/") || rest == "openai" {
             Api::OpenAi
         } else {
@@ -371,6 +378,11 @@ mod tests {
             ("/v1beta/models/m", RouteLabel::Models, Some("m")),
             ("/v1beta/files/abc", RouteLabel::Files, None),
             ("/upload/v1beta/files", RouteLabel::Upload, None),
+            (
+                "/download/v1beta/files/f:download",
+                RouteLabel::Files,
+                None,
+            ),
             ("/v1beta/cachedContents/x", RouteLabel::CachedContents, None),
             (
                 "/v1beta/openai/chat/completions",
@@ -424,6 +436,10 @@ mod tests {
             Some((OpenAi, V1Beta, None))
         );
         assert_eq!(route("/upload/v1beta/files"), Some((Upload, V1Beta, None)));
+        assert_eq!(
+            route("/download/v1beta/files/f:download"),
+            Some((Download, V1Beta, None))
+        );
         assert_eq!(route("/v1/interactions"), Some((Native, V1, None)));
         assert_eq!(
             route("/v1beta/cachedContents/abc"),

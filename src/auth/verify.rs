@@ -87,6 +87,12 @@ pub enum AuthFailure {
     /// `jti` is in `auth.revoked_token_ids`.
     #[error("the token has been revoked")]
     Revoked,
+    /// An upload or download link's capability (`key=gpcap1.…`) is not one the gateway made.
+    #[error("the link's capability is invalid; ask the gateway for a new upload or download URL")]
+    CapabilityInvalid,
+    /// The capability's time (`auth.capability_ttl_seconds`) is over.
+    #[error("the link's capability has expired; ask the gateway for a new upload or download URL")]
+    CapabilityExpired,
 }
 
 impl AuthFailure {
@@ -109,6 +115,8 @@ impl AuthFailure {
             AuthFailure::WrongAudience => "wrong_audience",
             AuthFailure::NoSubject => "no_subject",
             AuthFailure::Revoked => "revoked",
+            AuthFailure::CapabilityInvalid => "capability_invalid",
+            AuthFailure::CapabilityExpired => "capability_expired",
         }
     }
 }

@@ -516,6 +516,12 @@ pub struct AuthConfig {
     /// Tokens (`totalTokenCount`) each client may use per UTC day; `0` means no limit. A token's
     /// `tpd` claim overrides it (its `tpm` claim adds a per-minute budget).
     pub default_tokens_per_day: u64,
+    /// HMAC secret of the capabilities in the upload and download URLs the gateway hands out
+    /// with auth on (32 characters or more). Unset: derived from `jwt_secret` (replicas sharing
+    /// it accept each other's links).
+    pub capability_secret: Secret,
+    /// How long an upload or download URL handed out with auth on stays usable, in seconds.
+    pub capability_ttl_seconds: u64,
 }
 
 impl Default for AuthConfig {
@@ -533,6 +539,8 @@ impl Default for AuthConfig {
             allow_insecure_jwks_url: false,
             revoked_token_ids: Vec::new(),
             default_tokens_per_day: 0,
+            capability_secret: Secret::default(),
+            capability_ttl_seconds: 3600,
         }
     }
 }

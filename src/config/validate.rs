@@ -250,6 +250,20 @@ impl Config {
                     ),
                 );
             }
+            if !a.capability_secret.is_empty()
+                && a.capability_secret.char_len() < MIN_JWT_SECRET_CHARS
+            {
+                bad(
+                    "auth.capability_secret",
+                    &format!(
+                        "must be at least {MIN_JWT_SECRET_CHARS} characters (has {})",
+                        a.capability_secret.char_len()
+                    ),
+                );
+            }
+            if a.capability_ttl_seconds == 0 {
+                bad("auth.capability_ttl_seconds", "must be > 0");
+            }
             if let Some(path) = &a.jwt_public_key_path
                 && let Err(msg) = crate::auth::load_public_key(path)
             {

@@ -44,7 +44,7 @@ use http::Request;
 use tower::{Layer, Service};
 
 use super::ShortCircuit;
-use crate::auth::{AuthFailure, Client, token_from_request, unix_now};
+use crate::auth::{AuthFailure, Client, capability, token_from_request, unix_now};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Live};
 use crate::route::Route;
@@ -127,17 +127,43 @@ fn authenticate<B>(live: &Live, req: &Request<B>) -> Result<Client, GatewayError
         ));
     };
     let token = token_from_request(req.headers(), req.uri());
-    let verified = match token {
-        Some(token) => verifier.verify(token, unix_now()),
-        None => Err(AuthFailure::Missing),
-    };
-    let client = verified.map_err(|failure| {
-        tracing::debug!(reason = failure.kind(), "client token refused");
+    let now = unix_now();
+    let refused = |failure: AuthFailure| {
+        tracing::debug!(reason = failure.kind(), "client credential refused");
         match failure {
             AuthFailure::KeysUnavailable => GatewayError::AuthUnavailable(failure),
             other => GatewayError::Unauthenticated(other),
         }
-    })?;
+    };
+    // A link the gateway handed out (upload URL, download URL) carries a capability in `key=`.
+    let link = match capability::in_query(req.uri()) {
+        Some(cap) => Some(capability::verify(&live.config.auth, cap, now).map_err(refused)?),
+        None => None,
+    };
+    if let Some(cap) = &link
+        && capability::opens(req.uri()).as_deref() != Some(cap.res.as_str())
+    {
+        tracing::debug!(client = %cap.sub, "capability used for another resource");
+        return Err(GatewayError::PermissionDenied(
+            "this link's capability is for another upload or file".into(),
+        ));
+    }
+    let client = match (token, link) {
+        // The link alone is the credential (google-genai sends none to an upload URL).
+        (Some(t), Some(cap)) if capability::is_capability(t) => cap.client(),
+        (Some(token), link) => {
+            let client = verifier.verify(token, now).map_err(refused)?;
+            // A token beside the link (the Node SDK sends its own): both must be one client's.
+            if link.is_some_and(|cap| *cap.sub != *client.id) {
+                tracing::debug!(client = %client.id, "capability of another client");
+                return Err(GatewayError::PermissionDenied(
+                    "this link's capability belongs to another client".into(),
+                ));
+            }
+            client
+        }
+        (None, _) => return Err(refused(AuthFailure::Missing)),
+    };
     if let Some(model) = req
         .extensions()
         .get::<Route>()

@@ -3,7 +3,7 @@
 //! Sits after the error-response layer and before everything that needs to know the API (auth's
 //! model policy, the key pool's per-model state, the upstream client's choice of credential
 //! header). Makes sure the request has its [`Route`] (metrics or trace above parse it first when
-//! they are on: one parse per request). Paths outside `/v1/`, `/v1beta/`, `/v1alpha/` and `/upload/` are
+//! they are on: one parse per request). Paths outside `/v1/`, `/v1beta/`, `/v1alpha/`, `/upload/` and `/download/` are
 //! answered 404 `NOT_FOUND` in Google's shape without reading the body.
 //!
 //! Unknown paths under a known version pass through: Google adds endpoints often.
