@@ -378,11 +378,7 @@ mod tests {
             ("/v1beta/models/m", RouteLabel::Models, Some("m")),
             ("/v1beta/files/abc", RouteLabel::Files, None),
             ("/upload/v1beta/files", RouteLabel::Upload, None),
-            (
-                "/download/v1beta/files/f:download",
-                RouteLabel::Files,
-                None,
-            ),
+            ("/download/v1beta/files/f:download", RouteLabel::Files, None),
             ("/v1beta/cachedContents/x", RouteLabel::CachedContents, None),
             (
                 "/v1beta/openai/chat/completions",

@@ -137,7 +137,10 @@ pub fn verify(auth: &AuthConfig, credential: &str, now: u64) -> Result<Capabilit
 fn mac_key(auth: &AuthConfig) -> hmac::Key {
     const LABEL: &[u8] = b"gem-proxy capability key v1";
     if !auth.capability_secret.is_empty() {
-        return hmac::Key::new(hmac::HMAC_SHA256, auth.capability_secret.expose().as_bytes());
+        return hmac::Key::new(
+            hmac::HMAC_SHA256,
+            auth.capability_secret.expose().as_bytes(),
+        );
     }
     // A key of its own, so a capability's MAC can never be replayed as a token signature.
     let parent = hmac::Key::new(hmac::HMAC_SHA256, auth.jwt_secret.expose().as_bytes());
@@ -227,10 +230,7 @@ mod tests {
             Err(AuthFailure::CapabilityInvalid)
         );
         for junk in ["gpcap1.", "gpcap1.x", "gpcap1.x.y", "a.b.c"] {
-            assert_eq!(
-                verify(&a, junk, 1_001),
-                Err(AuthFailure::CapabilityInvalid)
-            );
+            assert_eq!(verify(&a, junk, 1_001), Err(AuthFailure::CapabilityInvalid));
         }
         // A configured secret wins over the derived one.
         let configured = AuthConfig {

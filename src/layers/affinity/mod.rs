@@ -19,6 +19,9 @@
 //!   Google's 404 `NOT_FOUND` without reaching Google; a body reference to another client's
 //!   resource too. Merged listings show each client only its own resources.
 
+mod links;
+mod names;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,26 +31,20 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, header};
 use http_body_util::{BodyExt, Limited};
-use memchr::memmem;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::auth::Client;
+use crate::auth::{Client, capability, unix_now};
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::http_client::X_GOOG_UPLOAD_URL;
 use crate::key_pool::store::Binding;
 use crate::key_pool::{BoundKey, SelectedKey};
 use crate::route::{Api, Route};
+use names::{Creates, Reference, created_names, creates, referenced_resources};
 
 /// How long a binding is kept: the lifetime of an uploaded file.
 pub const BINDING_LIFETIME: Duration = Duration::from_secs(48 * 3600);
-/// Searchers for resource references in request bodies, built once.
-static CACHED_CONTENTS: std::sync::LazyLock<memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memmem::Finder::new(b"cachedContents/"));
-static FILES: std::sync::LazyLock<memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memmem::Finder::new(b"/files/"));
 
 /// Creation answers are small metadata; larger ones are passed on unread.
 const MAX_CREATE_ANSWER_BYTES: usize = 1024 * 1024;
@@ -83,15 +80,6 @@ pub struct Affinity<S> {
     gateway: Arc<Gateway>,
 }
 
-/// What a request creates, so the answer can be bound to its key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Creates {
-    /// A resumable upload session (its id is in the upload URL).
-    UploadSession,
-    /// A file or cached content (its name is in the answer).
-    Resource,
-}
-
 impl<S> Service<Request<Bytes>> for Affinity<S>
 where
     S: Service<Request<Bytes>, Response = Response<GatewayBody>, Error = GatewayError>
@@ -112,8 +100,9 @@ where
         let store = self.gateway.store();
         let now = Instant::now();
         // With auth on, who is asking; bindings of other clients are invisible to them.
-        let owner = req.extensions().get::<Client>().map(|c| c.id.clone());
-        let mut bound = None;
+        let client = req.extensions().get::<Client>().cloned();
+        let owner = client.as_ref().map(|c| c.id.clone());
+        let mut bound: Option<(Arc<str>, String)> = None;
         for Reference { resource, in_path } in referenced_resources(&req) {
             let binding = store.bound(&resource, now);
             let visible = match (&owner, &binding) {
@@ -127,11 +116,22 @@ where
                 tracing::debug!(resource = %resource, "resource of another client refused");
                 return Box::pin(std::future::ready(Err(not_found(&resource))));
             }
-            if bound.is_none() {
-                bound = binding.map(|b| b.key);
+            let Some(b) = binding else { continue };
+            match &bound {
+                None => bound = Some((b.key, resource)),
+                // No key can see both: Google would answer one of them "not found".
+                Some((key, first)) if *key != b.key => {
+                    let e = GatewayError::InvalidArgument(format!(
+                        "the request names {first} and {resource}, which belong to different \
+                         API keys of the gateway; no single upstream key can see both"
+                    ));
+                    return Box::pin(std::future::ready(Err(e)));
+                }
+                Some(_) => {}
             }
         }
-        if let Some(key) = bound {
+        let is_bound = bound.is_some();
+        if let Some((key, _)) = bound {
             req.extensions_mut().insert(BoundKey(key));
         }
         let creates = creates(&req);
@@ -141,11 +141,23 @@ where
         if let Some(field) = merged_list(&req, owner.is_some()) {
             return Box::pin(list_every_key(inner, gateway, req, field, owner));
         }
+        // A bound resource's own answer (a poll, a get) may carry download links to rewrite;
+        // a creation's answer too. Downloads themselves stream through untouched.
+        let route = req.extensions().get::<Route>();
+        let reads_links = (creates == Some(Creates::Resource)
+            || (is_bound && req.method() == Method::GET))
+            && route.is_some_and(|r| r.api != Api::Download)
+            && !req.uri().path().ends_with(":download");
+        let interaction = req.uri().path().ends_with("/interactions");
+        let origin = reads_links.then(|| {
+            let live = gateway.live();
+            gateway.client_origin(&live.config, req.uri(), req.headers())
+        });
         Box::pin(async move {
-            let res = inner.ready().await?.call(req).await?;
-            let Some(creates) = creates.filter(|_| res.status().is_success()) else {
+            let mut res = inner.ready().await?.call(req).await?;
+            if !res.status().is_success() || (creates.is_none() && origin.is_none()) {
                 return Ok(res);
-            };
+            }
             let Some(SelectedKey(key)) = res.extensions().get::<SelectedKey>().cloned() else {
                 return Ok(res);
             };
@@ -155,27 +167,65 @@ where
                 key: key.id.clone(),
                 owner,
             };
-            if let Some(id) = upload_id_in(res.headers()) {
-                store.bind(&format!("upload:{id}"), binding.clone(), expires);
+            if let Some(id) = links::upload_id_in(res.headers()).map(str::to_owned) {
+                let resource = format!("upload:{id}");
+                store.bind(&resource, binding.clone(), expires);
+                if let Some(client) = &client {
+                    let auth = &gateway.live().config.auth;
+                    let cap = capability::mint(auth, client, &resource, unix_now());
+                    links::sign_upload_urls(res.headers_mut(), &cap);
+                }
             }
-            if creates == Creates::UploadSession {
+            if creates == Some(Creates::UploadSession) || !is_small_json(res.headers()) {
                 return Ok(res);
             }
             let (mut parts, body) = res.into_parts();
-            let bytes = Limited::new(body, MAX_CREATE_ANSWER_BYTES)
+            let mut bytes = Limited::new(body, MAX_CREATE_ANSWER_BYTES)
                 .collect()
                 .await
                 .map_err(|_| GatewayError::UpstreamUnavailable {
                     key: key.id.clone(),
                 })?
                 .to_bytes();
-            if let Some(name) = created_name(&bytes) {
-                store.bind(&name, binding, expires);
+            if creates.is_some() {
+                for name in created_names(&bytes, interaction) {
+                    store.bind(&name, binding.clone(), expires);
+                }
+            }
+            if let Some(origin) = origin {
+                let live = gateway.live();
+                let sign = |file: &str| {
+                    client
+                        .as_ref()
+                        .map(|c| capability::mint(&live.config.auth, c, file, unix_now()))
+                };
+                let found = links::rewrite_links(&bytes, &live.target, &origin, &sign);
+                for name in found.named {
+                    store.bind(&name, binding.clone(), expires);
+                }
+                if let Some(body) = found.body {
+                    bytes = Bytes::from(body);
+                }
             }
             parts.headers.remove(header::CONTENT_LENGTH);
             Ok(Response::from_parts(parts, GatewayBody::full(bytes)))
         })
     }
+}
+
+/// Whether an answer is JSON the gateway may read whole: JSON, and no longer than
+/// [`MAX_CREATE_ANSWER_BYTES`] when it says its length.
+fn is_small_json(headers: &HeaderMap) -> bool {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|t| t.starts_with("application/json"));
+    let small = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_none_or(|n| n <= MAX_CREATE_ANSWER_BYTES);
+    json && small
 }
 
 /// Google's answer for a resource that does not exist (or that this client may not see).
@@ -184,13 +234,17 @@ fn not_found(resource: &str) -> GatewayError {
         "Upload session"
     } else if resource.starts_with("cachedContents/") {
         "Cached content"
-    } else {
+    } else if resource.starts_with("files/") {
         "File"
+    } else {
+        // Google's words for every other resource it does not show.
+        return GatewayError::ResourceNotFound("Requested entity was not found.".into());
     };
     GatewayError::ResourceNotFound(format!("{what} not found."))
 }
 
-/// A listing of files or cached contents (`GET /{v}/files`): each key sees only its own, so the
+/// A listing of files, cached contents, batches, tuned models, file search stores or corpora
+/// (`GET /{v}/files`): each key sees only its own, so the
 /// gateway asks every key and merges the lists. Returns the list's field name. Only first pages
 /// are merged, except for an authenticated client (`filtered`), whose every listing is merged so
 /// that it is filtered to the client's own resources.
@@ -210,6 +264,11 @@ fn merged_list<B>(req: &Request<B>, filtered: bool) -> Option<&'static str> {
     match route.api {
         Api::Native if path.ends_with("/files") => Some("files"),
         Api::Native if path.ends_with("/cachedContents") => Some("cachedContents"),
+        // A batch is a long-running operation: Google lists them as `operations`.
+        Api::Native if path.ends_with("/batches") => Some("operations"),
+        Api::Native if path.ends_with("/tunedModels") => Some("tunedModels"),
+        Api::Native if path.ends_with("/fileSearchStores") => Some("fileSearchStores"),
+        Api::Native if path.ends_with("/corpora") => Some("corpora"),
         _ => None,
     }
 }
@@ -287,199 +346,4 @@ where
         parts,
         GatewayBody::full(body.to_string()),
     ))
-}
-
-fn creates<B>(req: &Request<B>) -> Option<Creates> {
-    if req.method() != Method::POST {
-        return None;
-    }
-    let route = req.extensions().get::<Route>()?;
-    let command = req
-        .headers()
-        .get("x-goog-upload-command")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let path = req.uri().path();
-    if route.api == Api::Upload {
-        if command.contains("finalize") || command.is_empty() {
-            Some(Creates::Resource)
-        } else if command.contains("start") {
-            Some(Creates::UploadSession)
-        } else {
-            None
-        }
-    } else if path.ends_with("/files") || path.ends_with("/cachedContents") {
-        Some(Creates::Resource)
-    } else {
-        None
-    }
-}
-
-/// A resource a request names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Reference {
-    /// `files/abc`, `cachedContents/xyz`, `upload:<id>`.
-    resource: String,
-    /// Named by the path or the upload id (certain), not found in the body (a guess).
-    in_path: bool,
-}
-
-/// Resources the request names: in its path, its upload id, or (for model calls) its body.
-fn referenced_resources(req: &Request<Bytes>) -> Vec<Reference> {
-    let mut found = Vec::new();
-    let path = req.uri().path();
-    for prefix in ["files/", "cachedContents/"] {
-        if let Some(at) = path.find(&format!("/{prefix}")) {
-            let id = resource_id(&path.as_bytes()[at + 1 + prefix.len()..]);
-            if !id.is_empty() {
-                found.push(Reference {
-                    resource: format!("{prefix}{id}"),
-                    in_path: true,
-                });
-            }
-        }
-    }
-    if let Some(id) = req.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|p| p.strip_prefix("upload_id="))
-            .filter(|id| !id.is_empty())
-    }) {
-        found.push(Reference {
-            resource: format!("upload:{id}"),
-            in_path: true,
-        });
-    }
-    let body = req.body();
-    if !body.is_empty()
-        && req
-            .extensions()
-            .get::<Route>()
-            .is_some_and(|r| r.model.is_some())
-    {
-        for (finder, prefix) in [(&*CACHED_CONTENTS, "cachedContents/"), (&*FILES, "files/")] {
-            let skip = finder.needle().len();
-            for at in finder.find_iter(body) {
-                let id = resource_id(&body[at + skip..]);
-                if !id.is_empty() {
-                    found.push(Reference {
-                        resource: format!("{prefix}{id}"),
-                        in_path: false,
-                    });
-                }
-            }
-        }
-    }
-    found
-}
-
-/// The id at the start of `rest`: letters, digits, `-` and `_`.
-fn resource_id(rest: &[u8]) -> &str {
-    let end = rest
-        .iter()
-        .position(|c| !(c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_'))
-        .unwrap_or(rest.len());
-    std::str::from_utf8(&rest[..end]).unwrap_or("")
-}
-
-fn upload_id_in(headers: &HeaderMap) -> Option<&str> {
-    let url = headers.get(&X_GOOG_UPLOAD_URL)?.to_str().ok()?;
-    let query = url.split_once('?')?.1;
-    query
-        .split('&')
-        .find_map(|p| p.strip_prefix("upload_id="))
-        .filter(|id| !id.is_empty())
-}
-
-/// `file.name` (an upload) or `name` (a created file or cached content).
-fn created_name(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let name = v
-        .get("file")
-        .and_then(|f| f.get("name"))
-        .or_else(|| v.get("name"))?
-        .as_str()?;
-    (name.starts_with("files/") || name.starts_with("cachedContents/")).then(|| name.to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(method: Method, uri: &str, body: &'static str) -> Request<Bytes> {
-        let mut r = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(Bytes::from_static(body.as_bytes()))
-            .unwrap();
-        if let Some(route) = Route::classify(r.uri().path()) {
-            r.extensions_mut().insert(route);
-        }
-        r
-    }
-
-    fn names(refs: Vec<Reference>) -> Vec<String> {
-        refs.into_iter().map(|r| r.resource).collect()
-    }
-
-    #[test]
-    fn finds_resources_in_paths_queries_and_bodies() {
-        let r = req(Method::GET, "/v1beta/files/abc-123", "");
-        assert_eq!(names(referenced_resources(&r)), ["files/abc-123"]);
-        let r = req(Method::DELETE, "/v1beta/cachedContents/xyz", "");
-        assert_eq!(names(referenced_resources(&r)), ["cachedContents/xyz"]);
-        let r = req(
-            Method::POST,
-            "/upload/v1beta/files?upload_id=U1&upload_protocol=resumable",
-            "x",
-        );
-        assert_eq!(names(referenced_resources(&r)), ["upload:U1"]);
-        let r = req(
-            Method::POST,
-            "/v1beta/models/gemini-2.5-flash:generateContent",
-            r#"{"cachedContent":"cachedContents/c1","contents":[{"parts":[{"fileData":{"fileUri":"https://generativelanguage.googleapis.com/v1beta/files/f1"}}]}]}"#,
-        );
-        assert_eq!(
-            names(referenced_resources(&r)),
-            ["cachedContents/c1", "files/f1"]
-        );
-        let r = req(
-            Method::POST,
-            "/v1beta/models/m:generateContent",
-            r#"{"contents":[]}"#,
-        );
-        assert!(referenced_resources(&r).is_empty());
-    }
-
-    #[test]
-    fn knows_what_creates_what() {
-        let mut r = req(Method::POST, "/upload/v1beta/files", "");
-        r.headers_mut()
-            .insert("x-goog-upload-command", "start".parse().unwrap());
-        assert_eq!(creates(&r), Some(Creates::UploadSession));
-        r.headers_mut()
-            .insert("x-goog-upload-command", "upload, finalize".parse().unwrap());
-        assert_eq!(creates(&r), Some(Creates::Resource));
-        assert_eq!(
-            creates(&req(Method::POST, "/v1beta/cachedContents", "")),
-            Some(Creates::Resource)
-        );
-        assert_eq!(creates(&req(Method::GET, "/v1beta/files", "")), None);
-        assert_eq!(
-            creates(&req(Method::POST, "/v1beta/models/m:generateContent", "")),
-            None
-        );
-    }
-
-    #[test]
-    fn reads_created_names() {
-        assert_eq!(
-            created_name(br#"{"file":{"name":"files/abc"}}"#).as_deref(),
-            Some("files/abc")
-        );
-        assert_eq!(
-            created_name(br#"{"name":"cachedContents/x"}"#).as_deref(),
-            Some("cachedContents/x")
-        );
-        assert_eq!(created_name(br#"{"name":"operations/1"}"#), None);
-    }
 }
