@@ -59,6 +59,7 @@ mod clock;
 mod control;
 mod failure;
 mod gate;
+mod owned;
 mod recorded;
 mod reply;
 mod resources;

@@ -33,6 +33,9 @@ pub(crate) enum Route<'a> {
     OpenAiModels,
     OpenAiModel(&'a str),
     OpenAiEmbeddings,
+    /// Batches, long-running operations, tuned models, file search stores, downloads
+    /// ([`crate::owned`]).
+    Owned,
 }
 
 /// The `:method` of `POST /{v}/models/{m}:method`.
@@ -69,6 +72,12 @@ impl Route<'_> {
 
 /// The endpoint for `method` and `path`, or `None` for anything the mock does not serve.
 pub(crate) fn parse<'a>(method: &Method, path: &'a str) -> Option<Target<'a>> {
+    if let Some(version) = crate::owned::target(method, path) {
+        return Some(Target {
+            version,
+            route: Route::Owned,
+        });
+    }
     let path = path.strip_prefix('/')?;
     if let Some(upload) = path.strip_prefix("upload/") {
         let (version, rest) = split_version(upload)?;

@@ -238,7 +238,13 @@ fn respond(
         query: parts.uri.query(),
         body,
     };
+    if let Some(name) = shared.owned.foreign_in(key, body) {
+        return reply::permission_denied(&format!(
+            "You do not have permission to access {name} or it may not exist."
+        ));
+    }
     match route {
+        Route::Owned => crate::owned::respond(shared, &parts.method, path, &resource),
         Route::ListModels => reply::ok(shared.canned.models_list.clone()),
         Route::GetModel(model) => reply::ok(shared.canned.for_model(model).model.clone()),
         Route::Model(model, action) => match action {
@@ -275,13 +281,9 @@ fn respond(
                     .map_or(0, Vec::len);
                 let name = batch["displayName"].as_str().unwrap_or("batch");
                 let now = rfc3339(std::time::SystemTime::now());
-                reply::ok(canned::batch_generate(
-                    model,
-                    &shared.new_id(),
-                    name,
-                    count,
-                    &now,
-                ))
+                let answer = canned::batch_generate(model, &shared.new_id(), name, count, &now);
+                shared.owned.adopt(key, &answer);
+                reply::ok(answer)
             }
         },
         Route::Upload => resources::upload(shared, &resource),

@@ -9,6 +9,7 @@ use crate::MockOptions;
 use crate::canned::Canned;
 use crate::failure::Failure;
 use crate::gate::ReleaseGate;
+use crate::owned::Owned;
 use crate::recorded::RecordedRequest;
 use crate::resources::Resources;
 
@@ -21,6 +22,7 @@ pub(crate) struct Shared {
     pub(crate) canned: Canned,
     pub(crate) gate: Arc<ReleaseGate>,
     pub(crate) resources: Resources,
+    pub(crate) owned: Owned,
     recording: AtomicBool,
     requests: Mutex<Vec<RecordedRequest>>,
     key_failures: RwLock<HashMap<String, Failure>>,
@@ -41,6 +43,7 @@ impl Shared {
             canned: Canned::new(opts.chunks),
             gate: Arc::new(ReleaseGate::new()),
             resources: Resources::default(),
+            owned: Owned::default(),
             recording: AtomicBool::new(true),
             requests: Mutex::new(Vec::new()),
             key_failures: RwLock::new(HashMap::new()),

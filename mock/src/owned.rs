@@ -1,0 +1,368 @@
+//! The key-owned resources beyond files and cached contents: batches, long-running model
+//! operations (Veo's `:predictLongRunning`, with the video to download), tuned models and
+//! file search stores. Each belongs to the key that created it, as at Google: another key gets
+//! 403 `PERMISSION_DENIED` for it (in a path, or named in a request body), an unknown name 404.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::body::MockBody;
+use crate::canned;
+use crate::clock::rfc3339;
+use crate::reply;
+use crate::resources::ResourceRequest;
+use crate::shared::Shared;
+
+/// How many polls a long-running operation (a video, a tuning) takes to finish.
+const POLLS_TO_FINISH: u32 = 3;
+/// The bytes of every generated video: big enough to arrive in several frames.
+const VIDEO_BYTES: usize = 256 * 1024;
+
+/// Every owned resource of one mock, by name (`batches/x`, `models/m/operations/x`, …).
+#[derive(Default)]
+pub(crate) struct Owned {
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+struct Entry {
+    owner: String,
+    json: Value,
+    polls: u32,
+}
+
+/// Whether the mock serves `method path` here; the API version when it does.
+pub(crate) fn target<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
+    let (version, rest) = split(path)?;
+    let claimed = match *method {
+        Method::POST => {
+            rest.ends_with(":predictLongRunning")
+                || rest.ends_with(":asyncBatchEmbedContent")
+                || rest.starts_with("batches/") && rest.ends_with(":cancel")
+                || rest == "tunedModels"
+                || rest.starts_with("tunedModels/") && rest.ends_with(":generateContent")
+                || rest == "fileSearchStores"
+                || rest.starts_with("fileSearchStores/")
+                    && (rest.ends_with(":uploadToFileSearchStore") || rest.ends_with(":importFile"))
+        }
+        Method::GET => {
+            rest.contains("/operations/")
+                || rest.ends_with(":download")
+                || ["batches", "tunedModels", "fileSearchStores"]
+                    .iter()
+                    .any(|c| rest == *c || rest.starts_with(&format!("{c}/")))
+        }
+        Method::DELETE => ["batches/", "tunedModels/", "fileSearchStores/"]
+            .iter()
+            .any(|c| rest.starts_with(c)),
+        _ => false,
+    };
+    claimed.then_some(version)
+}
+
+/// `(version, what follows it)` of an API, upload or download path.
+fn split(path: &str) -> Option<(&str, &str)> {
+    let path = path.strip_prefix('/')?;
+    let path = path
+        .strip_prefix("upload/")
+        .or_else(|| path.strip_prefix("download/"))
+        .unwrap_or(path);
+    let (version, rest) = path.split_once('/')?;
+    ["v1", "v1beta", "v1alpha"]
+        .contains(&version)
+        .then_some((version, rest))
+}
+
+impl Owned {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn insert(&self, name: &str, owner: &str, json: Value) {
+        self.lock().insert(
+            name.to_owned(),
+            Entry {
+                owner: owner.to_owned(),
+                json,
+                polls: 0,
+            },
+        );
+    }
+
+    /// Records a created resource (a batch's creation answer) as `key`'s.
+    pub(crate) fn adopt(&self, key: &str, answer: &[u8]) {
+        if let Ok(v) = serde_json::from_slice::<Value>(answer)
+            && let Some(name) = v["name"].as_str().map(str::to_owned)
+        {
+            self.insert(&name, key, v);
+        }
+    }
+
+    /// Runs `f` on `name` when `key` owns it; the refusal Google gives otherwise.
+    fn with<T>(
+        &self,
+        name: &str,
+        key: &str,
+        f: impl FnOnce(&mut Entry) -> T,
+    ) -> Result<T, Response<MockBody>> {
+        let mut entries = self.lock();
+        match entries.get_mut(name) {
+            Some(e) if e.owner == key => Ok(f(e)),
+            Some(_) => Err(denied(name)),
+            None => Err(reply::not_found("Requested entity was not found.")),
+        }
+    }
+
+    fn list(&self, key: &str, prefix: &str, field: &str) -> Response<MockBody> {
+        let entries = self.lock();
+        let mut items: Vec<&Value> = entries
+            .iter()
+            .filter(|(name, e)| {
+                e.owner == key && name.starts_with(prefix) && !name[prefix.len()..].contains('/')
+            })
+            .map(|(_, e)| &e.json)
+            .collect();
+        items.sort_by_key(|v| v["name"].as_str().map(str::to_owned));
+        if items.is_empty() {
+            return reply::ok(Bytes::from_static(b"{}"));
+        }
+        reply::ok(reply::pretty(&json!({ field: items })))
+    }
+
+    /// A resource of another key named in `body` (a store in `fileSearchStoreNames`, a tuned
+    /// model), if any.
+    pub(crate) fn foreign_in(&self, key: &str, body: &[u8]) -> Option<String> {
+        let text = std::str::from_utf8(body).ok()?;
+        let entries = self.lock();
+        ["\"fileSearchStores/", "\"tunedModels/", "\"batches/"]
+            .iter()
+            .flat_map(|needle| text.match_indices(needle))
+            .filter_map(|(at, _)| {
+                let name = &text[at + 1..];
+                let end = name.find('"')?;
+                Some(&name[..end])
+            })
+            .find(|name| entries.get(*name).is_some_and(|e| e.owner != key))
+            .map(str::to_owned)
+    }
+}
+
+fn denied(name: &str) -> Response<MockBody> {
+    reply::permission_denied(&format!(
+        "You do not have permission to access {name} or it may not exist."
+    ))
+}
+
+/// Answers a request [`target`] claimed.
+pub(crate) fn respond(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    req: &ResourceRequest<'_>,
+) -> Response<MockBody> {
+    let owned = &shared.owned;
+    let key = req.key;
+    let Some((version, rest)) = split(path) else {
+        return reply::not_found("Requested entity was not found.");
+    };
+    let result = match (method.clone(), rest) {
+        (Method::POST, r) if r.ends_with(":predictLongRunning") => {
+            let model = r.trim_end_matches(":predictLongRunning");
+            let name = format!("{model}/operations/{}", shared.new_id());
+            let op = json!({ "name": name, "done": false });
+            owned.insert(&name, key, op.clone());
+            Ok(op)
+        }
+        (Method::POST, r) if r.ends_with(":asyncBatchEmbedContent") => {
+            let model = r.trim_end_matches(":asyncBatchEmbedContent");
+            let model = model.strip_prefix("models/").unwrap_or(model);
+            let now = rfc3339(std::time::SystemTime::now());
+            let batch: Value =
+                serde_json::from_slice(&canned::batch_generate(model, &shared.new_id(), "embed", 0, &now))
+                    .unwrap_or_default();
+            owned.insert(batch["name"].as_str().unwrap_or_default(), key, batch.clone());
+            Ok(batch)
+        }
+        (Method::GET, r) if r.ends_with(":download") => {
+            let name = r.trim_end_matches(":download");
+            return match owned.with(name, key, |e| e.json["bytes"].as_u64()) {
+                Ok(Some(len)) => reply::with_type(
+                    StatusCode::OK,
+                    http::HeaderValue::from_static("video/mp4"),
+                    MockBody::full(Bytes::from(vec![b'v'; len as usize])),
+                ),
+                Ok(None) => reply::not_found("Requested entity was not found."),
+                Err(refused) => refused,
+            };
+        }
+        (Method::GET, r) if r.starts_with("models/") => owned
+            .with(r, key, |e| {
+                e.polls += 1;
+                let finishes = e.polls >= POLLS_TO_FINISH && e.json["done"] == false;
+                let file = finishes.then(|| format!("files/{}", shared.new_id()));
+                if let Some(file) = &file {
+                    // Google's video URI carries the API key.
+                    let uri = format!(
+                        "{}/download/{version}/{file}:download?alt=media&key={key}",
+                        shared.base_url
+                    );
+                    e.json["done"] = json!(true);
+                    e.json["response"] = json!({
+                        "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.PredictLongRunningResponse",
+                        "generateVideoResponse": { "generatedSamples": [{ "video": { "uri": uri } }] }
+                    });
+                }
+                (e.json.clone(), file)
+            })
+            .map(|(op, file)| {
+                // The video lives on the key that made it.
+                if let Some(file) = file {
+                    owned.insert(&file, key, json!({ "name": file, "bytes": VIDEO_BYTES }));
+                }
+                op
+            }),
+        (Method::GET, "batches") => return owned.list(key, "batches/", "operations"),
+        (Method::GET, r) if r.starts_with("batches/") => owned.with(r, key, |e| {
+            e.polls += 1;
+            if e.json["metadata"]["state"] == "BATCH_STATE_PENDING" {
+                e.json["metadata"]["state"] = json!("BATCH_STATE_RUNNING");
+            }
+            e.json.clone()
+        }),
+        (Method::POST, r) if r.starts_with("batches/") => {
+            let name = r.trim_end_matches(":cancel");
+            owned.with(name, key, |e| {
+                e.json["metadata"]["state"] = json!("BATCH_STATE_CANCELLED");
+                e.json["done"] = json!(true);
+                json!({})
+            })
+        }
+        (Method::POST, "tunedModels") => {
+            let id = shared.new_id();
+            let model = format!("tunedModels/{id}");
+            let op_name = format!("{model}/operations/{}", shared.new_id());
+            let request: Value = serde_json::from_slice(req.body).unwrap_or_default();
+            owned.insert(
+                &model,
+                key,
+                json!({ "name": model, "baseModel": request["baseModel"], "state": "CREATING" }),
+            );
+            let op = json!({ "name": op_name, "metadata": { "tunedModel": model }, "done": false });
+            owned.insert(&op_name, key, op.clone());
+            Ok(op)
+        }
+        (Method::GET, "tunedModels") => return owned.list(key, "tunedModels/", "tunedModels"),
+        (Method::GET, r) if r.starts_with("tunedModels/") && r.contains("/operations/") => {
+            let model = r.split("/operations/").next().unwrap_or_default().to_owned();
+            owned
+                .with(r, key, |e| {
+                    e.polls += 1;
+                    if e.polls >= POLLS_TO_FINISH {
+                        e.json["done"] = json!(true);
+                    }
+                    e.json.clone()
+                })
+                .inspect(|op| {
+                    if op["done"] == true {
+                        let _ = owned.with(&model, key, |m| m.json["state"] = json!("ACTIVE"));
+                    }
+                })
+        }
+        (Method::POST, r) if r.starts_with("tunedModels/") => {
+            let model = r.trim_end_matches(":generateContent");
+            return match owned.with(model, key, |e| e.json["state"] == "ACTIVE") {
+                Ok(true) => reply::ok(shared.canned.for_model(model).generate.clone()),
+                Ok(false) => reply::error(
+                    StatusCode::BAD_REQUEST,
+                    "FAILED_PRECONDITION",
+                    "The tuned model is not ready yet.",
+                ),
+                Err(refused) => refused,
+            };
+        }
+        (Method::POST, "fileSearchStores") => {
+            let name = format!("fileSearchStores/{}", shared.new_id());
+            let request: Value = serde_json::from_slice(req.body).unwrap_or_default();
+            let store = json!({ "name": name, "displayName": request["displayName"], "activeDocumentsCount": "0" });
+            owned.insert(&name, key, store.clone());
+            Ok(store)
+        }
+        (Method::GET, "fileSearchStores") => {
+            return owned.list(key, "fileSearchStores/", "fileSearchStores");
+        }
+        (Method::POST, r) if r.starts_with("fileSearchStores/") => {
+            let (store, verb) = r.split_once(':').unwrap_or((r, ""));
+            let store = store.to_owned();
+            owned
+                .with(&store, key, |e| {
+                    let n = e.json["activeDocumentsCount"]
+                        .as_str()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    e.json["activeDocumentsCount"] = json!((n + 1).to_string());
+                })
+                .map(|()| {
+                    let kind = if verb == "uploadToFileSearchStore" {
+                        "upload/operations"
+                    } else {
+                        "operations"
+                    };
+                    let name = format!("{store}/{kind}/{}", shared.new_id());
+                    let doc = format!("{store}/documents/{}", shared.new_id());
+                    let op = json!({ "name": name, "done": true, "response": { "documentName": doc } });
+                    owned.insert(&name, key, op.clone());
+                    op
+                })
+        }
+        (Method::GET, r) if r.starts_with("fileSearchStores/") => {
+            owned.with(r, key, |e| e.json.clone())
+        }
+        (Method::DELETE, r) => {
+            let removed = owned.with(r, key, |_| ());
+            if removed.is_ok() {
+                owned.lock().remove(r);
+            }
+            removed.map(|()| json!({}))
+        }
+        _ => return reply::not_found("Requested entity was not found."),
+    };
+    match result {
+        Ok(v) => reply::ok(reply::pretty(&v)),
+        Err(refused) => refused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_only_owned_resources() {
+        for (method, path) in [
+            (Method::POST, "/v1beta/models/veo-3.0:predictLongRunning"),
+            (Method::GET, "/v1beta/models/veo-3.0/operations/o1"),
+            (Method::GET, "/v1beta/batches"),
+            (Method::POST, "/v1beta/batches/b1:cancel"),
+            (Method::DELETE, "/v1beta/batches/b1"),
+            (Method::POST, "/v1beta/tunedModels"),
+            (Method::POST, "/v1beta/tunedModels/t:generateContent"),
+            (
+                Method::POST,
+                "/upload/v1beta/fileSearchStores/s:uploadToFileSearchStore",
+            ),
+            (Method::GET, "/download/v1beta/files/f:download"),
+        ] {
+            assert!(target(&method, path).is_some(), "{method} {path}");
+        }
+        for (method, path) in [
+            (Method::POST, "/v1beta/models/m:generateContent"),
+            (Method::GET, "/v1beta/files/f"),
+            (Method::POST, "/v1beta/cachedContents"),
+        ] {
+            assert!(target(&method, path).is_none(), "{method} {path}");
+        }
+    }
+}
