@@ -14,6 +14,7 @@ mod properties;
 mod proxy;
 mod redis_state;
 mod reliability;
+mod resources;
 mod robustness;
 mod routing;
 mod security;
