@@ -341,8 +341,9 @@ async fn clients_see_only_their_own_files_and_cached_contents() {
             .unwrap();
         h.call(as_client(req, who))
     };
+    // The upload URL carries a's capability: b's token beside it is refused outright.
     let (status, _, answer) = finish(&b).await;
-    assert_google_error(status, &answer, 404, "NOT_FOUND");
+    assert_google_error(status, &answer, 403, "PERMISSION_DENIED");
     let (status, _, answer) = finish(&a).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
 
