@@ -27,9 +27,10 @@
 //!     read, 400 for a path it cannot classify with certainty (dot segments, encoded slashes). A
 //!     model alias in the path becomes its real model here (or in metrics or trace, whichever
 //!     parses the route first), before anything reads the model.
-//! 11. **auth** ([`AuthLayer`]) — checks the client's token (JWT) when `auth.enabled`; 401 / 403
-//!     (model not allowed) before any body is read. After route because the model policy needs
-//!     the model.
+//! 11. **auth** ([`AuthLayer`]) — checks the client's token (JWT) when `auth.enabled`, or the
+//!     signed capability of an upload or download URL the gateway handed out; 401 / 403 (model
+//!     not allowed, a capability for another resource or client) before any body is read. After
+//!     route because the model policy needs the model.
 //! 12. **client stats** ([`ClientStatsLayer`]) — right inside auth, the first place the client is
 //!     known: names it on the span and, with `metrics.per_client`, counts its requests (its
 //!     client-limit rejections included).
@@ -52,10 +53,13 @@
 //! 17. **model list** ([`ModelListLayer`]) — adds the model aliases (`gemini.models.aliases`)
 //!     to the first page of `GET models`; every other request passes untouched. Inside auth so
 //!     it lists only the aliases of models the token allows.
-//! 18. **affinity** ([`AffinityLayer`]) — binds requests about a file or cached content to the
+//! 18. **affinity** ([`AffinityLayer`]) — binds requests about a key-owned resource (file,
+//!     cached content, batch, operation, tuned model, file search store, interaction…) to the
 //!     key that created it (only that key can see it) and, with auth, to the client that created
-//!     it (others get 404, listings are filtered), and learns new bindings from answers. After
-//!     buffer body because it reads the body for file and cache references.
+//!     it (others get 404, listings are filtered; two keys' resources in one request, 400);
+//!     learns new bindings from answers, points their download links at the gateway and, with
+//!     auth, signs upload and download links for their client. After buffer body because it
+//!     reads the body for resource references.
 //! 19. **failover** ([`FailoverLayer`]) — reads what Google's answer means for the key (rest,
 //!     invalid, overloaded…), applies it, and replays the buffered request on another key while
 //!     nothing has reached the client. Above key balance so each attempt picks afresh. Records

@@ -9,9 +9,14 @@
 //!   `auth.jwks_refresh_seconds`, `auth.issuer`, `auth.audience`, `auth.leeway_seconds`,
 //!   `auth.revoked_token_ids`. Read from the live config per request, so reloads apply; the
 //!   [`Verifier`] built from them lives in the config snapshot ([`Live::verifier`]).
-//! - **Errors:** 401 `UNAUTHENTICATED` saying what is wrong with the token (never repeating
-//!   it); 403 `PERMISSION_DENIED` when the token's `models` claim does not allow the model in the
-//!   path; 503 `UNAVAILABLE` while an identity provider's keys (JWKS) have not been fetched yet.
+//! - **Capabilities:** an upload or download URL the gateway handed out carries a signed
+//!   capability in `key=` ([`crate::auth::capability`]); it stands in for a token on exactly
+//!   the upload or download it names (`auth.capability_secret`, `auth.capability_ttl_seconds`).
+//!   A token sent beside it (the Node SDK does) must be the same client's.
+//! - **Errors:** 401 `UNAUTHENTICATED` saying what is wrong with the token or capability (never
+//!   repeating it); 403 `PERMISSION_DENIED` when the token's `models` claim does not allow the
+//!   model in the path, or a capability is used for another resource or beside another client's
+//!   token; 503 `UNAVAILABLE` while an identity provider's keys (JWKS) have not been fetched yet.
 //!
 //! The token itself is left in the request: the upstream client strips every client credential.
 //! It is never logged (the sensitive-headers layer hides the headers; the access log omits the

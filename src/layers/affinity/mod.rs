@@ -1,23 +1,29 @@
-//! Affinity: files and cached contents are visible only to the key (the Google project) that
-//! created them, so every later request that names one must use that key.
+//! Affinity: a key-owned resource (file, cached content, batch, long-running operation, tuned
+//! model, file search store, interaction, corpus, generated file) is visible only to the key
+//! (the Google project) that created it, so every later request that names one must use that
+//! key. Which names count, and how they are found, is [`names`]; links in answers, [`links`].
 //!
-//! Sits below buffer body (it reads the request body for file and cache references) and above
+//! Sits below buffer body (it reads the request body for resource references) and above
 //! failover (a bound request is not replayed on other keys: they cannot see the resource).
 //!
-//! - Learns: the upload id of a resumable upload (from the rewritten `X-Goog-Upload-URL`), and the
-//!   name of each created file (`upload, finalize`, or a one-shot upload) and cached content
-//!   (`POST …/cachedContents`), bound to the key that served the request for
-//!   [`BINDING_LIFETIME`] (files live 48 h).
-//! - Lists: a first-page `GET …/files` or `GET …/cachedContents` goes to every key and the lists
-//!   are merged, so a client sees all of its files whichever key holds them.
-//! - Binds: a request whose path names `files/{id}` or `cachedContents/{id}`, whose upload id is
-//!   known, or whose body refers to a known file (`fileData.fileUri`) or cached content
-//!   (`cachedContent`), gets [`BoundKey`] for key balance.
+//! - Learns: the upload id of a resumable upload (from the rewritten `X-Goog-Upload-URL`), and
+//!   the names in each creation answer (`file.name`, `name`, `metadata.tunedModel`, `id`),
+//!   bound to the key that served the request for [`BINDING_LIFETIME`] (files live 48 h); and
+//!   the files named by the download links in a bound resource's answers (a finished video).
+//! - Lists: a `GET` of files, cached contents, batches, tuned models, file search stores or
+//!   corpora goes to every key and the lists are merged, so a client sees all of its resources
+//!   whichever key holds them.
+//! - Binds: a request whose path names a resource, whose upload id is known, or whose body
+//!   refers to known ones, gets [`BoundKey`] for key balance. Resources of two different keys
+//!   in one request: 400 `INVALID_ARGUMENT`, nothing sent.
 //! - Isolates clients: with `auth.enabled` each binding also records the client (token `sub`)
-//!   that created the resource. A request naming a file, cached content or upload in its path
-//!   that another client created — or that the gateway has no binding for — is answered
-//!   Google's 404 `NOT_FOUND` without reaching Google; a body reference to another client's
-//!   resource too. Merged listings show each client only its own resources.
+//!   that created the resource. A request naming a resource or upload in its path that another
+//!   client created — or that the gateway has no binding for — is answered Google's 404
+//!   `NOT_FOUND` without reaching Google; a body reference to another client's resource too.
+//!   Merged listings show each client only its own resources.
+//! - Links: download URLs in answers (`…/files/x:download?alt=media&key=…`) point at the
+//!   gateway without the key; with auth on they, and the upload URL of a new session, carry a
+//!   capability for their client ([`crate::auth::capability`]).
 
 mod links;
 mod names;
