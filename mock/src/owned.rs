@@ -107,12 +107,14 @@ impl Owned {
         name: &str,
         key: &str,
         f: impl FnOnce(&mut Entry) -> T,
-    ) -> Result<T, Response<MockBody>> {
+    ) -> Result<T, Box<Response<MockBody>>> {
         let mut entries = self.lock();
         match entries.get_mut(name) {
             Some(e) if e.owner == key => Ok(f(e)),
-            Some(_) => Err(denied(name)),
-            None => Err(reply::not_found("Requested entity was not found.")),
+            Some(_) => Err(Box::new(denied(name))),
+            None => Err(Box::new(reply::not_found(
+                "Requested entity was not found.",
+            ))),
         }
     }
 
@@ -195,7 +197,7 @@ pub(crate) fn respond(
                     MockBody::full(Bytes::from(vec![b'v'; len as usize])),
                 ),
                 Ok(None) => reply::not_found("Requested entity was not found."),
-                Err(refused) => refused,
+                Err(refused) => *refused,
             };
         }
         (Method::GET, r) if r.starts_with("models/") => owned
@@ -280,7 +282,7 @@ pub(crate) fn respond(
                     "FAILED_PRECONDITION",
                     "The tuned model is not ready yet.",
                 ),
-                Err(refused) => refused,
+                Err(refused) => *refused,
             };
         }
         (Method::POST, "fileSearchStores") => {
@@ -331,7 +333,7 @@ pub(crate) fn respond(
     };
     match result {
         Ok(v) => reply::ok(reply::pretty(&v)),
-        Err(refused) => refused,
+        Err(refused) => *refused,
     }
 }
 
