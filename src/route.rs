@@ -73,7 +73,10 @@ impl Route {
         if path.contains('\\') || encoded(b'5', b'c') {
             return why("the path contains a backslash");
         }
-        if encoded(b'2', b'f') {
+        // The OpenAI SDK percent-encodes the `/` of Google's ids (`batches/x`, `files/x`) in
+        // the last segment of `openai/batches/{id}` and `openai/files/{id}`; no model is named
+        // there, so nothing can be read as another model.
+        if encoded(b'2', b'f') && !Self::is_openai_resource_path(path) {
             return why("the path contains an encoded slash (%2F)");
         }
         let mut segments = path.split('/').skip(1).peekable();
@@ -107,6 +110,16 @@ impl Route {
             }
         }
         None
+    }
+
+    /// `/{v}/openai/batches/{id}[/…]` or `/{v}/openai/files/{id}[/…]`.
+    fn is_openai_resource_path(path: &str) -> bool {
+        let Some((_version, rest)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+            return false;
+        };
+        ["openai/batches/", "openai/files/"]
+            .iter()
+            .any(|p| rest.starts_with(p))
     }
 
     /// The raw segment after `models/` (model and `:method`), if the path has one.
@@ -452,6 +465,8 @@ mod tests {
             "/v1beta/models/gemini-2.5-flash/.%2e/gemini-2.5-pro:generateContent",
             "/v1beta/models/gemini-2.5-flash%2F..%2Fgemini-2.5-pro:generateContent",
             "/v1beta/models/gemini-2.5-flash%2f..%2fgemini-2.5-pro:generateContent",
+            "/v1beta/openai/chat%2Fcompletions",
+            "/v1beta/openai/batches/%2e%2e/chat/completions",
             "/v1beta/models/gemini-2.5-flash\\..\\gemini-2.5-pro:generateContent",
             "/v1beta/models/gemini-2.5-flash%5C..%5Cgemini-2.5-pro:generateContent",
             "/v1beta/./models/gemini-2.5-pro:generateContent",
@@ -471,6 +486,8 @@ mod tests {
             "/v1beta/cachedContents/",
             "/upload/v1beta/files",
             "/v1beta/openai/chat/completions",
+            "/v1beta/openai/batches/batches%2Fb1",
+            "/v1beta/openai/files/files%2Ff1/content",
         ] {
             assert_eq!(Route::ambiguity(p), None, "{p}");
         }

@@ -109,7 +109,13 @@ where
         let client = req.extensions().get::<Client>().cloned();
         let owner = client.as_ref().map(|c| c.id.clone());
         let mut bound: Option<(Arc<str>, String)> = None;
+        // Whether the answer may carry download links: an operation's, a batch's or a file's.
+        let mut may_link = false;
         for Reference { resource, in_path } in referenced_resources(&req) {
+            may_link |= in_path
+                && ["models/", "batches/", "files/", "generatedFiles/"]
+                    .iter()
+                    .any(|p| resource.starts_with(p));
             let binding = store.bound(&resource, now);
             let visible = match (&owner, &binding) {
                 (None, _) => true,
@@ -151,7 +157,7 @@ where
         // a creation's answer too. Downloads themselves stream through untouched.
         let route = req.extensions().get::<Route>();
         let reads_links = (creates == Some(Creates::Resource)
-            || (is_bound && req.method() == Method::GET))
+            || (is_bound && may_link && req.method() == Method::GET))
             && route.is_some_and(|r| r.api != Api::Download)
             && !req.uri().path().ends_with(":download");
         let interaction = req.uri().path().ends_with("/interactions");

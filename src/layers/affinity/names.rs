@@ -59,7 +59,10 @@ pub(super) struct Reference {
 /// upload's bytes).
 pub(super) fn referenced_resources(req: &Request<Bytes>) -> Vec<Reference> {
     let mut found = Vec::new();
-    let path = req.uri().path();
+    // Decoded: the OpenAI SDK sends `openai/batches/batches%2Fx` (the route layer lets an
+    // encoded slash through only there).
+    let path = percent_encoding::percent_decode_str(req.uri().path()).decode_utf8_lossy();
+    let path = &*path;
     let mut in_path = |resource: String| {
         found.push(Reference {
             resource,
@@ -307,6 +310,16 @@ mod tests {
                 Method::GET,
                 "/v1beta/openai/batches/batches/b2",
                 "batches/b2",
+            ),
+            (
+                Method::GET,
+                "/v1beta/openai/batches/batches%2Fb2",
+                "batches/b2",
+            ),
+            (
+                Method::GET,
+                "/v1beta/openai/files/files%2Ff2/content",
+                "files/f2",
             ),
         ] {
             assert_eq!(names(&req(method, uri, "")), [want], "{uri}");
