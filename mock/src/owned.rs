@@ -37,6 +37,14 @@ struct Entry {
 /// Whether the mock serves `method path` here; the API version when it does.
 pub(crate) fn target<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
     let (version, rest) = split(path)?;
+    if let Some(batches) = rest.strip_prefix("openai/batches") {
+        let ok = match *method {
+            Method::POST => batches.is_empty() || batches.ends_with("/cancel"),
+            Method::GET => batches.starts_with('/'),
+            _ => false,
+        };
+        return ok.then_some(version);
+    }
     let claimed = match *method {
         Method::POST => {
             rest.ends_with(":predictLongRunning")
@@ -170,6 +178,9 @@ pub(crate) fn respond(
     let Some((version, rest)) = split(path) else {
         return reply::not_found("Requested entity was not found.");
     };
+    if let Some(batches) = rest.strip_prefix("openai/batches") {
+        return openai_batch(shared, method, batches, req);
+    }
     let result = match (method.clone(), rest) {
         (Method::POST, r) if r.ends_with(":predictLongRunning") => {
             let model = r.trim_end_matches(":predictLongRunning");
@@ -337,6 +348,46 @@ pub(crate) fn respond(
     }
 }
 
+/// The OpenAI-compatible batches: `POST openai/batches`, `GET openai/batches/{id}`, `POST
+/// openai/batches/{id}/cancel`. Ids are Google's names (`batches/x`), percent-encoded in the path
+/// by the OpenAI SDK.
+fn openai_batch(
+    shared: &Shared,
+    method: &Method,
+    rest: &str,
+    req: &ResourceRequest<'_>,
+) -> Response<MockBody> {
+    let owned = &shared.owned;
+    let key = req.key;
+    if rest.is_empty() {
+        let request: Value = serde_json::from_slice(req.body).unwrap_or_default();
+        let id = format!("batches/{}", shared.new_id());
+        let batch = json!({
+            "id": id,
+            "object": "batch",
+            "endpoint": request["endpoint"],
+            "input_file_id": request["input_file_id"],
+            "completion_window": request["completion_window"],
+            "status": "validating",
+        });
+        owned.insert(&id, key, batch.clone());
+        return reply::ok(reply::pretty(&batch));
+    }
+    let id = crate::url::percent_decode(rest.trim_start_matches('/'));
+    let (id, cancel) = match id.strip_suffix("/cancel") {
+        Some(id) => (id.to_owned(), *method == Method::POST),
+        None => (id, false),
+    };
+    let result = owned.with(&id, key, |e| {
+        e.json["status"] = json!(if cancel { "cancelled" } else { "in_progress" });
+        e.json.clone()
+    });
+    match result {
+        Ok(v) => reply::ok(reply::pretty(&v)),
+        Err(refused) => *refused,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,6 +407,9 @@ mod tests {
                 "/upload/v1beta/fileSearchStores/s:uploadToFileSearchStore",
             ),
             (Method::GET, "/download/v1beta/files/f:download"),
+            (Method::POST, "/v1beta/openai/batches"),
+            (Method::GET, "/v1beta/openai/batches/batches%2Fb"),
+            (Method::POST, "/v1beta/openai/batches/batches%2Fb/cancel"),
         ] {
             assert!(target(&method, path).is_some(), "{method} {path}");
         }

@@ -34,8 +34,8 @@ pub(crate) enum Route<'a> {
     OpenAiModel(&'a str),
     OpenAiEmbeddings,
     /// Batches, long-running operations, tuned models, file search stores, downloads
-    /// ([`crate::owned`]).
-    Owned,
+    /// ([`crate::owned`]); `true` on the OpenAI-compatible surface (its batches).
+    Owned(bool),
 }
 
 /// The `:method` of `POST /{v}/models/{m}:method`.
@@ -58,6 +58,7 @@ impl Route<'_> {
                 | Route::OpenAiModels
                 | Route::OpenAiModel(_)
                 | Route::OpenAiEmbeddings
+                | Route::Owned(true)
         )
     }
 
@@ -75,7 +76,7 @@ pub(crate) fn parse<'a>(method: &Method, path: &'a str) -> Option<Target<'a>> {
     if let Some(version) = crate::owned::target(method, path) {
         return Some(Target {
             version,
-            route: Route::Owned,
+            route: Route::Owned(path.contains("/openai/")),
         });
     }
     let path = path.strip_prefix('/')?;

@@ -244,7 +244,7 @@ fn respond(
         ));
     }
     match route {
-        Route::Owned => crate::owned::respond(shared, &parts.method, path, &resource),
+        Route::Owned(_) => crate::owned::respond(shared, &parts.method, path, &resource),
         Route::ListModels => reply::ok(shared.canned.models_list.clone()),
         Route::GetModel(model) => reply::ok(shared.canned.for_model(model).model.clone()),
         Route::Model(model, action) => match action {

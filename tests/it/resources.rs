@@ -549,3 +549,41 @@ async fn with_auth_on_the_upload_url_is_its_own_credential_for_exactly_that_uplo
         assert!(!r.query.unwrap_or_default().contains("key="));
     }
 }
+
+#[tokio::test]
+async fn an_openai_batch_stays_on_its_key_with_its_id_encoded_as_the_openai_sdk_sends_it() {
+    let h = start().await;
+    let (alice, bob) = (token("alice"), token("bob"));
+    let (status, batch) = call(
+        &h,
+        Some(&alice),
+        Method::POST,
+        "/v1beta/openai/batches",
+        r#"{"input_file_id":"files/in1","endpoint":"/v1/chat/completions","completion_window":"24h"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{batch}");
+    let id = batch["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("batches/"), "{id}");
+    let path = format!("/v1beta/openai/batches/{}", id.replace('/', "%2F"));
+    for _ in 0..5 {
+        let (status, got) = call(&h, Some(&alice), Method::GET, &path, "").await;
+        assert_eq!(status, 200, "{got}");
+        assert_eq!(got["id"], id.as_str());
+    }
+    let (status, got) = call(
+        &h,
+        Some(&alice),
+        Method::POST,
+        &format!("{path}/cancel"),
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["status"], "cancelled");
+    let (status, _) = call(&h, Some(&bob), Method::GET, &path, "").await;
+    assert_eq!(status, 404);
+    let mut keys = keys_for(&h, "/openai/batches");
+    keys.retain(|k| !k.is_empty());
+    one_pool_key(&keys, 1 + 5 + 1);
+}
