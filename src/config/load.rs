@@ -185,10 +185,11 @@ impl Source for Expanded {
 
 /// The fields where `${VAR}` is expanded: the secrets, which are never shown.
 pub const SECRET_FIELDS: &str =
-    "gemini.api_keys[].key, auth.jwt_secret, admin.token, state.redis.url";
+    "gemini.api_keys[].key, auth.jwt_secret, auth.capability_secret, admin.token, state.redis.url";
 
 fn is_secret_field(path: &str) -> bool {
     path == "auth.jwt_secret"
+        || path == "auth.capability_secret"
         || path == "admin.token"
         // It may carry the Redis password.
         || path == "state.redis.url"
