@@ -134,7 +134,7 @@ fn authenticate<B>(live: &Live, req: &Request<B>) -> Result<Client, GatewayError
     let token = token_from_request(req.headers(), req.uri());
     let now = unix_now();
     let refused = |failure: AuthFailure| {
-        tracing::debug!(reason = failure.kind(), "client credential refused");
+        tracing::debug!(reason = failure.kind(), "client token refused");
         match failure {
             AuthFailure::KeysUnavailable => GatewayError::AuthUnavailable(failure),
             other => GatewayError::Unauthenticated(other),
