@@ -26,22 +26,36 @@ const KINDS: [&str; 8] = [
     "generatedFiles/",
 ];
 
-/// Searchers for references in request bodies, built once: each with the prefix of the name
-/// it finds. Files are found in both spellings, a URL (`https://…/files/x`) and a name
-/// (`"files/x"`, e.g. a batch's `inputConfig.fileName`).
-static BODY_FINDERS: LazyLock<Vec<(Finder<'static>, &'static str)>> = LazyLock::new(|| {
-    vec![
-        (Finder::new(b"cachedContents/"), "cachedContents/"),
-        (Finder::new(b"/files/"), "files/"),
-        (Finder::new(b"\"files/"), "files/"),
-        (Finder::new(b"\"batches/"), "batches/"),
-        (Finder::new(b"\"tunedModels/"), "tunedModels/"),
-        (Finder::new(b"\"fileSearchStores/"), "fileSearchStores/"),
-        (Finder::new(b"\"corpora/"), "corpora/"),
-        (Finder::new(b"\"generatedFiles/"), "generatedFiles/"),
-        (Finder::new(b"\"interactions/"), "interactions/"),
-    ]
-});
+/// `/files/`, `/batches/`, …: the kinds as they appear in a path.
+const PATH_NEEDLES: [&str; 8] = [
+    "/files/",
+    "/cachedContents/",
+    "/batches/",
+    "/tunedModels/",
+    "/fileSearchStores/",
+    "/corpora/",
+    "/interactions/",
+    "/generatedFiles/",
+];
+
+/// Bodies are searched in one pass for `s/`, the end of every collection name but one; what
+/// precedes it says which (bodies can be megabytes of inline data, so not one pass per kind).
+/// Files are found in both spellings, a URL (`https://…/files/x`) and a name (`"files/x"`,
+/// e.g. a batch's `inputConfig.fileName`); the others as quoted names.
+static ENDS_IN_S_SLASH: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"s/"));
+/// What precedes `s/`, and the name prefix it makes.
+const BODY_HEADS: [(&[u8], &str); 8] = [
+    (b"cachedContent", "cachedContents/"),
+    (b"/file", "files/"),
+    (b"\"file", "files/"),
+    (b"\"batche", "batches/"),
+    (b"\"tunedModel", "tunedModels/"),
+    (b"\"fileSearchStore", "fileSearchStores/"),
+    (b"\"generatedFile", "generatedFiles/"),
+    (b"\"interaction", "interactions/"),
+];
+/// The one collection whose name does not end in `s/`.
+static CORPORA: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"corpora/"));
 /// `previous_interaction_id` names an interaction by its bare id.
 static PREVIOUS_INTERACTION: LazyLock<Finder<'static>> =
     LazyLock::new(|| Finder::new(b"\"previous_interaction_id\""));
@@ -69,11 +83,10 @@ pub(super) fn referenced_resources(req: &Request<Bytes>) -> Vec<Reference> {
             in_path: true,
         })
     };
-    for kind in KINDS {
+    for (needle, kind) in PATH_NEEDLES.iter().zip(KINDS) {
         // The last occurrence: the OpenAI-compatible surface repeats the collection
         // (`/openai/batches/batches/x`).
-        let needle = format!("/{kind}");
-        if let Some(at) = path.rfind(&needle) {
+        if let Some(at) = path.rfind(needle) {
             let id = resource_id(&path.as_bytes()[at + needle.len()..]);
             if !id.is_empty() {
                 in_path(format!("{kind}{id}"));
@@ -93,17 +106,23 @@ pub(super) fn referenced_resources(req: &Request<Bytes>) -> Vec<Reference> {
     let body = req.body();
     let route = req.extensions().get::<Route>();
     if !body.is_empty() && route.is_some_and(|r| r.api != Api::Upload) {
-        for (finder, prefix) in BODY_FINDERS.iter() {
-            let skip = finder.needle().len();
-            for at in finder.find_iter(body) {
-                let id = resource_id(&body[at + skip..]);
-                if !id.is_empty() {
-                    found.push(Reference {
-                        resource: format!("{prefix}{id}"),
-                        in_path: false,
-                    });
-                }
+        let mut in_body = |prefix: &str, rest: &[u8]| {
+            let id = resource_id(rest);
+            if !id.is_empty() {
+                found.push(Reference {
+                    resource: format!("{prefix}{id}"),
+                    in_path: false,
+                });
             }
+        };
+        for at in ENDS_IN_S_SLASH.find_iter(body) {
+            let before = &body[..at];
+            if let Some((_, prefix)) = BODY_HEADS.iter().find(|(head, _)| before.ends_with(head)) {
+                in_body(prefix, &body[at + 2..]);
+            }
+        }
+        for at in CORPORA.find_iter(body) {
+            in_body("corpora/", &body[at + CORPORA.needle().len()..]);
         }
         for at in PREVIOUS_INTERACTION.find_iter(body) {
             let rest = &body[at + PREVIOUS_INTERACTION.needle().len()..];
@@ -342,6 +361,20 @@ mod tests {
             r#"{"input":"hi","previous_interaction_id" : "i9"}"#,
         );
         assert_eq!(names(&r), ["interactions/i9"]);
+        let r = req(
+            Method::POST,
+            "/v1beta/models/m:generateContent",
+            r#"{"a":"corpora/c1","b":"generatedFiles/g1","c":"tunedModels/t1","d":"batches/b1","e":"see /files/ and s/"}"#,
+        );
+        assert_eq!(
+            names(&r),
+            [
+                "generatedFiles/g1",
+                "tunedModels/t1",
+                "batches/b1",
+                "corpora/c1"
+            ]
+        );
         // An upload's bytes are never read as JSON.
         let r = req(Method::POST, "/upload/v1beta/files", r#""files/x""#);
         assert!(names(&r).is_empty());
