@@ -141,23 +141,41 @@ impl Owned {
         }
         reply::ok(reply::pretty(&json!({ field: items })))
     }
+}
 
-    /// A resource of another key named in `body` (a store in `fileSearchStoreNames`, a tuned
-    /// model), if any.
-    pub(crate) fn foreign_in(&self, key: &str, body: &[u8]) -> Option<String> {
-        let text = std::str::from_utf8(body).ok()?;
-        let entries = self.lock();
-        ["\"fileSearchStores/", "\"tunedModels/", "\"batches/"]
-            .iter()
-            .flat_map(|needle| text.match_indices(needle))
-            .filter_map(|(at, _)| {
-                let name = &text[at + 1..];
-                let end = name.find('"')?;
-                Some(&name[..end])
-            })
-            .find(|name| entries.get(*name).is_some_and(|e| e.owner != key))
-            .map(str::to_owned)
+/// A resource of another key named in a request body — a store in `fileSearchStoreNames`, a
+/// tuned model, a batch, or a file (`fileData.fileUri`, a batch's `inputConfig.fileName`) —
+/// if any: Google refuses the request.
+pub(crate) fn foreign_reference(shared: &Shared, key: &str, body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let name_at = |at: usize| {
+        let name = &text[at..];
+        let end = name
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_')))
+            .unwrap_or(name.len());
+        &name[..end]
+    };
+    let files = text
+        .match_indices("/files/")
+        .chain(text.match_indices("\"files/"))
+        .map(|(at, _)| name_at(at + 1))
+        .find(|name| {
+            let id = name.trim_start_matches("files/");
+            shared
+                .resources
+                .file_owner(id)
+                .is_some_and(|owner| owner != key)
+        });
+    if files.is_some() {
+        return files.map(str::to_owned);
     }
+    let entries = shared.owned.lock();
+    ["\"fileSearchStores/", "\"tunedModels/", "\"batches/"]
+        .iter()
+        .flat_map(|needle| text.match_indices(needle))
+        .map(|(at, _)| name_at(at + 1))
+        .find(|name| entries.get(*name).is_some_and(|e| e.owner != key))
+        .map(str::to_owned)
 }
 
 fn denied(name: &str) -> Response<MockBody> {
@@ -391,6 +409,27 @@ fn openai_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_naming_another_keys_resource_is_refused() {
+        let shared = Shared::new("http://mock".into(), crate::MockOptions::default());
+        shared.owned.insert(
+            "fileSearchStores/s1",
+            "k1",
+            json!({ "name": "fileSearchStores/s1" }),
+        );
+        let body =
+            br#"{"tools":[{"fileSearch":{"fileSearchStoreNames":["fileSearchStores/s1"]}}]}"#;
+        assert_eq!(foreign_reference(&shared, "k1", body), None);
+        assert_eq!(
+            foreign_reference(&shared, "k2", body).as_deref(),
+            Some("fileSearchStores/s1")
+        );
+        assert_eq!(
+            foreign_reference(&shared, "k2", br#"{"x":"files/none"}"#),
+            None
+        );
+    }
 
     #[test]
     fn claims_only_owned_resources() {

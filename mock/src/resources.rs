@@ -110,6 +110,18 @@ impl Owned {
     }
 }
 
+impl Resources {
+    /// The key that holds file `id` (without `files/`), if it exists.
+    pub(crate) fn file_owner(&self, id: &str) -> Option<String> {
+        let entries = self
+            .files
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        entries.get(id).map(|e| e.owner.clone())
+    }
+}
+
 /// `POST /upload/{v}/files`: starts a resumable upload, takes its bytes, or (other protocols)
 /// stores the whole body as a file at once.
 pub(crate) fn upload(shared: &Shared, req: &ResourceRequest<'_>) -> Response<MockBody> {

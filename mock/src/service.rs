@@ -238,7 +238,10 @@ fn respond(
         query: parts.uri.query(),
         body,
     };
-    if let Some(name) = shared.owned.foreign_in(key, body) {
+    // An upload's bytes are a file's content, not references.
+    if !path.starts_with("/upload/")
+        && let Some(name) = crate::owned::foreign_reference(shared, key, body)
+    {
         return reply::permission_denied(&format!(
             "You do not have permission to access {name} or it may not exist."
         ));

@@ -587,3 +587,48 @@ async fn an_openai_batch_stays_on_its_key_with_its_id_encoded_as_the_openai_sdk_
     keys.retain(|k| !k.is_empty());
     one_pool_key(&keys, 1 + 5 + 1);
 }
+
+#[tokio::test]
+async fn a_batch_reading_an_uploaded_file_goes_to_the_files_key() {
+    let h = start().await;
+    let alice = token("alice");
+    let url = start_upload(&h, &alice).await;
+    let (status, file) = finish_upload(&h, &url, None).await;
+    assert_eq!(status, 200, "{file}");
+    let name = file["file"]["name"].as_str().unwrap().to_owned();
+    let uri = file["file"]["uri"].as_str().unwrap().to_owned();
+    // Both spellings: the name (a batch's input file) and the URI (a part's fileData).
+    let batch =
+        format!(r#"{{"batch":{{"displayName":"b","inputConfig":{{"fileName":"{name}"}}}}}}"#);
+    let generate = format!(
+        r#"{{"contents":[{{"parts":[{{"fileData":{{"fileUri":"{uri}","mimeType":"text/plain"}}}}]}}]}}"#
+    );
+    // Several times: the mock refuses another key's file, so a lucky pick would show.
+    for _ in 0..5 {
+        let (status, got) = call(
+            &h,
+            Some(&alice),
+            Method::POST,
+            "/v1beta/models/gemini-2.5-flash:batchGenerateContent",
+            &batch,
+        )
+        .await;
+        assert_eq!(status, 200, "{got}");
+        let (status, got) = call(
+            &h,
+            Some(&alice),
+            Method::POST,
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            &generate,
+        )
+        .await;
+        assert_eq!(status, 200, "{got}");
+    }
+    let keys: Vec<String> = h
+        .mock
+        .requests()
+        .into_iter()
+        .map(|r| r.key.unwrap_or_default())
+        .collect();
+    one_pool_key(&keys, 2 + 10);
+}
