@@ -1,8 +1,10 @@
 //! A mock of Google's Generative Language (Gemini) API, for gem-proxy's tests and benchmarks.
 //!
 //! It answers the native routes (`/v1`, `/v1beta`, `/v1alpha`), the OpenAI-compatible surface
-//! (`/{v}/openai/…`), resumable file uploads, files and cached contents with bodies shaped like
-//! Google's, so the official SDKs parse them. It checks credentials the way Google does, records
+//! (`/{v}/openai/…`), resumable file uploads, files and cached contents, batches (native and
+//! OpenAI-compatible), long-running operations (`:predictLongRunning`, whose finished answer
+//! links a video under `/download/`), tuned models and file search stores, with bodies shaped
+//! like Google's, so the official SDKs parse them. It checks credentials the way Google does, records
 //! every request it receives, and fails on demand.
 //!
 //! ```no_run
@@ -41,7 +43,9 @@
 //! 2. any `Authorization` header on a native (non-OpenAI) route → 401 `UNAUTHENTICATED`;
 //! 3. no key → 403 `PERMISSION_DENIED`; a key in [`MockOptions::invalid_keys`] → 400 `API_KEY_INVALID`;
 //! 4. [`MockUpstream::set_key_failure`], then `x-mock-error`, then a `mock-error-*` model;
-//! 5. the endpoint (files, cached contents and upload sessions answer 403 to any other key).
+//! 5. a body naming another key's file, file search store, tuned model or batch → 403
+//!    `PERMISSION_DENIED` (never an upload's bytes);
+//! 6. the endpoint (every key-owned resource and upload session answers 403 to any other key).
 //!
 //! Token counts are fixed ([`PROMPT_TOKEN_COUNT`], …, [`TOTAL_TOKEN_COUNT`]); earlier stream
 //! events carry only `promptTokenCount`/`totalTokenCount` of the prompt, the last one the full usage.
