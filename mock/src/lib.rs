@@ -3,9 +3,9 @@
 //! It answers the native routes (`/v1`, `/v1beta`, `/v1alpha`), the OpenAI-compatible surface
 //! (`/{v}/openai/…`), resumable file uploads, files and cached contents, batches (native and
 //! OpenAI-compatible), long-running operations (`:predictLongRunning`, whose finished answer
-//! links a video under `/download/`), tuned models and file search stores, with bodies shaped
-//! like Google's, so the official SDKs parse them. It checks credentials the way Google does, records
-//! every request it receives, and fails on demand.
+//! links a video under `/download/`), tuned models, file search stores and interactions, with
+//! bodies shaped like Google's, so the official SDKs parse them. It checks credentials the way
+//! Google does, records every request it receives, and fails on demand.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {

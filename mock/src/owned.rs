@@ -52,6 +52,7 @@ pub(crate) fn target<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
                 || rest.starts_with("batches/") && rest.ends_with(":cancel")
                 || rest == "tunedModels"
                 || rest.starts_with("tunedModels/") && rest.ends_with(":generateContent")
+                || rest == "interactions"
                 || rest == "fileSearchStores"
                 || rest.starts_with("fileSearchStores/")
                     && (rest.ends_with(":uploadToFileSearchStore") || rest.ends_with(":importFile"))
@@ -62,10 +63,16 @@ pub(crate) fn target<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
                 || ["batches", "tunedModels", "fileSearchStores"]
                     .iter()
                     .any(|c| rest == *c || rest.starts_with(&format!("{c}/")))
+                || rest.starts_with("interactions/")
         }
-        Method::DELETE => ["batches/", "tunedModels/", "fileSearchStores/"]
-            .iter()
-            .any(|c| rest.starts_with(c)),
+        Method::DELETE => [
+            "batches/",
+            "tunedModels/",
+            "fileSearchStores/",
+            "interactions/",
+        ]
+        .iter()
+        .any(|c| rest.starts_with(c)),
         _ => false,
     };
     claimed.then_some(version)
@@ -313,6 +320,28 @@ pub(crate) fn respond(
                 ),
                 Err(refused) => *refused,
             };
+        }
+        (Method::POST, "interactions") => {
+            let request: Value = serde_json::from_slice(req.body).unwrap_or_default();
+            // A conversation continues only on the key that holds its previous turn.
+            if let Some(previous) = request["previous_interaction_id"].as_str()
+                && let Err(refused) = owned.with(&format!("interactions/{previous}"), key, |_| ())
+            {
+                return *refused;
+            }
+            let id = shared.new_id();
+            let interaction = json!({
+                "id": id,
+                "model": request["model"],
+                "status": "completed",
+                "previous_interaction_id": request["previous_interaction_id"],
+                "outputs": [{ "type": "text", "text": "Hello from the mock." }],
+            });
+            owned.insert(&format!("interactions/{id}"), key, interaction.clone());
+            Ok(interaction)
+        }
+        (Method::GET, r) if r.starts_with("interactions/") => {
+            owned.with(r, key, |e| e.json.clone())
         }
         (Method::POST, "fileSearchStores") => {
             let name = format!("fileSearchStores/{}", shared.new_id());

@@ -632,3 +632,68 @@ async fn a_batch_reading_an_uploaded_file_goes_to_the_files_key() {
         .collect();
     one_pool_key(&keys, 2 + 10);
 }
+
+#[tokio::test]
+async fn an_interaction_is_continued_on_the_key_that_holds_its_previous_turn() {
+    let h = start().await;
+    let (alice, bob) = (token("alice"), token("bob"));
+    let (status, first) = call(
+        &h,
+        Some(&alice),
+        Method::POST,
+        "/v1beta/interactions",
+        r#"{"model":"gemini-2.5-flash","input":"hello"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    let mut previous = first["id"].as_str().unwrap().to_owned();
+    let mut ids = vec![previous.clone()];
+    for _ in 0..5 {
+        let body = format!(
+            r#"{{"model":"gemini-2.5-flash","input":"and then?","previous_interaction_id":"{previous}"}}"#
+        );
+        let (status, next) = call(
+            &h,
+            Some(&alice),
+            Method::POST,
+            "/v1beta/interactions",
+            &body,
+        )
+        .await;
+        assert_eq!(status, 200, "{next}");
+        previous = next["id"].as_str().unwrap().to_owned();
+        ids.push(previous.clone());
+    }
+    let (status, got) = call(
+        &h,
+        Some(&alice),
+        Method::GET,
+        &format!("/v1beta/interactions/{previous}"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{got}");
+    let keys: Vec<String> = h
+        .mock
+        .requests()
+        .into_iter()
+        .map(|r| r.key.unwrap_or_default())
+        .collect();
+    one_pool_key(&keys, 7);
+
+    let body = format!(
+        r#"{{"model":"gemini-2.5-flash","input":"x","previous_interaction_id":"{}"}}"#,
+        ids[0]
+    );
+    let (status, _) = call(&h, Some(&bob), Method::POST, "/v1beta/interactions", &body).await;
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        &h,
+        Some(&bob),
+        Method::GET,
+        &format!("/v1beta/interactions/{previous}"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+}
