@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from google import genai
@@ -135,3 +136,46 @@ def test_the_node_sdk_uploads_with_a_client_token(auth_gateway: Gateway, upstrea
     out = done.stdout.strip().splitlines()[-1]
     assert '"name":"files/' in out and out.count("files/") == 2, out
     assert_only_pool_keys(upstream.requests(), tok)
+
+
+def test_a_generated_video_downloads_by_its_link_and_with_google_genai(auth_gateway: Gateway, upstream: Mock):
+    tok = token("genai-video")
+    client = genai.Client(
+        api_key=tok,
+        http_options=types.HttpOptions(base_url=auth_gateway.url, api_version="v1beta", timeout=30_000),
+    )
+    # google-genai 3.x offers generate_videos only on Vertex AI: start and poll it over REST.
+    with httpx.Client(trust_env=False, timeout=30, headers={"x-goog-api-key": tok}) as rest:
+        r = rest.post(
+            f"{auth_gateway.url}/v1beta/models/veo-3.0-generate-preview:predictLongRunning",
+            json={"instances": [{"prompt": "a cat on a keyboard"}]},
+        )
+        assert r.status_code == 200, r.text
+        op = r.json()
+        for _ in range(10):
+            if op.get("done"):
+                break
+            r = rest.get(f"{auth_gateway.url}/v1beta/{op['name']}")
+            assert r.status_code == 200, r.text
+            op = r.json()
+    assert op.get("done"), op
+    uri = op["response"]["generateVideoResponse"]["generatedSamples"][0]["video"]["uri"]
+    assert uri.startswith(auth_gateway.url + "/download/v1beta/files/"), uri
+    assert not any(k in uri for k in UPSTREAM_KEYS) and tok not in uri, uri
+
+    # The link alone fetches the video (it carries the client's capability) ...
+    with httpx.Client(trust_env=False, timeout=30) as http:
+        r = http.get(uri)
+        assert r.status_code == 200, r.text
+        assert len(r.content) == 256 * 1024
+        # ... and only for this client's file: not for another path.
+        other = uri.replace("/files/", "/files/x", 1)
+        assert http.get(other).status_code in (401, 403)
+    # The SDK's own download (its token in the header) reaches the same file.
+    file_id = uri.split("/files/")[1].split(":")[0]
+    assert len(client.files.download(file=f"files/{file_id}")) == 256 * 1024
+
+    reqs = upstream.requests()
+    assert_only_pool_keys(reqs, tok)
+    assert len({r["key"] for r in reqs}) == 1, [(r["path"], r["key"]) for r in reqs]
+    client.close()
