@@ -83,7 +83,8 @@
 //!   fallback) → metrics and trace (route label, model), route (404 when absent, 400 when
 //!   ambiguous), auth and body model (model policy), model list, key balance and usage
 //!   (per-model state), upstream (credential header choice).
-//! - [`Client`](crate::auth::Client): auth (when `auth.enabled`) → client stats, client limit (key and `rpm`),
+//! - [`Client`](crate::auth::Client): auth (when `auth.enabled`; from the token, or from the
+//!   capability of an upload or download link) → client stats, client limit (key and `rpm`),
 //!   body model (`models`), overrides (`match.clients`), model list, affinity (who owns a resource); later the admin API (`role`) and
 //!   per-client statistics.
 //! - [`BoundKey`](crate::key_pool::BoundKey): affinity → failover (no replay), key
