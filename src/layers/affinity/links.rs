@@ -9,13 +9,20 @@
 //! they name are bound to the key that answered.
 
 use http::Uri;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue};
 use serde_json::Value;
+use tokio::time::Instant;
 
 use super::names::{resource_id, root_of};
+use crate::body::{BodyEnd, BodyObserver};
 use crate::http_client::{
     UpstreamTarget, X_GOOG_UPLOAD_CONTROL_URL, X_GOOG_UPLOAD_URL, strip_key_param,
 };
+use crate::key_pool::store::{Binding, KeyStateStore};
 
 /// Adds `key=<capability>` to the (already rewritten) upload URLs of a session's answer.
 pub(super) fn sign_upload_urls(headers: &mut HeaderMap, capability: &str) {
@@ -88,6 +95,65 @@ pub(super) fn rewrite_links(
     links
 }
 
+/// Watches an answer stream by (a batch polled: it may inline every response, so it is never
+/// held back) and, once it is complete, binds the resources it names (`responsesFile`) to the
+/// key that answered. Answers larger than [`MAX_TAPPED_BYTES`] are let go unread.
+pub(super) struct NameTap {
+    store: Arc<dyn KeyStateStore>,
+    binding: Binding,
+    lifetime: Duration,
+    seen: Vec<Bytes>,
+    len: usize,
+}
+
+/// The most of an answer a [`NameTap`] keeps.
+const MAX_TAPPED_BYTES: usize = 1024 * 1024;
+
+impl NameTap {
+    pub(super) fn new(store: Arc<dyn KeyStateStore>, binding: Binding, lifetime: Duration) -> Self {
+        Self {
+            store,
+            binding,
+            lifetime,
+            seen: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl BodyObserver for NameTap {
+    fn on_data(&mut self, data: &Bytes) {
+        self.len = self.len.saturating_add(data.len());
+        if self.len <= MAX_TAPPED_BYTES {
+            // A reference-counted clone: no copy of the answer.
+            self.seen.push(data.clone());
+        } else {
+            self.seen.clear();
+        }
+    }
+
+    fn on_end(&mut self, end: BodyEnd) {
+        if end != BodyEnd::Complete || self.len > MAX_TAPPED_BYTES {
+            return;
+        }
+        let body = self.seen.concat();
+        let Ok(mut v) = serde_json::from_slice::<Value>(&body) else {
+            return;
+        };
+        let mut named = Vec::new();
+        walk(&mut v, &mut |s: &mut String| {
+            if let Some(root) = root_of(s).filter(|r| r == s) {
+                named.push(root);
+            }
+            false
+        });
+        let expires = Instant::now() + self.lifetime;
+        for name in named {
+            self.store.bind(&name, self.binding.clone(), expires);
+        }
+    }
+}
+
 /// Calls `f` on every string in `v`; whether any call changed one.
 fn walk(v: &mut Value, f: &mut dyn FnMut(&mut String) -> bool) -> bool {
     match v {
@@ -155,6 +221,29 @@ mod tests {
         );
         assert_eq!(links.body, None);
         assert_eq!(links.named, ["batches/b1", "files/r1"]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_answer_binds_its_results_file_as_it_streams_by() {
+        let store: Arc<dyn KeyStateStore> = Arc::new(crate::key_pool::store::MemoryStore::new());
+        let binding = Binding {
+            key: "k2".into(),
+            owner: Some("alice".into()),
+        };
+        let mut tap = NameTap::new(store.clone(), binding.clone(), Duration::from_secs(60));
+        tap.on_data(&Bytes::from_static(br#"{"name":"batches/b1","response":{"#));
+        tap.on_data(&Bytes::from_static(br#""responsesFile":"files/r1"}}"#));
+        tap.on_end(BodyEnd::Complete);
+        assert_eq!(
+            store.bound("files/r1", Instant::now()),
+            Some(binding.clone())
+        );
+
+        // A body that broke off binds nothing.
+        let mut tap = NameTap::new(store.clone(), binding, Duration::from_secs(60));
+        tap.on_data(&Bytes::from_static(br#"{"responsesFile":"files/r2"}"#));
+        tap.on_end(BodyEnd::Error);
+        assert_eq!(store.bound("files/r2", Instant::now()), None);
     }
 
     #[test]

@@ -109,13 +109,17 @@ where
         let client = req.extensions().get::<Client>().cloned();
         let owner = client.as_ref().map(|c| c.id.clone());
         let mut bound: Option<(Arc<str>, String)> = None;
-        // Whether the answer may carry download links: an operation's, a batch's or a file's.
+        // Whether the answer may carry download links (a video operation's, a file's: small,
+        // read whole), or names of files it made (a batch's `responsesFile`: read as it
+        // streams by, since a batch with inlined responses can be large).
         let mut may_link = false;
+        let mut names_files = false;
         for Reference { resource, in_path } in referenced_resources(&req) {
             may_link |= in_path
-                && ["models/", "batches/", "files/", "generatedFiles/"]
+                && ["models/", "files/", "generatedFiles/"]
                     .iter()
                     .any(|p| resource.starts_with(p));
+            names_files |= in_path && resource.starts_with("batches/");
             let binding = store.bound(&resource, now);
             let visible = match (&owner, &binding) {
                 (None, _) => true,
@@ -165,8 +169,21 @@ where
             let live = gateway.live();
             gateway.client_origin(&live.config, req.uri(), req.headers())
         });
+        let taps_names = is_bound && names_files && req.method() == Method::GET;
         Box::pin(async move {
             let mut res = inner.ready().await?.call(req).await?;
+            if taps_names
+                && res.status().is_success()
+                && let Some(SelectedKey(key)) = res.extensions().get::<SelectedKey>().cloned()
+            {
+                let binding = Binding {
+                    key: key.id.clone(),
+                    owner: owner.clone(),
+                };
+                let tap = links::NameTap::new(gateway.store_handle(), binding, BINDING_LIFETIME);
+                res.body_mut().tap(Box::new(tap));
+                return Ok(res);
+            }
             if !res.status().is_success() || (creates.is_none() && origin.is_none()) {
                 return Ok(res);
             }
