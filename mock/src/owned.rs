@@ -21,6 +21,10 @@ use crate::shared::Shared;
 const POLLS_TO_FINISH: u32 = 3;
 /// The bytes of every generated video: big enough to arrive in several frames.
 const VIDEO_BYTES: usize = 256 * 1024;
+/// How many polls a batch takes to succeed (more than a test that cancels it polls).
+const BATCH_POLLS_TO_FINISH: u32 = 25;
+/// The bytes of a batch's results file.
+const RESULTS_BYTES: usize = 4096;
 
 /// Every owned resource of one mock, by name (`batches/x`, `models/m/operations/x`, …).
 #[derive(Default)]
@@ -226,10 +230,15 @@ pub(crate) fn respond(
         }
         (Method::GET, r) if r.ends_with(":download") => {
             let name = r.trim_end_matches(":download");
-            return match owned.with(name, key, |e| e.json["bytes"].as_u64()) {
-                Ok(Some(len)) => reply::with_type(
+            let found = owned.with(name, key, |e| {
+                let len = e.json["bytes"].as_u64()?;
+                let kind = e.json["type"].as_str().unwrap_or("video/mp4");
+                Some((len, http::HeaderValue::from_str(kind).ok()?))
+            });
+            return match found {
+                Ok(Some((len, kind))) => reply::with_type(
                     StatusCode::OK,
-                    http::HeaderValue::from_static("video/mp4"),
+                    kind,
                     MockBody::full(Bytes::from(vec![b'v'; len as usize])),
                 ),
                 Ok(None) => reply::not_found("Requested entity was not found."),
@@ -263,13 +272,32 @@ pub(crate) fn respond(
                 op
             }),
         (Method::GET, "batches") => return owned.list(key, "batches/", "operations"),
-        (Method::GET, r) if r.starts_with("batches/") => owned.with(r, key, |e| {
-            e.polls += 1;
-            if e.json["metadata"]["state"] == "BATCH_STATE_PENDING" {
-                e.json["metadata"]["state"] = json!("BATCH_STATE_RUNNING");
-            }
-            e.json.clone()
-        }),
+        (Method::GET, r) if r.starts_with("batches/") => owned
+            .with(r, key, |e| {
+                e.polls += 1;
+                let state = &mut e.json["metadata"]["state"];
+                if *state == "BATCH_STATE_PENDING" {
+                    *state = json!("BATCH_STATE_RUNNING");
+                }
+                let finishes = *state == "BATCH_STATE_RUNNING" && e.polls >= BATCH_POLLS_TO_FINISH;
+                let file = finishes.then(|| format!("files/{}", shared.new_id()));
+                if let Some(file) = &file {
+                    *state = json!("BATCH_STATE_SUCCEEDED");
+                    e.json["done"] = json!(true);
+                    e.json["response"] = json!({
+                        "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput",
+                        "responsesFile": file,
+                    });
+                }
+                (e.json.clone(), file)
+            })
+            .map(|(batch, file)| {
+                // The results live on the batch's key.
+                if let Some(file) = file {
+                    owned.insert(&file, key, json!({ "name": file, "bytes": RESULTS_BYTES, "type": "application/jsonl" }));
+                }
+                batch
+            }),
         (Method::POST, r) if r.starts_with("batches/") => {
             let name = r.trim_end_matches(":cancel");
             owned.with(name, key, |e| {

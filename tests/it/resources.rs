@@ -697,3 +697,64 @@ async fn an_interaction_is_continued_on_the_key_that_holds_its_previous_turn() {
     .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn a_finished_batchs_results_file_downloads_from_the_batchs_key() {
+    let h = start().await;
+    let (alice, bob) = (token("alice"), token("bob"));
+    let (status, batch) = call(
+        &h,
+        Some(&alice),
+        Method::POST,
+        "/v1beta/models/gemini-2.5-flash:batchGenerateContent",
+        r#"{"batch":{"displayName":"b","inputConfig":{"requests":{"requests":[]}}}}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{batch}");
+    let name = batch["name"].as_str().unwrap().to_owned();
+    let mut polls = 0;
+    let done = loop {
+        polls += 1;
+        assert!(polls < 40, "the batch never finished");
+        let (status, got) = call(
+            &h,
+            Some(&alice),
+            Method::GET,
+            &format!("/v1beta/{name}"),
+            "",
+        )
+        .await;
+        assert_eq!(status, 200, "{got}");
+        if got["done"] == true {
+            break got;
+        }
+    };
+    let file = done["response"]["responsesFile"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let download = format!("/download/v1beta/{file}:download?alt=media");
+    // Several times: only the batch's key holds the results.
+    for _ in 0..4 {
+        let (status, headers, body) = h
+            .call(
+                Request::get(h.url(&download))
+                    .header("x-goog-api-key", &alice)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(headers["content-type"], "application/jsonl");
+        assert_eq!(body.len(), 4096);
+    }
+    let (status, _) = call(&h, Some(&bob), Method::GET, &download, "").await;
+    assert_eq!(status, 404);
+    let keys: Vec<String> = h
+        .mock
+        .requests()
+        .into_iter()
+        .map(|r| r.key.unwrap_or_default())
+        .collect();
+    one_pool_key(&keys, 1 + polls + 4);
+}
