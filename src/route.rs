@@ -76,8 +76,15 @@ impl Route {
         // The OpenAI SDK percent-encodes the `/` of Google's ids (`batches/x`, `files/x`) in
         // the last segment of `openai/batches/{id}` and `openai/files/{id}`; no model is named
         // there, so nothing can be read as another model.
-        if encoded(b'2', b'f') && !Self::is_openai_resource_path(path) {
-            return why("the path contains an encoded slash (%2F)");
+        if encoded(b'2', b'f') {
+            if !Self::is_openai_resource_path(path) {
+                return why("the path contains an encoded slash (%2F)");
+            }
+            // Read as a proxy that decodes the slashes would: still no dot segment.
+            let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+            if decoded.split('/').any(|s| s == "." || s == "..") {
+                return why("the path contains a dot segment (. or ..)");
+            }
         }
         let mut segments = path.split('/').skip(1).peekable();
         while let Some(raw) = segments.next() {
@@ -467,6 +474,8 @@ mod tests {
             "/v1beta/models/gemini-2.5-flash%2f..%2fgemini-2.5-pro:generateContent",
             "/v1beta/openai/chat%2Fcompletions",
             "/v1beta/openai/batches/%2e%2e/chat/completions",
+            "/v1beta/openai/files/..%2F..%2Fmodels%2Fgemini-2.5-pro:generateContent",
+            "/v1beta/openai/files/%2e%2e%2fmodels",
             "/v1beta/models/gemini-2.5-flash\\..\\gemini-2.5-pro:generateContent",
             "/v1beta/models/gemini-2.5-flash%5C..%5Cgemini-2.5-pro:generateContent",
             "/v1beta/./models/gemini-2.5-pro:generateContent",
