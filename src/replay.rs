@@ -83,6 +83,16 @@ mod tests {
                 "/v1beta/models/text-embedding-004:asyncBatchEmbedContent",
                 native,
             ),
+            (
+                Method::POST,
+                "/v1beta/models/veo-3.0-generate-preview:predictLongRunning",
+                native,
+            ),
+            (
+                Method::POST,
+                "/v1beta/fileSearchStores/s:importFile",
+                native,
+            ),
             (Method::POST, "/v1beta/openai/files", Some(Api::OpenAi)),
             (Method::POST, "/v1beta/openai/batches", Some(Api::OpenAi)),
         ] {
