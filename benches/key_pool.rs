@@ -22,6 +22,8 @@ fn keys(n: usize, rpm: Option<u32>) -> Vec<ApiKeyConfig> {
             enabled: true,
             label: None,
             notes: None,
+            backend: Default::default(),
+            vertex: None,
         })
         .collect()
 }

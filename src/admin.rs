@@ -159,6 +159,9 @@ fn health(gateway: &Gateway) -> serde_json::Value {
             *counts.entry(status.state).or_default() += 1;
             let mut v = serde_json::to_value(&status).unwrap_or_default();
             v["id"] = serde_json::Value::from(&*k.id);
+            if let Some(vertex) = &k.vertex {
+                v["vertex"] = vertex.health(now);
+            }
             v
         })
         .collect();

@@ -63,6 +63,14 @@ impl Live {
         })
     }
 
+    /// Starts the background work of the Vertex AI members (token refresh; a source already
+    /// running for a service account keeps running).
+    fn start_vertex(&self) {
+        for vertex in self.keys.keys().filter_map(|k| k.vertex.as_ref()) {
+            vertex.start();
+        }
+    }
+
     /// The JWKS the verifier fetches keys from, if any.
     fn jwks(&self) -> Option<&Arc<Jwks>> {
         self.verifier.as_ref().and_then(|v| v.jwks())
@@ -121,6 +129,7 @@ impl Gateway {
     /// A gateway running `live` with its key state in `store`.
     pub fn with_store(live: Live, store: Arc<dyn KeyStateStore>) -> Arc<Self> {
         live.keys.attach(&*store);
+        live.start_vertex();
         if let Some(jwks) = live.jwks() {
             jwks.start();
         }
@@ -279,6 +288,7 @@ impl Gateway {
             &live.config.gemini.api_keys,
         );
         live.keys.attach(&*self.store);
+        live.start_vertex();
         let previous = self.live.swap(Arc::new(live));
         let current = self.live();
         if current.config.auth != previous.config.auth {

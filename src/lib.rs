@@ -36,3 +36,4 @@ pub mod tls;
 pub mod trace;
 pub mod upstream;
 pub mod usage;
+pub mod vertex;

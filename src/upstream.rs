@@ -38,6 +38,7 @@ use crate::http_client::{
 };
 use crate::key_pool::SelectedKey;
 use crate::route::{Api, Route};
+use crate::vertex::Answer;
 
 /// Headers that belong to one connection, never to be forwarded (RFC 9110 §7.6.1).
 static HOP_BY_HOP: [HeaderName; 8] = [
@@ -125,9 +126,23 @@ async fn forward(
     ] {
         headers.remove(name);
     }
-    match api {
-        Some(Api::OpenAi) => headers.insert(header::AUTHORIZATION, key.0.bearer_header.clone()),
-        _ => headers.insert(X_GOOG_API_KEY.clone(), key.0.api_key_header.clone()),
+    // A Vertex AI member: its own URL, credential and body fix-ups ([`crate::vertex`]).
+    let (uri, body, answer) = match (&key.0.vertex, parts.extensions.get::<Route>()) {
+        (Some(vertex), Some(route)) => vertex.prepare(&parts.uri, route, &mut headers, body)?,
+        (Some(_), None) => {
+            return Err(GatewayError::Internal(
+                "a Vertex AI request without a route",
+            ));
+        }
+        (None, _) => {
+            match api {
+                Some(Api::OpenAi) => {
+                    headers.insert(header::AUTHORIZATION, key.0.bearer_header.clone())
+                }
+                _ => headers.insert(X_GOOG_API_KEY.clone(), key.0.api_key_header.clone()),
+            };
+            (live.target.uri_for(&parts.uri)?, body, Answer::AsIs)
+        }
     };
     headers.insert(
         header::ACCEPT_ENCODING,
@@ -141,7 +156,7 @@ async fn forward(
 
     let mut up = Request::new(Full::new(body));
     *up.method_mut() = parts.method;
-    *up.uri_mut() = live.target.uri_for(&parts.uri)?;
+    *up.uri_mut() = uri;
     // The pooled client picks HTTP/2 or HTTP/1.1 per connection (ALPN); it wants 1.1 here.
     *up.version_mut() = Version::HTTP_11;
     *up.headers_mut() = headers;
@@ -182,6 +197,9 @@ async fn forward(
     if streamed || event_stream {
         parts.extensions.insert(StreamedAnswer);
     }
+    if answer == Answer::PredictToBatchEmbed && parts.status.is_success() {
+        return Ok(predict_answer(parts, body, gemini.timeout()).await);
+    }
     let mut body = GatewayBody::upstream(body, gemini.stream_idle_timeout());
     // Heartbeats only in a server-sent-events answer (`alt=sse`, OpenAI `stream: true`), never
     // in the JSON-array stream form or a plain answer.
@@ -197,6 +215,23 @@ async fn forward(
         });
     }
     Ok(Response::from_parts(parts, body))
+}
+
+/// A Vertex AI `:predict` answer, read whole (embeddings, never streamed) and put in
+/// `batchEmbedContents`' shape.
+async fn predict_answer(
+    mut parts: http::response::Parts,
+    body: hyper::body::Incoming,
+    limit: std::time::Duration,
+) -> Response<GatewayBody> {
+    use http_body_util::BodyExt;
+    let bytes = match tokio::time::timeout(limit, body.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        _ => Bytes::new(),
+    };
+    let bytes = crate::vertex::predict_to_batch_embed(&bytes).unwrap_or(bytes);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, GatewayBody::full(bytes))
 }
 
 /// A response extension: this answer is a stream (`:streamGenerateContent`, `alt=sse`,

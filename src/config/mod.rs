@@ -33,6 +33,7 @@ pub use overrides::{
 };
 pub use secret::Secret;
 pub use usage::{PriceConfig, UsageConfig};
+
 pub use validate::{KNOWN_EXAMPLE_SECRETS, MIN_JWT_SECRET_CHARS, Problem, is_known_example_secret};
 
 /// The whole configuration of one gateway process.
@@ -443,8 +444,18 @@ impl GeminiConfig {
 pub struct ApiKeyConfig {
     /// A stable name for the key: shown in logs, metrics and the admin API instead of the key.
     pub id: String,
-    /// The Gemini API key itself. Never logged or shown.
+    /// The Gemini API key itself (for `backend: vertex_express`, the express-mode key; none for
+    /// `backend: vertex`). Never logged or shown.
+    #[serde(default)]
     pub key: Secret,
+    /// Which API this member calls: AI Studio (the default), Vertex AI with a service account,
+    /// or Vertex AI express mode.
+    #[serde(default, skip_serializing_if = "Backend::is_ai_studio")]
+    pub backend: Backend,
+    /// Where a Vertex AI member sends and how it signs in (`backend: vertex`; only `base_url`
+    /// applies to `vertex_express`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertex: Option<VertexConfig>,
     /// Share of traffic relative to the other keys.
     #[serde(default = "default_weight")]
     pub weight: u32,
@@ -468,6 +479,57 @@ pub struct ApiKeyConfig {
     /// web console. Not used by the gateway.
     #[serde(default)]
     pub notes: Option<String>,
+}
+
+/// `gemini.api_keys[].backend`: which API a pool member calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// The Gemini Developer API (`generativelanguage.googleapis.com`) with an API key.
+    #[default]
+    AiStudio,
+    /// Vertex AI with a service account (OAuth access tokens, minted in the background).
+    Vertex,
+    /// Vertex AI express mode: an API key, no project.
+    VertexExpress,
+}
+
+impl Backend {
+    /// True for the default, AI Studio.
+    pub fn is_ai_studio(&self) -> bool {
+        *self == Backend::AiStudio
+    }
+
+    /// The name used in the config, metrics and `/health`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::AiStudio => "ai_studio",
+            Backend::Vertex => "vertex",
+            Backend::VertexExpress => "vertex_express",
+        }
+    }
+}
+
+/// `gemini.api_keys[].vertex`: a Vertex AI member's project, region and credentials.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VertexConfig {
+    /// The Google Cloud project (`backend: vertex`).
+    #[serde(default)]
+    pub project: String,
+    /// The region (`europe-west4`, `us-central1`, …) or `global` (`backend: vertex`).
+    #[serde(default)]
+    pub location: String,
+    /// A service-account JSON key file (`backend: vertex`; or `credentials`).
+    #[serde(default)]
+    pub credentials_file: Option<String>,
+    /// The service-account JSON itself, usually `"${VERTEX_SA_JSON}"` (or `credentials_file`).
+    #[serde(default)]
+    pub credentials: Secret,
+    /// Where requests go; default `https://{location}-aiplatform.googleapis.com`
+    /// (`https://aiplatform.googleapis.com` for `global` and for express mode).
+    #[serde(default)]
+    pub base_url: Option<String>,
 }
 
 fn default_true() -> bool {

@@ -6,7 +6,7 @@ use std::fmt;
 
 use http::Uri;
 
-use super::Config;
+use super::{Backend, Config};
 
 /// One thing wrong with a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,7 +208,17 @@ impl Config {
                     &format!("duplicate id {:?} (also gemini.api_keys[{first}])", k.id),
                 );
             }
-            if k.key.expose().trim().is_empty() {
+            for (field, msg) in crate::vertex::problems(k) {
+                bad(&at(field), &format!("member {:?}: {msg}", k.id));
+            }
+            if let Some(url) = k.vertex.as_ref().and_then(|v| v.base_url.as_deref())
+                && let Err(msg) = check_http_url(url)
+            {
+                bad(&at("vertex.base_url"), &msg);
+            }
+            if k.backend == Backend::Vertex {
+                // Signs in with its service account; `key` is not used.
+            } else if k.key.expose().trim().is_empty() {
                 bad(&at("key"), "must not be empty");
             } else if k.key.expose().chars().any(|c| c.is_control() || c == ' ') {
                 bad(&at("key"), "must not contain spaces or control characters");

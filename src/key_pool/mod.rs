@@ -18,6 +18,8 @@ use http::HeaderValue;
 use tokio::time::Instant;
 
 use crate::config::{ApiKeyConfig, Secret};
+use crate::route::Route;
+use crate::vertex::VertexMember;
 pub use reconcile::reconcile;
 pub use store::{
     Admission, ClientId, KeyLimits, KeyOutcome, KeyStateStore, MemoryStore, RestReason, Slot,
@@ -37,6 +39,16 @@ pub struct UpstreamKey {
     pub secret: Secret,
     /// Its limits, per model.
     pub limits: KeyLimits,
+    /// A Vertex AI member's URL, credential and fix-ups; `None` for an AI Studio key.
+    pub vertex: Option<Arc<VertexMember>>,
+}
+
+impl UpstreamKey {
+    /// Whether this member can carry a request for `route` now: an AI Studio key carries every
+    /// route; a Vertex member only those Vertex has, and only while it can sign in.
+    pub fn can_serve(&self, route: Option<&Route>, now: Instant) -> bool {
+        self.vertex.as_ref().is_none_or(|v| v.can_serve(route, now))
+    }
 }
 
 /// Keys already tried for this request; inserted by failover on retries.
@@ -119,6 +131,7 @@ impl KeyPool {
                             requests_per_day: k.max_requests_per_day,
                             tokens_per_minute: k.max_tokens_per_minute,
                         },
+                        vertex: VertexMember::from_config(k),
                     }),
                     weight: i64::from(k.weight.max(1)),
                     enabled: k.enabled,
@@ -152,6 +165,19 @@ impl KeyPool {
         exclude: &[Arc<str>],
         now: Instant,
     ) -> Result<Arc<UpstreamKey>, PickError> {
+        self.pick_for(store, None, model, exclude, now)
+    }
+
+    /// [`KeyPool::pick`] for a request on `route` (`None`: any route): members that cannot
+    /// serve it ([`UpstreamKey::can_serve`]) are skipped.
+    pub fn pick_for(
+        &self,
+        store: &dyn KeyStateStore,
+        route: Option<&Route>,
+        model: &str,
+        exclude: &[Arc<str>],
+        now: Instant,
+    ) -> Result<Arc<UpstreamKey>, PickError> {
         let slots = self.attach(store);
         let mut guard = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let (current, admissions) = &mut *guard;
@@ -162,7 +188,10 @@ impl KeyPool {
             let mut best: Option<usize> = None;
             let mut earliest: Option<Instant> = None;
             for (i, k) in self.keys.iter().enumerate() {
-                if !k.enabled || exclude.contains(&k.key.id) {
+                if !k.enabled
+                    || exclude.contains(&k.key.id)
+                    || (route.is_some() && !k.key.can_serve(route, now))
+                {
                     continue;
                 }
                 match admissions[i] {
@@ -259,6 +288,8 @@ mod tests {
             enabled: true,
             label: None,
             notes: None,
+            backend: Default::default(),
+            vertex: None,
         }
     }
 

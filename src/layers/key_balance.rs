@@ -4,8 +4,9 @@
 //! Sits inside failover (each attempt picks again, skipping the keys already tried, listed in
 //! [`TriedKeys`]) and above usage and the upstream client. A request bound to a key by affinity
 //! ([`BoundKey`]: a file or cached content that only that key can see) goes to that key.
-//! Otherwise [`KeyPool::pick`](crate::key_pool::KeyPool::pick): smooth weighted round-robin over
-//! the keys with headroom for the request's model.
+//! Otherwise [`KeyPool::pick_for`](crate::key_pool::KeyPool::pick_for): smooth weighted
+//! round-robin over the keys with headroom for the request's model that can serve its route (a
+//! Vertex AI member only the routes Vertex has, and only with a valid token).
 //!
 //! Fallbacks (`gemini.models.fallbacks`): when every key is resting or at its limit for the
 //! request's model, the next model of its list that the client's token allows and some key has
@@ -86,16 +87,14 @@ where
         let store = self.gateway.store();
         let now = Instant::now();
         let ext = req.extensions();
-        let model = ext
-            .get::<Route>()
-            .and_then(|r| r.model.as_deref())
-            .unwrap_or("");
+        let route = ext.get::<Route>();
+        let model = route.and_then(|r| r.model.as_deref()).unwrap_or("");
         let bound = ext.get::<BoundKey>().is_some();
         let mut picked = match ext.get::<BoundKey>() {
             Some(BoundKey(id)) => live.keys.pick_bound(store, id, model, now),
             None => {
                 let tried = ext.get::<TriedKeys>().map_or(&[][..], |t| &t.0[..]);
-                live.keys.pick(store, model, tried, now)
+                live.keys.pick_for(store, route, model, tried, now)
             }
         };
         // Every key resting (or at its limit) for the model: the next of its fallbacks the
@@ -107,7 +106,7 @@ where
                 if client.is_some_and(|c| !c.allows_model(fallback)) {
                     continue;
                 }
-                if let Ok(key) = live.keys.pick(store, fallback, &[], now) {
+                if let Ok(key) = live.keys.pick_for(store, route, fallback, &[], now) {
                     picked = Ok(key);
                     served_by = Some(fallback.as_str());
                     break;

@@ -469,6 +469,8 @@ data: {\"usageMetadata\":{\"promptTokenCount\":8,\"candidatesTokenCount\":3,\"to
                 enabled: true,
                 label: None,
                 notes: None,
+                backend: Default::default(),
+                vertex: None,
             }])
             .unwrap();
             let key = SelectedKey(pool.pick(&*store, "m", &[], Instant::now()).unwrap());
