@@ -39,6 +39,7 @@ pub(crate) fn handle(
             let json: Vec<_> = requests.iter().map(|r| r.to_json()).collect();
             reply::ok(reply::compact(&json))
         }
+        (&Method::GET, "vertex-tokens") => reply::ok(reply::compact(&shared.vertex.issued())),
         (&Method::POST, "reset") => {
             shared.clear_requests();
             shared.clear_key_failures();

@@ -4,8 +4,10 @@
 //! (`/{v}/openai/…`), resumable file uploads, files and cached contents, batches (native and
 //! OpenAI-compatible), long-running operations (`:predictLongRunning`, whose finished answer
 //! links a video under `/download/`), tuned models, file search stores and interactions, with
-//! bodies shaped like Google's, so the official SDKs parse them. It checks credentials the way
-//! Google does, records every request it receives, and fails on demand.
+//! bodies shaped like Google's, so the official SDKs parse them. Vertex AI's paths and an OAuth
+//! token endpoint are served on the same port (see the `vertex` module: `/v1/projects/…`,
+//! `/v1/publishers/…`, `POST /token`). It checks credentials the way Google does, records every
+//! request it receives, and fails on demand.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -55,7 +57,8 @@
 //! `GET /_mock/requests` (recorded requests as JSON), `POST /_mock/reset` (forget requests and key
 //! failures, stop holding streams), `POST /_mock/key-failure` with
 //! `{"key": "...", "failure": "429"|…|null, "retry_delay_seconds": N?}`,
-//! `POST /_mock/hold-streams` with `{"on": bool}` and `POST /_mock/release-chunk` with `{"count": N?}`.
+//! `POST /_mock/hold-streams` with `{"on": bool}`, `POST /_mock/release-chunk` with `{"count": N?}`
+//! and `GET /_mock/vertex-tokens` (the Vertex AI access tokens issued, oldest first).
 
 mod body;
 mod canned;
@@ -72,6 +75,7 @@ mod server;
 mod service;
 mod shared;
 mod url;
+mod vertex;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -103,6 +107,11 @@ pub struct MockOptions {
     pub chunk_delay: Duration,
     /// Keys answered with 400 `INVALID_ARGUMENT` / `API_KEY_INVALID`, like a deleted key.
     pub invalid_keys: Vec<String>,
+    /// The test service account's public key (PEM): the Vertex AI token endpoint (`POST /token`)
+    /// accepts assertions it verifies. Without one, every assertion is refused.
+    pub vertex_public_key_pem: Option<String>,
+    /// How long a Vertex AI access token lives. Default one hour.
+    pub vertex_token_lifetime: Duration,
 }
 
 impl Default for MockOptions {
@@ -111,6 +120,8 @@ impl Default for MockOptions {
             chunks: 3,
             chunk_delay: Duration::ZERO,
             invalid_keys: Vec::new(),
+            vertex_public_key_pem: None,
+            vertex_token_lifetime: Duration::from_secs(3600),
         }
     }
 }
@@ -164,6 +175,11 @@ impl MockUpstream {
     /// Stops (or resumes) recording requests; long benchmarks turn it off to keep memory flat.
     pub fn set_recording(&self, on: bool) {
         self.shared.set_recording(on);
+    }
+
+    /// Every Vertex AI access token the token endpoint issued, oldest first.
+    pub fn vertex_tokens_issued(&self) -> Vec<String> {
+        self.shared.vertex.issued()
     }
 
     /// Makes every request carrying `key` fail as `failure` until called again with `None`.

@@ -36,15 +36,34 @@ struct Cli {
     /// Do not record requests (keeps memory flat under long benchmarks).
     #[arg(long)]
     no_record: bool,
+    /// The test service account's public key (PEM file): the Vertex AI token endpoint
+    /// (`POST /token`) accepts assertions it verifies.
+    #[arg(long, value_name = "PATH")]
+    vertex_public_key: Option<PathBuf>,
+    /// How long a Vertex AI access token lives, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    vertex_token_lifetime_seconds: u64,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let vertex_public_key_pem = match &cli.vertex_public_key {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(pem) => Some(pem),
+            Err(error) => {
+                eprintln!("gem-proxy-mock: cannot read {}: {error}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let opts = MockOptions {
         chunks: cli.chunks,
         chunk_delay: Duration::from_millis(cli.chunk_delay_ms),
         invalid_keys: cli.invalid_keys,
+        vertex_public_key_pem,
+        vertex_token_lifetime: Duration::from_secs(cli.vertex_token_lifetime_seconds),
     };
     let mock = match MockUpstream::start_on(SocketAddr::new(cli.host, cli.port), opts).await {
         Ok(mock) => mock,

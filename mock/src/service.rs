@@ -25,6 +25,7 @@ use crate::resources::{self, ResourceRequest};
 use crate::routes::{self, ModelAction, Route};
 use crate::shared::Shared;
 use crate::url::{percent_decode, query_param};
+use crate::vertex::VertexAnswer;
 
 /// The service behind every connection.
 pub(crate) async fn handle(
@@ -163,6 +164,21 @@ fn respond(
     triggers: &Triggers<'_>,
 ) -> Response<MockBody> {
     let path = parts.uri.path();
+    match crate::vertex::respond(shared, parts, body, triggers.error) {
+        Some(VertexAnswer::Reply(response)) => return response,
+        Some(VertexAnswer::Stream { model, sse }) => {
+            let format = if sse {
+                StreamFormat::Sse
+            } else {
+                StreamFormat::JsonArray
+            };
+            return stream(shared, &model, format, triggers);
+        }
+        Some(VertexAnswer::OpenAiStream { model }) => {
+            return stream(shared, &model, StreamFormat::OpenAi, triggers);
+        }
+        None => {}
+    }
     let Some(target) = routes::parse(&parts.method, path) else {
         return reply::not_found(&format!(
             "The requested URL {path} was not found on this server."

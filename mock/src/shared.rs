@@ -23,6 +23,7 @@ pub(crate) struct Shared {
     pub(crate) gate: Arc<ReleaseGate>,
     pub(crate) resources: Resources,
     pub(crate) owned: Owned,
+    pub(crate) vertex: crate::vertex::VertexState,
     recording: AtomicBool,
     requests: Mutex<Vec<RecordedRequest>>,
     key_failures: RwLock<HashMap<String, Failure>>,
@@ -44,6 +45,10 @@ impl Shared {
             gate: Arc::new(ReleaseGate::new()),
             resources: Resources::default(),
             owned: Owned::default(),
+            vertex: crate::vertex::VertexState::new(
+                opts.vertex_public_key_pem.as_deref(),
+                opts.vertex_token_lifetime,
+            ),
             recording: AtomicBool::new(true),
             requests: Mutex::new(Vec::new()),
             key_failures: RwLock::new(HashMap::new()),
