@@ -177,6 +177,11 @@ impl MockUpstream {
         self.shared.set_recording(on);
     }
 
+    /// Makes the Vertex AI token endpoint refuse every assertion (`true`), or accept them again.
+    pub fn refuse_vertex_tokens(&self, on: bool) {
+        self.shared.vertex.set_refusing(on);
+    }
+
     /// Every Vertex AI access token the token endpoint issued, oldest first.
     pub fn vertex_tokens_issued(&self) -> Vec<String> {
         self.shared.vertex.issued()

@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -49,6 +49,8 @@ pub(crate) struct VertexState {
     /// Every token issued, in order.
     issued: Mutex<Vec<String>>,
     next: AtomicU64,
+    /// While set, the token endpoint refuses every assertion (an account disabled or deleted).
+    refusing: AtomicBool,
 }
 
 impl VertexState {
@@ -60,7 +62,13 @@ impl VertexState {
             tokens: Mutex::new(HashMap::new()),
             issued: Mutex::new(Vec::new()),
             next: AtomicU64::new(1),
+            refusing: AtomicBool::new(false),
         }
+    }
+
+    /// Makes the token endpoint refuse (or accept again) every assertion.
+    pub(crate) fn set_refusing(&self, on: bool) {
+        self.refusing.store(on, Ordering::Relaxed);
     }
 
     /// Every access token issued so far, oldest first.
@@ -408,6 +416,12 @@ fn token(shared: &Shared, body: &Bytes) -> Response<MockBody> {
             .any(|s| s == "https://www.googleapis.com/auth/cloud-platform")
     {
         return refuse("invalid_scope", "The cloud-platform scope is required.");
+    }
+    if shared.vertex.refusing.load(Ordering::Relaxed) {
+        return refuse(
+            "invalid_grant",
+            "Invalid grant: account not found (gem-proxy-mock is refusing tokens).",
+        );
     }
     let token = shared.vertex.issue();
     reply::ok(reply::compact(&json!({

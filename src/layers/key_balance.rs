@@ -91,7 +91,15 @@ where
         let model = route.and_then(|r| r.model.as_deref()).unwrap_or("");
         let bound = ext.get::<BoundKey>().is_some();
         let mut picked = match ext.get::<BoundKey>() {
-            Some(BoundKey(id)) => live.keys.pick_bound(store, id, model, now),
+            // A member that cannot serve the route (a Vertex member asked for its files) has
+            // nothing bound to it.
+            Some(BoundKey(id)) => live.keys.pick_bound(store, id, model, now).and_then(|k| {
+                if k.can_serve(route, now) {
+                    Ok(k)
+                } else {
+                    Err(PickError::NoUsableKey)
+                }
+            }),
             None => {
                 let tried = ext.get::<TriedKeys>().map_or(&[][..], |t| &t.0[..]);
                 live.keys.pick_for(store, route, model, tried, now)

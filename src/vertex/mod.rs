@@ -41,6 +41,13 @@ pub use translate::{Answer, predict_to_batch_embed};
 /// Vertex AI's global endpoint (also express mode's).
 const GLOBAL_BASE_URL: &str = "https://aiplatform.googleapis.com";
 
+/// What is escaped in a query value: all but RFC 3986's unreserved characters.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// How a Vertex member signs in.
 #[derive(Debug)]
 enum Credential {
@@ -73,11 +80,7 @@ impl VertexMember {
             ),
             Backend::VertexExpress => (
                 Credential::Express(
-                    percent_encoding::utf8_percent_encode(
-                        k.key.expose(),
-                        percent_encoding::NON_ALPHANUMERIC,
-                    )
-                    .to_string(),
+                    percent_encoding::utf8_percent_encode(k.key.expose(), QUERY_VALUE).to_string(),
                 ),
                 String::new(),
             ),
@@ -162,23 +165,23 @@ impl VertexMember {
             path.push('/');
         }
         path.push_str(&call.path_after_scope());
-        let mut query: String = uri.query().map(strip_key_param).unwrap_or_default().into();
+        let query = uri.query().map(strip_key_param).unwrap_or_default();
+        if !query.is_empty() {
+            path.push('?');
+            path.push_str(&query);
+        }
+        let bad_uri = || GatewayError::Internal("bad Vertex AI URI");
+        // The client's query without its `key=`, on this member's host.
+        let mut uri = target.uri_for(&Uri::try_from(path).map_err(|_| bad_uri())?)?;
         match &self.credential {
             Credential::ServiceAccount(tokens) => {
                 let bearer = tokens.header(Instant::now()).ok_or(GatewayError::NoKey)?;
                 headers.insert(header::AUTHORIZATION, bearer);
             }
             Credential::Express(key) => {
-                if !query.is_empty() {
-                    query.push('&');
-                }
-                query.push_str("key=");
-                query.push_str(key);
+                let sep = if query.is_empty() { '?' } else { '&' };
+                uri = Uri::try_from(format!("{uri}{sep}key={key}")).map_err(|_| bad_uri())?;
             }
-        }
-        if !query.is_empty() {
-            path.push('?');
-            path.push_str(&query);
         }
         if !body.is_empty() {
             headers.insert(
@@ -186,9 +189,6 @@ impl VertexMember {
                 HeaderValue::from_static("application/json"),
             );
         }
-        let uri = target.uri_for(
-            &Uri::try_from(path).map_err(|_| GatewayError::Internal("bad Vertex AI path"))?,
-        )?;
         Ok((uri, body, answer))
     }
 }

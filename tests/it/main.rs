@@ -21,3 +21,4 @@ mod security;
 mod shutdown;
 mod tls;
 mod usage;
+mod vertex;
