@@ -4,7 +4,7 @@
 //! [`TokenSource`] signs a JWT assertion with that key (RS256, `jsonwebtoken`), exchanges it at the
 //! `token_uri` for an access token (RFC 7523, `grant_type=jwt-bearer`), and keeps the token as a
 //! ready `Authorization: Bearer` header. One background task per service account refreshes it when
-//! three quarters of its lifetime (at most five minutes before expiry) have passed, so a request
+//! half its lifetime has passed (five minutes before expiry for longer-lived tokens), so a request
 //! never waits for a token once the first has arrived. A failed exchange is retried with backoff
 //! (1 s doubling to 60 s); its reason is kept for `/health`, and the old token is used while it is
 //! still valid.
@@ -305,10 +305,10 @@ impl TokenSource {
     }
 }
 
-/// When to refresh a token that lives `lifetime`: after three quarters of it, and at most five
-/// minutes before it expires (at least a second from now).
+/// When to refresh a token that lives `lifetime`: five minutes before it expires, or half way
+/// through a shorter life (at least a second from now).
 pub fn refresh_after(lifetime: Duration) -> Duration {
-    let margin = (lifetime / 4).min(Duration::from_secs(300));
+    let margin = (lifetime / 2).min(Duration::from_secs(300));
     lifetime.saturating_sub(margin).max(Duration::from_secs(1))
 }
 
@@ -421,7 +421,7 @@ mod tests {
         );
         assert_eq!(
             refresh_after(Duration::from_secs(2)),
-            Duration::from_millis(1500)
+            Duration::from_secs(1)
         );
         assert_eq!(refresh_after(Duration::ZERO), Duration::from_secs(1));
     }

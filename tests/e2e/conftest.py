@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import pytest
@@ -97,11 +97,12 @@ class Mock:
         self.http.post(f"{self.url}/_mock/reset").raise_for_status()
 
 
-def _start_mock(tmp: Path) -> Mock:
+def _start_mock(tmp: Path, extra: tuple[str, ...] = ()) -> Mock:
+    """Starts gem-proxy-mock; `extra` are more command-line arguments."""
     binary = _binary("GEM_PROXY_MOCK_BIN", "gem-proxy-mock")
     log = tmp / "mock.stderr.log"
     # Several stream chunks with a small delay, so streaming is observable as streaming.
-    args = [str(binary), "--host", "127.0.0.1", "--port", "0", "--chunks", "4", "--chunk-delay-ms", "20"]
+    args = [str(binary), "--host", "127.0.0.1", "--port", "0", "--chunks", "4", "--chunk-delay-ms", "20", *extra]
     with open(log, "wb") as err:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
 
@@ -180,15 +181,20 @@ log: {{ format: "text" }}
 """
 
 
-def start_gateway(tmp: Path, upstream: str, config_text: str | None = None, extra: str = "") -> Gateway:
+def start_gateway(
+    tmp: Path, upstream: str, config_text: str | Callable[[int, int], str] | None = None, extra: str = ""
+) -> Gateway:
     """Starts gem-proxy with a config pointing at `upstream`; waits for /health == 200.
 
-    `extra` is YAML appended to the standard config (sections it does not already have)."""
+    `extra` is YAML appended to the standard config (sections it does not already have).
+    `config_text` replaces it: the YAML, or a function of the proxy and admin ports giving it."""
     binary = _binary("GEM_PROXY_BIN", "gem-proxy")
     port, admin_port = free_port(), free_port()
     while admin_port == port:
         admin_port = free_port()
     config = tmp / "gem-proxy.yaml"
+    if callable(config_text):
+        config_text = config_text(port, admin_port)
     config.write_text(
         config_text
         or CONFIG_TEMPLATE.format(
