@@ -590,3 +590,49 @@ async fn broken_service_account_keys_are_refused_by_name_or_skipped_with_a_reaso
     }
     assert!(vertex_requests(&h).is_empty());
 }
+
+/// `gem-proxy check-config` on a config with a broken service-account file: exit 1, the member
+/// named; with a good one: OK.
+#[test]
+fn check_config_names_the_member_whose_key_file_is_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let sa = dir.path().join("sa.json");
+    std::fs::write(&sa, r#"{"type":"service_account","client_email":"a@b"}"#).unwrap();
+    let config = dir.path().join("proxy.yaml");
+    let yaml = |file: &std::path::Path| {
+        format!(
+            "gemini:\n  api_keys:\n    - {{ id: studio, key: AIzaX }}\n    - id: vertex-eu\n      backend: vertex\n      vertex: {{ project: p, location: global, credentials_file: \"{}\" }}\n",
+            file.display()
+        )
+    };
+    std::fs::write(&config, yaml(&sa)).unwrap();
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gem-proxy"))
+            .args(["check-config", "--config", config.to_str().unwrap()])
+            .env_remove("GEM_PROXY_CONFIG")
+            .output()
+            .expect("binary runs")
+    };
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("gemini.api_keys[1].vertex.credentials_file")
+            && stderr.contains("\"vertex-eu\"")
+            && stderr.contains("private_key"),
+        "{stderr}"
+    );
+
+    let (private, _) = key_pair();
+    std::fs::write(
+        &sa,
+        service_account_json(&private, "https://oauth2.googleapis.com"),
+    )
+    .unwrap();
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
