@@ -103,9 +103,10 @@ fn fill_roles(contents: Option<&mut Value>) -> bool {
     let mut changed = false;
     for item in items {
         if let Value::Object(content) = item
-            && !content
+            && content
                 .get("role")
-                .is_some_and(|r| r.as_str().is_some_and(|r| !r.is_empty()))
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
         {
             content.insert("role".into(), Value::from("user"));
             changed = true;
