@@ -6,6 +6,8 @@
 //!   ([`MockOptions::vertex_public_key_pem`](crate::MockOptions)), its `aud` (this URL), `exp`
 //!   and `scope`, and issues a token that lives [`MockOptions::vertex_token_lifetime`](crate::MockOptions)
 //!   (on tokio's clock, so paused-time tests see it expire).
+//! - `GET /computeMetadata/v1/instance/service-accounts/default/token` (the metadata server of
+//!   GKE and Compute Engine): a token to any caller that says `Metadata-Flavor: Google`.
 //! - `POST /v1/projects/{p}/locations/{l}/publishers/google/models/{m}:{method}`: needs
 //!   `Authorization: Bearer` with a token this mock issued and that has not expired, and no API
 //!   key (Vertex's 401 otherwise).
@@ -159,6 +161,9 @@ pub(crate) fn respond(
     let path = parts.uri.path();
     if parts.method == Method::POST && path == "/token" {
         return Some(VertexAnswer::Reply(token(shared, body)));
+    }
+    if parts.method == Method::GET && path == METADATA_TOKEN_PATH {
+        return Some(VertexAnswer::Reply(metadata_token(shared, parts)));
     }
     let endpoint = endpoint(path)?;
     if parts.method != Method::POST {
@@ -359,6 +364,41 @@ fn unauthenticated(message: &str, reason: &str) -> Response<MockBody> {
     )
 }
 
+/// The metadata server's token URL (GKE, Compute Engine).
+const METADATA_TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
+
+/// `GET {METADATA_TOKEN_PATH}`: the machine's default account's token, to any caller that says
+/// `Metadata-Flavor: Google`.
+fn metadata_token(shared: &Shared, parts: &Parts) -> Response<MockBody> {
+    if parts
+        .headers
+        .get("metadata-flavor")
+        .and_then(|v| v.to_str().ok())
+        != Some("Google")
+    {
+        return reply::json(
+            StatusCode::FORBIDDEN,
+            Bytes::from_static(b"Missing required header: Metadata-Flavor\n"),
+        );
+    }
+    if shared.vertex.refusing.load(Ordering::Relaxed) {
+        return reply::json(
+            StatusCode::NOT_FOUND,
+            Bytes::from_static(b"gem-proxy-mock is refusing tokens\n"),
+        );
+    }
+    issued_answer(shared)
+}
+
+fn issued_answer(shared: &Shared) -> Response<MockBody> {
+    let token = shared.vertex.issue();
+    reply::ok(reply::compact(&json!({
+        "access_token": token,
+        "expires_in": shared.vertex.lifetime.as_secs(),
+        "token_type": "Bearer",
+    })))
+}
+
 /// `POST /token`: an assertion in, an access token out.
 fn token(shared: &Shared, body: &Bytes) -> Response<MockBody> {
     #[derive(Deserialize)]
@@ -423,10 +463,5 @@ fn token(shared: &Shared, body: &Bytes) -> Response<MockBody> {
             "Invalid grant: account not found (gem-proxy-mock is refusing tokens).",
         );
     }
-    let token = shared.vertex.issue();
-    reply::ok(reply::compact(&json!({
-        "access_token": token,
-        "expires_in": shared.vertex.lifetime.as_secs(),
-        "token_type": "Bearer",
-    })))
+    issued_answer(shared)
 }

@@ -35,7 +35,10 @@ use crate::config::{ApiKeyConfig, Backend, VertexConfig};
 use crate::error::GatewayError;
 use crate::http_client::{UpstreamTarget, strip_key_param};
 use crate::route::{Route, RouteLabel};
-pub use token::{CLOUD_PLATFORM_SCOPE, ServiceAccount, TokenSource, TokenStatus, refresh_after};
+pub use token::{
+    CLOUD_PLATFORM_SCOPE, METADATA_CREDENTIALS, ServiceAccount, TokenSource, TokenStatus,
+    refresh_after,
+};
 pub use translate::{Answer, predict_to_batch_embed};
 
 /// Vertex AI's global endpoint (also express mode's).

@@ -42,18 +42,23 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest token answer read.
 const MAX_TOKEN_ANSWER_BYTES: usize = 64 * 1024;
 
-/// A service account's key, read from its JSON key file.
+/// A service account: its key, read from its JSON key file, or the metadata server of the
+/// machine (GKE, Compute Engine: `credentials: metadata`).
 #[derive(Clone)]
 pub struct ServiceAccount {
-    /// `client_email`: the account (the assertion's issuer).
+    /// `client_email`: the account (the assertion's issuer); `default` on the metadata server.
     pub email: String,
-    /// `token_uri`: where assertions are exchanged for access tokens.
+    /// `token_uri`: where assertions are exchanged for access tokens (the metadata server's
+    /// token URL).
     pub token_uri: String,
-    key_id: Option<String>,
-    key: EncodingKey,
+    /// The signing key and its id; `None` on the metadata server, which signs nothing.
+    key: Option<(EncodingKey, Option<String>)>,
     /// Same account, same key, same endpoint: same value.
     fingerprint: u64,
 }
+
+/// `vertex.credentials` that means "the metadata server's default account".
+pub const METADATA_CREDENTIALS: &str = "metadata";
 
 impl std::fmt::Debug for ServiceAccount {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,6 +86,10 @@ impl ServiceAccount {
     /// Reads the key of a `backend: vertex` member (`credentials_file` or `credentials`). The
     /// message says what is wrong without repeating the key.
     pub fn load(config: &VertexConfig) -> Result<ServiceAccount, String> {
+        if config.credentials_file.is_none() && config.credentials.expose() == METADATA_CREDENTIALS
+        {
+            return Ok(Self::metadata());
+        }
         let (json, source) = match (&config.credentials_file, config.credentials.is_empty()) {
             (Some(path), true) => (
                 std::fs::read(path).map_err(|e| format!("cannot read {path:?}: {e}"))?,
@@ -100,6 +109,25 @@ impl ServiceAccount {
             }
         };
         Self::parse(&json).map_err(|e| format!("{source}: {e}"))
+    }
+
+    /// The metadata server's default account: `http://metadata.google.internal`, or the host
+    /// `GCE_METADATA_HOST` names (as Google's client libraries read it).
+    pub fn metadata() -> ServiceAccount {
+        let host = std::env::var("GCE_METADATA_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "metadata.google.internal".into());
+        let token_uri =
+            format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token");
+        let mut hasher = DefaultHasher::new();
+        token_uri.hash(&mut hasher);
+        ServiceAccount {
+            email: "default (metadata server)".into(),
+            token_uri,
+            key: None,
+            fingerprint: hasher.finish(),
+        }
     }
 
     /// Parses a service-account JSON key.
@@ -127,14 +155,18 @@ impl ServiceAccount {
         Ok(ServiceAccount {
             email: file.client_email,
             token_uri,
-            key_id: file.private_key_id,
-            key,
+            key: Some((key, file.private_key_id)),
             fingerprint: hasher.finish(),
         })
     }
 
     /// A signed assertion asking for a token with `scope`, issued at `now` (Unix seconds).
-    fn assertion(&self, now: u64) -> Result<String, String> {
+    fn assertion(
+        &self,
+        key: &EncodingKey,
+        key_id: Option<&str>,
+        now: u64,
+    ) -> Result<String, String> {
         #[derive(Serialize)]
         struct Claims<'a> {
             iss: &'a str,
@@ -144,7 +176,7 @@ impl ServiceAccount {
             exp: u64,
         }
         let mut header = Header::new(Algorithm::RS256);
-        header.kid = self.key_id.clone();
+        header.kid = key_id.map(str::to_owned);
         let claims = Claims {
             iss: &self.email,
             scope: CLOUD_PLATFORM_SCOPE,
@@ -152,7 +184,7 @@ impl ServiceAccount {
             iat: now,
             exp: now + ASSERTION_LIFETIME_SECONDS,
         };
-        jsonwebtoken::encode(&header, &claims, &self.key)
+        jsonwebtoken::encode(&header, &claims, key)
             .map_err(|e| format!("cannot sign the token assertion: {e}"))
     }
 }
@@ -365,15 +397,26 @@ async fn exchange(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let assertion = account.assertion(now)?;
-    let body = format!(
-        "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}"
-    );
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(&account.token_uri)
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(Full::new(Bytes::from(body)))
+    let req = match &account.key {
+        Some((key, key_id)) => {
+            let assertion = account.assertion(key, key_id.as_deref(), now)?;
+            let body = format!(
+                "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}"
+            );
+            Request::builder()
+                .method(Method::POST)
+                .uri(&account.token_uri)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Full::new(Bytes::from(body)))
+        }
+        // The metadata server hands the machine's account's token to whoever asks with this
+        // header (only from inside the machine).
+        None => Request::builder()
+            .method(Method::GET)
+            .uri(&account.token_uri)
+            .header("metadata-flavor", "Google")
+            .body(Full::new(Bytes::new())),
+    }
         .map_err(|_| format!("token_uri {:?} is not a usable URL", account.token_uri))?;
     let res = tokio::time::timeout(EXCHANGE_TIMEOUT, client.request(req))
         .await

@@ -241,3 +241,30 @@ def test_google_genai_through_an_express_mode_member(vertex_mock: Mock, tmp_path
         assert f"key={EXPRESS_KEY}" in (r["query"] or "").split("&"), r["query"]
         assert not header(r, "authorization")
     _no_client_credential(reqs)
+
+
+def test_metadata_server_credentials(vertex_mock: Mock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`credentials: metadata` (GKE, Compute Engine): tokens from the machine's metadata server,
+    found where Google's libraries look (GCE_METADATA_HOST)."""
+    monkeypatch.setenv("GCE_METADATA_HOST", vertex_mock.url.removeprefix("http://"))
+    members = f"""\
+    - id: "vertex-gke"
+      backend: vertex
+      vertex: {{ project: "{PROJECT}", location: "global", credentials: metadata, base_url: "{vertex_mock.url}" }}
+"""
+    vertex_mock.reset()
+    gw = _gateway(tmp_path, vertex_mock, members)
+    client = _client(gw.url)
+    try:
+        _wait_for("the first token", lambda: _member(_health(gw), "vertex-gke")["vertex"]["token"]["ready"])
+        assert client.models.generate_content(model=MODEL, contents="Say hello.").text
+    finally:
+        client.close()
+        _stop(gw.proc)
+    reqs = vertex_mock.requests()
+    fetches = [r for r in reqs if r["path"].startswith("/computeMetadata/")]
+    assert fetches and all(header(r, "metadata-flavor") == ["Google"] for r in fetches)
+    (call,) = [r for r in reqs if r["path"].startswith("/v1/")]
+    assert call["path"] == f"/v1/projects/{PROJECT}/locations/global/publishers/google/models/{MODEL}:generateContent"
+    assert header(call, "authorization")[0].removeprefix("Bearer ") in _tokens(vertex_mock)
+    _no_client_credential([call])
