@@ -186,13 +186,19 @@ fn health(gateway: &Gateway) -> serde_json::Value {
     })
 }
 
-/// Keys that are enabled and not invalid (resting keys count: they come back by themselves).
+/// Keys that are enabled and not invalid (resting keys count: they come back by themselves), and
+/// Vertex members that can sign in.
 fn usable_keys(gateway: &Gateway) -> usize {
     let live = gateway.live();
     let now = tokio::time::Instant::now();
     live.keys
         .keys()
         .filter(|k| live.keys.is_enabled(&k.id))
+        .filter(|k| {
+            k.vertex
+                .as_ref()
+                .is_none_or(|v| v.unusable_reason(now).is_none())
+        })
         .filter(|k| {
             !matches!(
                 gateway.store().status(&k.id, now).state,
