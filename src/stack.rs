@@ -65,7 +65,8 @@
 //!     nothing has reached the client. Above key balance so each attempt picks afresh. Records
 //!     each attempt (duration, result, span) and each retry.
 //! 20. **key balance** ([`KeyBalanceLayer`]) — weighted pick over the keys with headroom for the
-//!     model; when none has and the model has fallbacks (`gemini.models.fallbacks`), the first
+//!     model that can serve the route (a Vertex AI member only the routes Vertex has, while it
+//!     has a token); when none has and the model has fallbacks (`gemini.models.fallbacks`), the first
 //!     fallback the token allows with a key that has headroom serves it (path, body and route
 //!     switched; `x-gem-proxy-model` on the answer); else 429 with `Retry-After`.
 //! 21. **usage** ([`UsageLayer`]) — taps successful answers for `usageMetadata` (tokens per key,
@@ -73,7 +74,8 @@
 //!     budget) without buffering them. Inside key balance: it needs the key. (Failover reports the
 //!     error answers and key rests to the usage history.)
 //! 22. **upstream** ([`Upstream`]) — strips client credentials and hop-by-hop headers, injects the
-//!     key (and the attempt's `traceparent` when tracing), sends, streams the answer back (with
+//!     key (and the attempt's `traceparent` when tracing; a Vertex AI member's URL, token or
+//!     express key and body fix-ups come from [`crate::vertex`]), sends, streams the answer back (with
 //!     heartbeats in a silent event stream when `gemini.stream_heartbeat_seconds` is set; the
 //!     body observers above never see them).
 //!

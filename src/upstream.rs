@@ -7,6 +7,9 @@
 //! - every client credential dropped: `Authorization`, `x-goog-api-key`, `key=` in the query;
 //! - the key injected as `x-goog-api-key`, or as `Authorization: Bearer` on the OpenAI-compatible
 //!   surface (`/v1beta/openai/`);
+//! - for a Vertex AI member, its own URL, credential (access token or express-mode `?key=`) and
+//!   body fix-ups instead ([`crate::vertex`]), and a `:predict` answer put back in
+//!   `batchEmbedContents`' shape;
 //! - `Accept-Encoding: identity` instead of the client's: the gateway reads answers (usage,
 //!   verdicts, scrubbing, affinity), so they come plain, and the compression layer compresses
 //!   towards the client ([`crate::layers::compression`]); answers to streaming calls carry
