@@ -5,7 +5,7 @@
 //!   the admin API, then re-enabled by a rollback or an edit of the file) is usable again, with
 //!   its `invalid` mark and rests cleared — as the API's own enable does.
 //! - A key whose value changed under the same id is a new key to Google: the old value's
-//!   `invalid` mark and rests are dropped.
+//!   `invalid` mark and rests are dropped (for a Vertex member: its kind or `vertex` settings).
 //! - A key the new config disables is disabled in the store too, so both say the same.
 
 use super::KeyStateStore;
@@ -16,7 +16,10 @@ pub fn reconcile(store: &dyn KeyStateStore, old: &[ApiKeyConfig], new: &[ApiKeyC
     let now = tokio::time::Instant::now();
     for key in new {
         let before = old.iter().find(|k| k.id == key.id);
-        let replaced = before.is_some_and(|b| b.key != key.key);
+        // A Vertex member's "value" is its kind, project, region and credentials.
+        let replaced = before.is_some_and(|b| {
+            b.key != key.key || b.backend != key.backend || b.vertex != key.vertex
+        });
         let held_disabled = store.status(&key.id, now).state == "disabled";
         if !key.enabled {
             if !held_disabled {

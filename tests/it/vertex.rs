@@ -636,3 +636,30 @@ fn check_config_names_the_member_whose_key_file_is_broken() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// One token per service account, across config reloads too: a reload (here a weight change)
+/// keeps the member's token, so it neither fetches another nor drops out of rotation.
+#[tokio::test]
+async fn a_config_reload_keeps_the_members_token() {
+    let h = start(MockOptions::default(), |base, sa| {
+        vec![ai_studio(), vertex_member("vertex-eu", sa, base)]
+    })
+    .await;
+    token_ready(&h, "vertex-eu").await;
+    let mut config = h.server.gateway().live().config.clone();
+    config.gemini.api_keys[1].weight = 3;
+    h.server.gateway().reload(config).unwrap();
+    let after = health(&h).await;
+    let member = &key_state(&after, "vertex-eu")["vertex"];
+    assert_eq!(member["token"]["ready"], true, "{member}");
+    for _ in 0..4 {
+        assert_eq!(
+            h.post("/v1beta/models/m:generateContent", GENERATE_BODY)
+                .await
+                .0,
+            200
+        );
+    }
+    assert_eq!(vertex_requests(&h).len(), 3);
+    assert_eq!(h.mock.vertex_tokens_issued().len(), 1);
+}
