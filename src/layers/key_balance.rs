@@ -34,7 +34,7 @@ use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::key_pool::{BoundKey, PickError, SelectedKey, TriedKeys};
-use crate::route::{Route, with_body_model, with_path_model};
+use crate::route::{Route, RouteLabel, with_body_model, with_path_model};
 
 /// The response header naming the model that served a request in place of the one it asked for.
 pub const X_GEM_PROXY_MODEL: HeaderName = HeaderName::from_static("x-gem-proxy-model");
@@ -89,6 +89,27 @@ where
         let ext = req.extensions();
         let route = ext.get::<Route>();
         let model = route.and_then(|r| r.model.as_deref()).unwrap_or("");
+        // A body naming a file or cached content is routed like those resources: only members
+        // of the Developer API can serve it (never a Vertex member).
+        let as_resource;
+        let route = match route {
+            Some(r)
+                if matches!(
+                    r.label,
+                    RouteLabel::Generate
+                        | RouteLabel::Stream
+                        | RouteLabel::CountTokens
+                        | RouteLabel::OpenAiChat
+                ) && crate::vertex::names_developer_resources(req.body()) =>
+            {
+                as_resource = Route {
+                    label: RouteLabel::Files,
+                    ..r.clone()
+                };
+                Some(&as_resource)
+            }
+            other => other,
+        };
         let bound = ext.get::<BoundKey>().is_some();
         let mut picked = match ext.get::<BoundKey>() {
             // A member that cannot serve the route (a Vertex member asked for its files) has

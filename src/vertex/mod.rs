@@ -17,7 +17,8 @@
 //! background) or `?key=`; the client's credentials never cross. The query (`alt=sse`) is kept.
 //! Every other route (files, uploads, cached contents, batches, tuned models, model lists, …)
 //! exists only on the Developer API: [`VertexMember::can_serve`] says no, and the pick skips
-//! the member. A service-account member without a valid token is skipped too, with the reason
+//! the member; so does a request whose body names a file or cached content
+//! ([`names_developer_resources`], checked by key balance). A service-account member without a valid token is skipped too, with the reason
 //! in `/health`. Vertex's answers and errors are Google-shaped and pass through (its 429
 //! `RESOURCE_EXHAUSTED` rests the member for the model like any key's); only `:predict`'s
 //! answer is turned back into `batchEmbedContents`' shape.
@@ -194,6 +195,16 @@ impl VertexMember {
         }
         Ok((uri, body, answer))
     }
+}
+
+/// Whether a request body names a file or cached content (`files/…`, `cachedContents/…`): those
+/// exist only on the Developer API, so a Vertex member cannot serve it.
+pub fn names_developer_resources(body: &[u8]) -> bool {
+    static FILES: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"files/"));
+    static CACHED: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"cachedContents/"));
+    FILES.find(body).is_some() || CACHED.find(body).is_some()
 }
 
 /// Where a member's requests go.

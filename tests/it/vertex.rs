@@ -401,9 +401,16 @@ async fn developer_api_only_routes_never_reach_a_vertex_member() {
         assert_eq!(h.get("/v1beta/models").await.0, 200);
         assert_eq!(h.get("/v1beta/cachedContents").await.0, 200);
     }
+    // Bodies naming a file or a cached content go where those live, too.
+    let file = r#"{"contents":[{"role":"user","parts":[{"fileData":{"mimeType":"text/plain","fileUri":"https://generativelanguage.googleapis.com/v1beta/files/abc"}}]}]}"#;
+    let cached = r#"{"cachedContent":"cachedContents/xyz","contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
+    for body in [file, cached, file, cached] {
+        h.post("/v1beta/models/gemini-2.5-flash:generateContent", body)
+            .await;
+    }
     let seen = h.mock.requests();
     let api: Vec<&RecordedRequest> = seen.iter().filter(|r| r.path != "/token").collect();
-    assert_eq!(api.len(), 9);
+    assert_eq!(api.len(), 13);
     assert!(
         api.iter().all(|r| r.key.as_deref() == Some(KEY1)),
         "{api:?}"
