@@ -330,6 +330,8 @@ pub(crate) struct KeyView {
     id: String,
     /// Its weight.
     weight: u32,
+    /// Its kind: `ai_studio`, `vertex` (a service account) or `vertex_express`.
+    backend: String,
     /// Whether it is enabled in the config.
     enabled: bool,
     /// A short name for people (`label` in the config).
@@ -368,6 +370,7 @@ fn key_views(ctx: &Ctx<'_>) -> Vec<KeyView> {
             KeyView {
                 id: k.id.clone(),
                 weight: k.weight,
+                backend: k.backend.as_str().to_owned(),
                 enabled: k.enabled,
                 label: k.label.clone(),
                 notes: k.notes.clone(),
