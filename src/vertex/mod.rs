@@ -291,3 +291,58 @@ fn is_path_segment(s: &str) -> bool {
     s.chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(yaml: &str) -> ApiKeyConfig {
+        let v: serde_json::Value = serde_json::from_str(yaml).unwrap();
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_named_by_field() {
+        let fields = |k: &ApiKeyConfig| problems(k).into_iter().map(|(f, _)| f).collect::<Vec<_>>();
+        assert_eq!(
+            fields(&member(r#"{"id":"v","backend":"vertex"}"#)),
+            ["vertex"]
+        );
+        assert_eq!(
+            fields(&member(
+                r#"{"id":"v","backend":"vertex","vertex":{"project":"p/x","location":"","credentials":"metadata"}}"#
+            )),
+            ["vertex.project", "vertex.location"]
+        );
+        assert_eq!(
+            fields(&member(
+                r#"{"id":"e","key":"k","backend":"vertex_express","vertex":{"project":"p"}}"#
+            )),
+            ["vertex"]
+        );
+        assert_eq!(
+            fields(&member(r#"{"id":"a","key":"k","vertex":{"project":"p"}}"#)),
+            ["vertex"]
+        );
+        assert!(
+            problems(&member(
+                r#"{"id":"e","key":"k","backend":"vertex_express"}"#
+            ))
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_default_url_follows_the_location() {
+        let v = |location: &str| VertexConfig {
+            location: location.into(),
+            ..VertexConfig::default()
+        };
+        assert_eq!(
+            base_url(Backend::Vertex, &v("europe-west4")),
+            "https://europe-west4-aiplatform.googleapis.com"
+        );
+        assert_eq!(base_url(Backend::Vertex, &v("global")), GLOBAL_BASE_URL);
+        assert_eq!(base_url(Backend::VertexExpress, &v("")), GLOBAL_BASE_URL);
+    }
+}
