@@ -268,3 +268,22 @@ def test_metadata_server_credentials(vertex_mock: Mock, tmp_path: Path, monkeypa
     assert call["path"] == f"/v1/projects/{PROJECT}/locations/global/publishers/google/models/{MODEL}:generateContent"
     assert header(call, "authorization")[0].removeprefix("Bearer ") in _tokens(vertex_mock)
     _no_client_credential([call])
+
+
+def test_google_genai_embeddings_through_vertex_predict(service_account_gateway, vertex_mock: Mock):
+    """google-genai embeds with batchEmbedContents on the Developer API; a Vertex member serves
+    it with :predict, answered in the shape the SDK reads."""
+    gw = service_account_gateway
+    _wait_for("the first token", lambda: _member(_health(gw), "vertex-eu")["vertex"]["token"]["ready"])
+    vertex_mock.reset()
+    client = _client(gw.url)
+    try:
+        for _ in range(2):
+            resp = client.models.embed_content(model="text-embedding-005", contents=["one", "two"])
+            assert resp.embeddings and len(resp.embeddings) == 2
+            assert all(e.values for e in resp.embeddings)
+    finally:
+        client.close()
+    paths = [r["path"] for r in vertex_mock.requests() if r["path"] != "/token"]
+    predict = f"/v1/projects/{PROJECT}/locations/{LOCATION}/publishers/google/models/text-embedding-005:predict"
+    assert sorted(paths) == sorted(["/v1beta/models/text-embedding-005:batchEmbedContents", predict]), paths
