@@ -130,6 +130,7 @@ async fn forward(
         headers.remove(name);
     }
     // A Vertex AI member: its own URL, credential and body fix-ups ([`crate::vertex`]).
+    let token_used = key.0.vertex.as_ref().and_then(|v| v.token_generation());
     let (uri, body, answer) = match (&key.0.vertex, parts.extensions.get::<Route>()) {
         (Some(vertex), Some(route)) => vertex.prepare(&parts.uri, route, &mut headers, body)?,
         (Some(_), None) => {
@@ -193,6 +194,9 @@ async fn forward(
     }
     parts.extensions = http::Extensions::new();
     parts.extensions.insert(key);
+    if let Some(used) = token_used {
+        parts.extensions.insert(used);
+    }
     let event_stream = parts
         .headers
         .get(header::CONTENT_TYPE)

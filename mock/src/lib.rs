@@ -182,6 +182,11 @@ impl MockUpstream {
         self.shared.vertex.set_refusing(on);
     }
 
+    /// Makes the Vertex face refuse every access token issued so far with 401 (new ones work).
+    pub fn revoke_vertex_tokens(&self) {
+        self.shared.vertex.revoke_all();
+    }
+
     /// Every Vertex AI access token the token endpoint issued, oldest first.
     pub fn vertex_tokens_issued(&self) -> Vec<String> {
         self.shared.vertex.issued()

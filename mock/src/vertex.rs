@@ -73,6 +73,15 @@ impl VertexState {
         self.refusing.store(on, Ordering::Relaxed);
     }
 
+    /// Forgets every token issued so far (they are refused with 401 from now on, as when Google
+    /// revokes an account's tokens).
+    pub(crate) fn revoke_all(&self) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// Every access token issued so far, oldest first.
     pub(crate) fn issued(&self) -> Vec<String> {
         self.issued

@@ -69,6 +69,9 @@ pub enum Verdict {
     Rest(RestFor, RestReason),
     /// The key is out of rotation until an operator acts.
     Invalid(String),
+    /// A Vertex service account's access token was refused (401) while its credentials are fine:
+    /// a new token is on its way, the member stays in the pool.
+    StaleCredential,
     /// The upstream is overloaded; the key is not to blame.
     Overloaded,
     /// The upstream failed (500, 502, 504…): the request may have been processed, so a replay
@@ -89,7 +92,10 @@ impl Verdict {
     pub fn refused_before_processing(&self) -> bool {
         matches!(
             self,
-            Verdict::Rest(..) | Verdict::Invalid(_) | Verdict::Overloaded
+            Verdict::Rest(..)
+                | Verdict::Invalid(_)
+                | Verdict::StaleCredential
+                | Verdict::Overloaded
         )
     }
 
@@ -98,7 +104,7 @@ impl Verdict {
         match self {
             Verdict::Success => KeyOutcome::Success,
             Verdict::Rest(..) => KeyOutcome::RateLimited,
-            Verdict::Invalid(_) => KeyOutcome::Invalid,
+            Verdict::Invalid(_) | Verdict::StaleCredential => KeyOutcome::Invalid,
             Verdict::Overloaded => KeyOutcome::Overloaded,
             Verdict::ServerError => KeyOutcome::ServerError,
             Verdict::ClientError => KeyOutcome::ClientError,

@@ -47,6 +47,7 @@ use crate::route::Route;
 use crate::time::until_pacific_midnight;
 use crate::trace::{AttemptTrace, RequestTrace};
 use crate::usage::KeyEventKind;
+use crate::vertex::TokenUsed;
 
 /// Error answers larger than this are passed on unread (and classified by status alone).
 const MAX_ERROR_BODY_BYTES: usize = 256 * 1024;
@@ -184,7 +185,16 @@ where
             Ok(collected) => collected.to_bytes(),
             Err(_) => Bytes::new(),
         };
-        let verdict = classify(status, &bytes);
+        let mut verdict = classify(status, &bytes);
+        // A Vertex service account's token can go stale before its expiry (revoked, rotated):
+        // a new one is fetched and the member stays in the pool ([`crate::vertex`]).
+        if status == StatusCode::UNAUTHORIZED
+            && let Some(vertex) = &key.0.vertex
+            && vertex.token_rejected(res_parts.extensions.get::<TokenUsed>(), Instant::now())
+        {
+            tracing::info!(key_id = %key.0.id, "vertex: access token refused, fetching a new one");
+            verdict = Verdict::StaleCredential;
+        }
         apply(&gateway, &key.0.id, &model, &verdict, gemini);
         if let Some(u) = &usage {
             u.attempt(&key.0.id, verdict.outcome());
@@ -352,7 +362,7 @@ pub fn retry_reason(verdict: &Verdict) -> Option<RetryReason> {
         Verdict::Rest(_, RestReason::RateLimited) => RetryReason::RateLimited,
         Verdict::Rest(_, RestReason::ExhaustedToday) => RetryReason::ExhaustedToday,
         Verdict::Rest(_, RestReason::Unusable) => RetryReason::Unusable,
-        Verdict::Invalid(_) => RetryReason::InvalidKey,
+        Verdict::Invalid(_) | Verdict::StaleCredential => RetryReason::InvalidKey,
         Verdict::Overloaded => RetryReason::Overloaded,
         Verdict::ServerError => RetryReason::ServerError,
         Verdict::Success | Verdict::ClientError => return None,

@@ -120,6 +120,25 @@ impl VertexMember {
         served && self.unusable_reason(now).is_none()
     }
 
+    /// Which of the service account's tokens a request sent now carries (`None` in express mode),
+    /// for [`VertexMember::token_rejected`].
+    pub fn token_generation(&self) -> Option<TokenUsed> {
+        match &self.credential {
+            Credential::ServiceAccount(tokens) => Some(TokenUsed(tokens.generation())),
+            Credential::Express(_) => None,
+        }
+    }
+
+    /// Vertex answered 401 to a request that carried `used`: `true` when that only means the
+    /// token went stale (it is dropped and a new one fetched; the member's credentials are
+    /// fine), `false` when the account itself is refused (a fresh token, or express mode's key).
+    pub fn token_rejected(&self, used: Option<&TokenUsed>, now: Instant) -> bool {
+        match (&self.credential, used) {
+            (Credential::ServiceAccount(tokens), Some(used)) => tokens.rejected(used.0, now),
+            _ => false,
+        }
+    }
+
     /// Why the member cannot carry any request now, if it cannot (for `/health`).
     pub fn unusable_reason(&self, now: Instant) -> Option<String> {
         if self.target.is_none() {
@@ -196,6 +215,10 @@ impl VertexMember {
         Ok((uri, body, answer))
     }
 }
+
+/// On a Vertex member's answer: which of its service account's tokens the request carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenUsed(pub u64);
 
 /// Whether a request body names a file or cached content (`files/…`, `cachedContents/…`): those
 /// exist only on the Developer API, so a Vertex member cannot serve it.

@@ -24,6 +24,7 @@ use http::{HeaderValue, Method, Request, header};
 use http_body_util::{BodyExt, Full, Limited};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::VertexConfig;
@@ -37,6 +38,9 @@ const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 const ASSERTION_LIFETIME_SECONDS: u64 = 3600;
 /// The longest wait between two failed exchanges.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A token Vertex refuses this soon after it was fetched is not stale: the account is refused.
+const FRESH: Duration = Duration::from_secs(60);
 /// Time limit of one exchange.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest token answer read.
@@ -209,6 +213,8 @@ struct TokenState {
     /// `Bearer <token>`, marked sensitive.
     header: Option<HeaderValue>,
     expires: Option<Instant>,
+    /// When the current token was fetched.
+    fetched_at: Option<Instant>,
     fetched: u64,
     error: Option<String>,
 }
@@ -219,6 +225,8 @@ pub struct TokenSource {
     account: Result<ServiceAccount, String>,
     state: RwLock<TokenState>,
     started: AtomicBool,
+    /// Wakes the refresh loop early (a token Vertex refused).
+    wake: Arc<Notify>,
 }
 
 /// The live sources, by service-account fingerprint.
@@ -254,6 +262,7 @@ impl TokenSource {
             account,
             state: RwLock::new(TokenState::default()),
             started: AtomicBool::new(false),
+            wake: Arc::new(Notify::new()),
         }
     }
 
@@ -262,7 +271,35 @@ impl TokenSource {
         if self.account.is_err() || self.started.swap(true, Ordering::AcqRel) {
             return;
         }
-        tokio::spawn(refresh(Arc::downgrade(self)));
+        tokio::spawn(refresh(Arc::downgrade(self), self.wake.clone()));
+    }
+
+    /// Which token is current: the number of tokens fetched so far (0 before the first).
+    pub fn generation(&self) -> u64 {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).fetched
+    }
+
+    /// Vertex answered 401 to token number `generation`. A token that had been in use for a while
+    /// (revoked, or expired early) is dropped and a new one fetched at once — the member is
+    /// skipped until it arrives — and `true` says the member's credentials are fine. A token
+    /// refused within [`FRESH`] of being fetched means the account itself is refused: `false`.
+    /// A 401 to a token already replaced changes nothing (`true`).
+    pub fn rejected(&self, generation: u64, now: Instant) -> bool {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if state.fetched != generation || state.header.is_none() {
+            return true;
+        }
+        if state
+            .fetched_at
+            .is_some_and(|at| now.saturating_duration_since(at) < FRESH)
+        {
+            return false;
+        }
+        state.header = None;
+        state.expires = None;
+        drop(state);
+        self.wake.notify_one();
+        true
     }
 
     /// `Authorization: Bearer <token>` while a token is valid at `now`.
@@ -325,7 +362,9 @@ impl TokenSource {
         header.set_sensitive(true);
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         state.header = Some(header);
-        state.expires = Some(Instant::now() + lifetime);
+        let now = Instant::now();
+        state.expires = Some(now + lifetime);
+        state.fetched_at = Some(now);
         state.fetched += 1;
         state.error = None;
         Ok(())
@@ -345,7 +384,7 @@ pub fn refresh_after(lifetime: Duration) -> Duration {
 }
 
 /// The refresh loop of one source; ends when no member holds the source any more.
-async fn refresh(source: Weak<TokenSource>) {
+async fn refresh(source: Weak<TokenSource>, wake: Arc<Notify>) {
     let client = http_client::build_client(Duration::from_secs(10));
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -372,7 +411,10 @@ async fn refresh(source: Weak<TokenSource>) {
             }
         };
         drop(me);
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = wake.notified() => {}
+        }
     }
 }
 

@@ -309,6 +309,67 @@ async fn the_token_is_refreshed_in_the_background_before_it_expires() {
     assert!(vertex_requests(&h).is_empty());
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_refused_token_is_replaced_and_the_member_stays_in_the_pool() {
+    let h = start(MockOptions::default(), |base, sa| {
+        vec![ai_studio(), vertex_member("vertex-eu", sa, base)]
+    })
+    .await;
+    token_ready(&h, "vertex-eu").await;
+    let first = h.mock.vertex_tokens_issued();
+    assert_eq!(first.len(), 1);
+
+    // Ten minutes in, Google revokes the account's tokens (well before their expiry).
+    tokio::time::advance(Duration::from_secs(10 * 60)).await;
+    h.mock.revoke_vertex_tokens();
+    h.mock.clear();
+    // Every client still gets its answer: the refused attempt is replayed on the AI Studio key.
+    for _ in 0..4 {
+        let (status, _, body) = h
+            .post("/v1beta/models/m:generateContent", GENERATE_BODY)
+            .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    // A new token was fetched at once, and the member was not taken out of rotation.
+    let ready = token_ready(&h, "vertex-eu").await;
+    let member = key_state(&ready, "vertex-eu");
+    assert_ne!(member["state"], "invalid", "{member}");
+    let issued = h.mock.vertex_tokens_issued();
+    assert_eq!(issued.len(), 2, "{issued:?}");
+    h.mock.clear();
+    for _ in 0..4 {
+        assert_eq!(
+            h.post("/v1beta/models/m:generateContent", GENERATE_BODY)
+                .await
+                .0,
+            200
+        );
+    }
+    let vertex = vertex_requests(&h);
+    assert!(!vertex.is_empty(), "the member carries traffic again");
+    let bearer = format!("Bearer {}", issued[1]);
+    assert!(
+        vertex
+            .iter()
+            .all(|r| r.header("authorization") == Some(bearer.as_str()))
+    );
+
+    // A token refused right after it was fetched means the account itself is refused: the member
+    // is taken out like an invalid key.
+    h.mock.revoke_vertex_tokens();
+    for _ in 0..4 {
+        assert_eq!(
+            h.post("/v1beta/models/m:generateContent", GENERATE_BODY)
+                .await
+                .0,
+            200
+        );
+    }
+    let after = health(&h).await;
+    let member = key_state(&after, "vertex-eu");
+    assert_eq!(member["state"], "invalid", "{member}");
+}
+
 #[tokio::test]
 async fn express_mode_sends_its_key_in_the_query_and_never_the_clients() {
     let h = start(MockOptions::default(), |base, _| {
