@@ -88,6 +88,9 @@ pub struct TokenArgs {
     /// left out.
     #[arg(long)]
     pub tpd: Option<u64>,
+    /// Live API sessions the client may hold open at once (`0` = no limit).
+    #[arg(long)]
+    pub live_sessions: Option<u32>,
     /// `admin` lets the client use the admin API; `client` (the default) does not.
     #[arg(long, value_enum)]
     pub role: Option<RoleArg>,
@@ -162,6 +165,7 @@ fn token(config: &Config, args: &TokenArgs) -> ExitCode {
         rpm: args.rpm,
         tpm: args.tpm,
         tpd: args.tpd,
+        live_sessions: args.live_sessions,
         role: args.role.map_or(Role::Client, Role::from),
     };
     match issue(&config.auth, &req, unix_now()) {
@@ -181,7 +185,11 @@ fn token(config: &Config, args: &TokenArgs) -> ExitCode {
                     || "auth.rate_limit_per_minute".to_owned(),
                     |r| r.to_string()
                 ),
-                [("tpm", req.tpm), ("tpd", req.tpd)]
+                [
+                    ("tpm", req.tpm),
+                    ("tpd", req.tpd),
+                    ("live_sessions", req.live_sessions.map(u64::from))
+                ]
                     .iter()
                     .filter_map(|(name, v)| v.map(|v| format!(", {name} {v}")))
                     .collect::<String>(),

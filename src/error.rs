@@ -135,6 +135,10 @@ pub enum GatewayError {
     /// The keys needed to check the client's token are not available yet (JWKS not fetched).
     #[error("{0}")]
     AuthUnavailable(AuthFailure),
+    /// A Live API session would exceed `gemini.live.max_sessions_per_key` on every key, or the
+    /// token's `live_sessions`; the message says which.
+    #[error("{0}")]
+    TooManySessions(&'static str),
     /// A bug: the request could not be handled.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -163,6 +167,7 @@ impl GatewayError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             GatewayError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::TooManySessions(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -187,7 +192,8 @@ impl GatewayError {
             GatewayError::PermissionDenied(_) => "PERMISSION_DENIED",
             GatewayError::RateLimited { .. }
             | GatewayError::KeysExhausted { .. }
-            | GatewayError::TokenBudget { .. } => "RESOURCE_EXHAUSTED",
+            | GatewayError::TokenBudget { .. }
+            | GatewayError::TooManySessions(_) => "RESOURCE_EXHAUSTED",
             GatewayError::Internal(_) => "INTERNAL",
         }
     }
@@ -214,6 +220,7 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::TokenBudget { .. } => "token_budget",
             GatewayError::AuthUnavailable(_) => "auth_unavailable",
+            GatewayError::TooManySessions(_) => "live_sessions",
             GatewayError::Internal(_) => "internal",
         }
     }

@@ -117,6 +117,8 @@ pub struct Gateway {
     tracing: Option<Arc<crate::trace::Tracing>>,
     /// The usage history and per-client token budgets.
     usage: Arc<crate::usage::Usage>,
+    /// The open Live API sessions.
+    live_sessions: crate::live_sessions::LiveSessions,
 }
 
 impl Gateway {
@@ -146,6 +148,7 @@ impl Gateway {
             versions: std::sync::OnceLock::new(),
             tls: TlsStatus::default(),
             usage: Arc::default(),
+            live_sessions: Default::default(),
         });
         let me = Arc::downgrade(&gateway);
         gateway
@@ -202,6 +205,11 @@ impl Gateway {
     /// Metrics, `/performance` and `/errors`.
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.metrics
+    }
+
+    /// The open Live API sessions (WebSocket).
+    pub fn live_sessions(&self) -> &crate::live_sessions::LiveSessions {
+        &self.live_sessions
     }
 
     /// The usage history and per-client token budgets.

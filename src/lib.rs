@@ -23,6 +23,8 @@ pub mod heartbeat;
 pub mod http_client;
 pub mod key_pool;
 pub mod layers;
+pub mod live;
+pub mod live_sessions;
 pub mod logging;
 pub mod metrics;
 pub mod probe;

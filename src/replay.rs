@@ -41,7 +41,7 @@ pub fn creates_resource(method: &Method, path: &str, api: Option<Api>) -> bool {
                 }
             }
         }
-        Some(Api::Download) | None => false,
+        Some(Api::Download | Api::Live) | None => false,
     }
 }
 

@@ -10,6 +10,9 @@ use http::{Request, Uri};
 
 use crate::config::ModelsConfig;
 
+/// Where the Live API's WebSocket endpoints start.
+pub const LIVE_PREFIX: &str = "/ws/google.ai.generativelanguage.";
+
 /// The longest model name accepted (longer ones are refused with 400 by the route and body-model
 /// layers). Google's model ids are a few dozen characters (the longest today, e.g.
 /// `gemini-2.5-flash-preview-native-audio-dialog`, has 44) and tuned-model ids at most 40
@@ -27,6 +30,9 @@ pub enum Api {
     Upload,
     /// Media download (`/download/v1beta/files/{id}:download?alt=media`: batch results, videos).
     Download,
+    /// The Live API: a WebSocket session (`/ws/google.ai.generativelanguage.{v}.GenerativeService.
+    /// BidiGenerateContent`, or `…Constrained` with an ephemeral token), see [`crate::live`].
+    Live,
 }
 
 /// API version, from the first path segment.
@@ -143,6 +149,9 @@ impl Route {
     /// Classifies a path; `None` when it is not part of the API. The model is read
     /// percent-decoded, as Google reads it; check [`Route::ambiguity`] first.
     pub fn classify(path: &str) -> Option<Route> {
+        if let Some(live) = path.strip_prefix(LIVE_PREFIX) {
+            return Self::classify_live(live);
+        }
         let (media, rest) = if let Some(rest) = path.strip_prefix("/upload/") {
             (Some(Api::Upload), rest)
         } else if let Some(rest) = path.strip_prefix("/download/") {
@@ -178,6 +187,32 @@ impl Route {
             model,
             label: label_of(upload, rest),
         })
+    }
+
+    /// `{version}.GenerativeService.BidiGenerateContent[Constrained]`, after [`LIVE_PREFIX`].
+    fn classify_live(rest: &str) -> Option<Route> {
+        let (version, method) = rest.split_once(".GenerativeService.")?;
+        let version = match version {
+            "v1beta" => ApiVersion::V1Beta,
+            "v1alpha" => ApiVersion::V1Alpha,
+            _ => return None,
+        };
+        matches!(
+            method,
+            "BidiGenerateContent" | "BidiGenerateContentConstrained"
+        )
+        .then_some(Route {
+            api: Api::Live,
+            version,
+            model: None,
+            label: RouteLabel::Live,
+        })
+    }
+
+    /// Whether this is a Live session on the ephemeral-token endpoint
+    /// (`…BidiGenerateContentConstrained`).
+    pub fn is_constrained_live(&self, path: &str) -> bool {
+        self.api == Api::Live && path.ends_with("Constrained")
     }
 
     /// Parses the request's route once: the first layer that needs it (metrics, trace or route,
@@ -283,6 +318,8 @@ pub enum RouteLabel {
     OpenAiEmbeddings,
     /// Anything else under `openai/`.
     OpenAiOther,
+    /// A Live API session (WebSocket).
+    Live,
     /// Any other path under a known API version (passed through).
     Other,
     /// Not an API path (answered 404 by the gateway).
@@ -291,7 +328,7 @@ pub enum RouteLabel {
 
 impl RouteLabel {
     /// Every value, in index order.
-    pub const ALL: [RouteLabel; 14] = [
+    pub const ALL: [RouteLabel; 15] = [
         RouteLabel::Generate,
         RouteLabel::Stream,
         RouteLabel::CountTokens,
@@ -304,6 +341,7 @@ impl RouteLabel {
         RouteLabel::OpenAiChat,
         RouteLabel::OpenAiEmbeddings,
         RouteLabel::OpenAiOther,
+        RouteLabel::Live,
         RouteLabel::Other,
         RouteLabel::NotFound,
     ];
@@ -323,6 +361,7 @@ impl RouteLabel {
             RouteLabel::OpenAiChat => "openai_chat",
             RouteLabel::OpenAiEmbeddings => "openai_embeddings",
             RouteLabel::OpenAiOther => "openai_other",
+            RouteLabel::Live => "live",
             RouteLabel::Other => "other",
             RouteLabel::NotFound => "not_found",
         }

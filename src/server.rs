@@ -19,7 +19,9 @@
 //! at once, is answered while the listener is flooded.
 //!
 //! On shutdown the listeners close at once, running requests and streams finish, and after
-//! `server.shutdown_grace_seconds` whatever is left is cut.
+//! `server.shutdown_grace_seconds` whatever is left is cut. Live API sessions (WebSocket
+//! upgrades, [`crate::live`]) keep their connection's place ([`SessionHold`]) and are closed
+//! with 1001 "going away" when the grace period ends.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -45,6 +47,7 @@ use crate::client_addr::ClientAddr;
 use crate::config::Http2Config;
 use crate::connection::{self, Activity, Tracked};
 use crate::gateway::{Gateway, Live};
+use crate::live_sessions::SessionHold;
 use crate::metrics::{Listener, Metrics};
 use crate::tls::TlsAcceptor;
 use crate::{admin, stack};
@@ -65,6 +68,9 @@ pub const ADMIN_CONNECTIONS: usize = 256;
 pub const ADMIN_RESERVE: usize = 16;
 /// How long a connection taken on the reserve may stay idle (probes ask at once).
 pub const RESERVE_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long the listener waits, after the grace period, for Live sessions to send their 1001.
+const LIVE_CLOSE_MOMENT: Duration = Duration::from_secs(1);
 
 /// How one listener serves its connections.
 #[derive(Debug, Clone)]
@@ -317,19 +323,26 @@ async fn serve<S, B>(
         } else {
             opts.idle_timeout
         };
-        // The connection counts as open for as long as its task holds this.
-        let held = (
-            permit,
-            connections.as_ref().map(|(m, l)| m.connection_opened(*l)),
-            open_tx.clone(),
+        // The connection counts as open for as long as its task holds this, or a Live session
+        // upgraded from it does.
+        let held = SessionHold::new(
+            shutdown.clone(),
+            opts.shutdown_grace,
+            (
+                permit,
+                connections.as_ref().map(|(m, l)| m.connection_opened(*l)),
+                open_tx.clone(),
+            ),
         );
         let activity = Activity::new();
         let service = service.clone();
         let hyper_service = {
             let activity = activity.clone();
+            let held = held.clone();
             service_fn(move |mut req: Request<Incoming>| {
                 let request = activity.begin();
                 req.extensions_mut().insert(ClientAddr(peer));
+                req.extensions_mut().insert(held.clone());
                 let call = service.clone().oneshot(req);
                 async move {
                     let res = call.await?;
@@ -343,7 +356,7 @@ async fn serve<S, B>(
                 // The handshake happens in the connection's task, never in the accept loop.
                 Some(tls) => match tls.accept(stream, peer).await {
                     Some(stream) => {
-                        let conn = builder.serve_connection(TokioIo::new(stream), hyper_service);
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
                         connection::drive(
                             conn,
                             |c| c.graceful_shutdown(),
@@ -356,7 +369,7 @@ async fn serve<S, B>(
                     None => Ok(()),
                 },
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), hyper_service);
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
                     connection::drive(
                         conn,
                         |c| c.graceful_shutdown(),
@@ -386,5 +399,7 @@ async fn serve<S, B>(
             grace_seconds = opts.shutdown_grace.as_secs(),
             "shutdown grace period over; closing the remaining connections"
         );
+        // Live sessions close themselves (1001) when the grace period ends: a moment to send it.
+        let _ = tokio::time::timeout(LIVE_CLOSE_MOMENT, open_rx.recv()).await;
     }
 }

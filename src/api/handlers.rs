@@ -637,6 +637,7 @@ pub(super) fn issue_token(ctx: &Ctx<'_>) -> Answer {
         rpm: new.rpm,
         tpm: new.tpm,
         tpd: new.tpd,
+        live_sessions: None,
         role,
     };
     let live = ctx.gateway.live();

@@ -57,6 +57,7 @@ impl Capability {
             rpm: self.rpm,
             tpm: self.tpm,
             tpd: self.tpd,
+            live_sessions: None,
             overrides: None,
         }
     }

@@ -39,6 +39,9 @@ pub(crate) struct Claims {
     /// The client's tokens-per-UTC-day budget (`0` = no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpd: Option<u64>,
+    /// Live API sessions the client may hold open at once (`0` = no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_sessions: Option<u32>,
     /// `admin`, or absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,

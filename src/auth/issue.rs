@@ -23,6 +23,8 @@ pub struct TokenRequest {
     pub tpm: Option<u64>,
     /// The client's tokens-per-day budget (`tpd`).
     pub tpd: Option<u64>,
+    /// Live API sessions the client may hold open at once (`live_sessions`).
+    pub live_sessions: Option<u32>,
     /// The client's role (`role`); only `admin` is written.
     pub role: Role,
 }
@@ -85,6 +87,7 @@ pub fn issue(auth: &AuthConfig, req: &TokenRequest, now: u64) -> Result<Issued, 
         rpm: req.rpm,
         tpm: req.tpm,
         tpd: req.tpd,
+        live_sessions: req.live_sessions,
         role: (req.role == Role::Admin).then(|| Role::Admin.as_str().to_owned()),
         overrides: None,
     };
@@ -160,6 +163,7 @@ mod tests {
             rpm: Some(30),
             tpm: None,
             tpd: Some(5000),
+            live_sessions: None,
             role: Role::Admin,
         }
     }

@@ -52,6 +52,9 @@ pub struct Client {
     /// The client's tokens-per-day budget (`tpd` claim; `0` = none); `None` means
     /// `auth.default_tokens_per_day` applies.
     pub tpd: Option<u64>,
+    /// Live API sessions the client may hold open at once (`live_sessions` claim; `None` or `0`:
+    /// no limit).
+    pub live_sessions: Option<u32>,
     /// The token's own request overrides (`overrides` claim), applied after `gemini.overrides`.
     pub overrides: Option<TokenOverrides>,
 }

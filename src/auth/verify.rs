@@ -308,6 +308,7 @@ impl Verifier {
             rpm: c.rpm,
             tpm: c.tpm,
             tpd: c.tpd,
+            live_sessions: c.live_sessions,
             overrides: match c.overrides {
                 Some(rules) if !crate::config::override_problems(&rules).is_empty() => {
                     return Err(AuthFailure::Malformed);

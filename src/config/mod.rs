@@ -373,6 +373,17 @@ pub struct GeminiConfig {
     /// Rules that change request bodies before they are sent (`gemini.overrides`; none by
     /// default).
     pub overrides: Vec<OverrideRule>,
+    /// The Live API (WebSocket sessions): `gemini.live`.
+    pub live: LiveConfig,
+}
+
+/// `gemini.live`: limits of Live API sessions (WebSocket).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveConfig {
+    /// Open sessions one upstream key may carry at once; a session that would exceed it goes to
+    /// another key, or is refused with 429 when every key is full. 0: no limit.
+    pub max_sessions_per_key: u32,
 }
 
 /// `gemini.stream_heartbeat_style`.
@@ -414,6 +425,7 @@ impl Default for GeminiConfig {
             stream_heartbeat_seconds: 0,
             stream_heartbeat_style: HeartbeatStyle::BlankLine,
             overrides: Vec::new(),
+            live: LiveConfig::default(),
         }
     }
 }

@@ -211,6 +211,7 @@ mod tests {
             rpm: Some(9),
             tpm: None,
             tpd: None,
+            live_sessions: None,
             role: Role::Admin,
         };
         issue(&gw.live().config.auth, &req, unix_now())

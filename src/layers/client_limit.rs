@@ -512,6 +512,7 @@ mod tests {
                 rpm,
                 tpm: None,
                 tpd: None,
+                live_sessions: None,
                 overrides: None,
             }
         }

@@ -225,6 +225,7 @@ mod tests {
             rpm: None,
             tpm: None,
             tpd: None,
+            live_sessions: None,
             overrides: None,
         };
         assert_eq!(BudgetLimits::of(&client, 0), None);

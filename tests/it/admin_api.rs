@@ -139,6 +139,7 @@ fn client_jwt(role: &str) -> String {
         rpm: None,
         tpm: None,
         tpd: None,
+        live_sessions: None,
         role: if role == "admin" {
             gem_proxy::auth::Role::Admin
         } else {

@@ -291,6 +291,7 @@ async fn auth_failures_and_client_limits_are_counted_and_clients_labelled_when_a
             rpm: Some(1),
             tpm: None,
             tpd: None,
+            live_sessions: None,
             role: gem_proxy::auth::Role::Client,
         },
         gem_proxy::auth::unix_now(),

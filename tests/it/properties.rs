@@ -55,6 +55,7 @@ fn token(sub: &str, role: Role) -> String {
         rpm: None,
         tpm: None,
         tpd: None,
+        live_sessions: None,
         role,
     };
     issue(&auth, &req, unix_now()).unwrap().token

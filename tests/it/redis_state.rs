@@ -587,6 +587,7 @@ async fn a_clients_rpm_claim_is_shared_by_three_replicas() {
         rpm: Some(30),
         tpm: None,
         tpd: None,
+        live_sessions: None,
         role: gem_proxy::auth::Role::Client,
     };
     let token = gem_proxy::auth::issue(&auth, &req, now).unwrap().token;
@@ -650,6 +651,7 @@ async fn a_token_revoked_on_one_replica_is_refused_by_every_replica() {
         rpm: None,
         tpm: None,
         tpd: None,
+        live_sessions: None,
         role: gem_proxy::auth::Role::Client,
     };
     let issued = gem_proxy::auth::issue(&auth, &token_req, now).unwrap();

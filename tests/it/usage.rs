@@ -94,6 +94,7 @@ impl Gw {
                 rpm: None,
                 tpm: None,
                 tpd,
+                live_sessions: None,
                 role: gem_proxy::auth::Role::Client,
             },
             gem_proxy::auth::unix_now(),
