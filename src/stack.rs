@@ -38,42 +38,50 @@
 //!     token subject, or by client IP when auth is off, and token budgets (`tpm` / `tpd`, from
 //!     in-memory counters); 429 before any body is read. After auth so an unauthenticated flood
 //!     cannot spend a real client's budget.
-//! 14. **buffer body** ([`BufferBodyLayer`]) — reads the body (≤ `server.max_request_body_bytes`;
+//! 14. **live** ([`LiveLayer`]) — Live API sessions (WebSocket): 400 for a Live route that is
+//!     not an upgrade, 429 over the token's `live_sessions` or when every key carries
+//!     `gemini.live.max_sessions_per_key` sessions (full keys are left out of the pick), the
+//!     ephemeral-token endpoint steered to the key that minted the token; and binds tokens
+//!     minted through `POST …/auth_tokens` to their key. Inside client limit, so a session
+//!     counts as one request there first; above key balance, whose pick it steers. The session
+//!     itself is opened by upstream ([`crate::live`]) once a key is picked.
+//! 15. **buffer body** ([`BufferBodyLayer`]) — reads the body (≤ `server.max_request_body_bytes`;
 //!     all bodies at once ≤ `server.max_buffered_body_bytes`) so an attempt can be replayed;
 //!     413 / 408 / 503.
-//! 15. **body model** ([`BodyModelLayer`]) — the model named in a JSON body (OpenAI-compatible
+//! 16. **body model** ([`BodyModelLayer`]) — the model named in a JSON body (OpenAI-compatible
 //!     surface, cached-content creation) completes the route's model and is checked against the
 //!     token's `models` (an alias replaced by its real model first, in the body too); 403, or 400
 //!     for a body it cannot read with certainty (`model` twice).
 //!     Right after buffer body: the first place the body is there.
-//! 16. **overrides** ([`OverridesLayer`]) — applies `gemini.overrides` (`set` / `default`) to
+//! 17. **overrides** ([`OverridesLayer`]) — applies `gemini.overrides` (`set` / `default`) to
 //!     the JSON body of a generate, stream or OpenAI chat request a rule matches by its real
 //!     model and client; other bodies are sent byte for byte. After body model and auth: it
 //!     needs the body, the model and the client.
-//! 17. **model list** ([`ModelListLayer`]) — adds the model aliases (`gemini.models.aliases`)
+//! 18. **model list** ([`ModelListLayer`]) — adds the model aliases (`gemini.models.aliases`)
 //!     to the first page of `GET models`; every other request passes untouched. Inside auth so
 //!     it lists only the aliases of models the token allows.
-//! 18. **affinity** ([`AffinityLayer`]) — binds requests about a key-owned resource (file,
+//! 19. **affinity** ([`AffinityLayer`]) — binds requests about a key-owned resource (file,
 //!     cached content, batch, operation, tuned model, file search store, interaction…) to the
 //!     key that created it (only that key can see it) and, with auth, to the client that created
 //!     it (others get 404, listings are filtered; two keys' resources in one request, 400);
 //!     learns new bindings from answers, points their download links at the gateway and, with
 //!     auth, signs upload and download links for their client. After buffer body because it
 //!     reads the body for resource references.
-//! 19. **failover** ([`FailoverLayer`]) — reads what Google's answer means for the key (rest,
+//! 20. **failover** ([`FailoverLayer`]) — reads what Google's answer means for the key (rest,
 //!     invalid, overloaded…), applies it, and replays the buffered request on another key while
 //!     nothing has reached the client. Above key balance so each attempt picks afresh. Records
 //!     each attempt (duration, result, span) and each retry.
-//! 20. **key balance** ([`KeyBalanceLayer`]) — weighted pick over the keys with headroom for the
+//! 21. **key balance** ([`KeyBalanceLayer`]) — weighted pick over the keys with headroom for the
 //!     model that can serve the route (a Vertex AI member only the routes Vertex has, while it
 //!     has a token); when none has and the model has fallbacks (`gemini.models.fallbacks`), the first
 //!     fallback the token allows with a key that has headroom serves it (path, body and route
 //!     switched; `x-gem-proxy-model` on the answer); else 429 with `Retry-After`.
-//! 21. **usage** ([`UsageLayer`]) — taps successful answers for `usageMetadata` (tokens per key,
+//! 22. **usage** ([`UsageLayer`]) — taps successful answers for `usageMetadata` (tokens per key,
 //!     model and client; `gen_ai.usage.*` on the span; the usage history and the client's token
 //!     budget) without buffering them. Inside key balance: it needs the key. (Failover reports the
 //!     error answers and key rests to the usage history.)
-//! 22. **upstream** ([`Upstream`]) — strips client credentials and hop-by-hop headers, injects the
+//! 23. **upstream** ([`Upstream`]) — (a Live session goes to [`crate::live`]: the upstream
+//!     WebSocket with the key, the client's 101, the relay of frames) strips client credentials and hop-by-hop headers, injects the
 //!     key (and the attempt's `traceparent` when tracing; a Vertex AI member's URL, token or
 //!     express key and body fix-ups come from [`crate::vertex`]), sends, streams the answer back (with
 //!     heartbeats in a silent event stream when `gemini.stream_heartbeat_seconds` is set; the
@@ -89,9 +97,15 @@
 //!   capability of an upload or download link) → client stats, client limit (key and `rpm`),
 //!   body model (`models`), overrides (`match.clients`), model list, affinity (who owns a resource); later the admin API (`role`) and
 //!   per-client statistics.
-//! - [`BoundKey`](crate::key_pool::BoundKey): affinity → failover (no replay), key
-//!   balance.
-//! - [`TriedKeys`](crate::key_pool::TriedKeys): failover → key balance (retries only).
+//! - [`BoundKey`](crate::key_pool::BoundKey): affinity, live (ephemeral tokens) → failover (no
+//!   replay), key balance.
+//! - [`TriedKeys`](crate::key_pool::TriedKeys): failover (retries), live (keys full of
+//!   sessions) → key balance.
+//! - [`ClientSlot`](crate::live_sessions::ClientSlot): live → upstream's Live session, which
+//!   holds it while it runs.
+//! - [`SessionHold`](crate::live_sessions::SessionHold): server → upstream's Live session (the
+//!   connection's place and the shutdown signal).
+//! - `OnUpgrade` (hyper): hyper → upstream's Live session (the client's upgraded connection).
 //! - [`SelectedKey`](crate::key_pool::SelectedKey): key balance → usage, upstream, which copies it
 //!   onto the response for failover, affinity and the access log.
 //! - [`ClientAddr`](crate::client_addr::ClientAddr): server → client limit (per-IP key when auth is off).
@@ -135,6 +149,7 @@ use crate::layers::compression;
 use crate::layers::error_response::ErrorResponseLayer;
 use crate::layers::failover::FailoverLayer;
 use crate::layers::key_balance::KeyBalanceLayer;
+use crate::layers::live::LiveLayer;
 use crate::layers::metrics::MetricsLayer;
 use crate::layers::model_list::ModelListLayer;
 use crate::layers::overrides::OverridesLayer;
@@ -175,6 +190,7 @@ where
         .layer(AuthLayer::new(gateway.clone()))
         .layer(ClientStatsLayer::new(gateway.clone()))
         .layer(ClientLimitLayer::new(gateway.clone()))
+        .layer(LiveLayer::new(gateway.clone()))
         .layer(BufferBodyLayer::new(gateway.clone()))
         .layer(BodyModelLayer::new(gateway.clone()))
         .layer(OverridesLayer::new(gateway.clone()))

@@ -22,6 +22,9 @@
 //! It is never logged (the sensitive-headers layer hides the headers; the access log omits the
 //! query).
 //!
+//! On the Live API's ephemeral-token endpoint, an ephemeral token minted through the gateway
+//! (bound by the Live layer, [`crate::layers::live`]) stands for the client that minted it.
+//!
 //! The model policy applies here to the model named in the path. The OpenAI-compatible surface
 //! names its model in the body, which is not read here: the body-model layer
 //! ([`crate::layers::body_model`]) checks that one once the body is buffered.
@@ -115,7 +118,11 @@ where
         if !live.config.auth.enabled {
             return ShortCircuit::inner(self.inner.call(req));
         }
-        match authenticate(&live, &req) {
+        let client = match ephemeral_client(&self.gateway, &req) {
+            Some(client) => Ok(client),
+            None => authenticate(&live, &req),
+        };
+        match client {
             Ok(client) => {
                 req.extensions_mut().insert(client);
                 ShortCircuit::inner(self.inner.call(req))
@@ -123,6 +130,31 @@ where
             Err(e) => ShortCircuit::ready(Err(e)),
         }
     }
+}
+
+/// On the Live API's ephemeral-token endpoint (`…Constrained`), a token minted through the
+/// gateway is the credential (as at Google, where the token is the authority): the client is the
+/// one that minted it, with the default limits (its own token's claims are not known here).
+fn ephemeral_client<B>(gateway: &Gateway, req: &Request<B>) -> Option<Client> {
+    let route = req.extensions().get::<Route>()?;
+    if !route.is_constrained_live(req.uri().path()) {
+        return None;
+    }
+    let token = crate::live::ephemeral_token(req.headers(), req.uri())?;
+    let owner = gateway
+        .store()
+        .bound(token, tokio::time::Instant::now())?
+        .owner?;
+    Some(Client {
+        id: owner,
+        role: crate::auth::Role::Client,
+        models: crate::auth::ModelPolicy::Any,
+        rpm: None,
+        tpm: None,
+        tpd: None,
+        live_sessions: None,
+        overrides: None,
+    })
 }
 
 fn authenticate<B>(live: &Live, req: &Request<B>) -> Result<Client, GatewayError> {

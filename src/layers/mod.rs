@@ -14,6 +14,7 @@ pub mod compression;
 pub mod error_response;
 pub mod failover;
 pub mod key_balance;
+pub mod live;
 pub mod metrics;
 pub mod model_list;
 pub mod overrides;
