@@ -21,6 +21,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! The Live API (WebSocket sessions and ephemeral tokens) is described in `live.rs`: sessions
+//! answer `setup`, echo turns and audio, and close like Google on a quota.
+//!
 //! # Triggers
 //! Request headers that change one answer (all optional):
 //!
@@ -67,6 +70,7 @@ mod control;
 mod failure;
 mod gate;
 mod owned;
+mod live;
 mod recorded;
 mod reply;
 mod resources;
@@ -85,6 +89,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use crate::failure::{DEFAULT_RETRY_DELAY_SECONDS, Failure};
+pub use crate::live::QUOTA_CLOSE_REASON;
 pub use crate::recorded::RecordedRequest;
 use crate::shared::Shared;
 

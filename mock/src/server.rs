@@ -59,6 +59,6 @@ async fn serve_connection(
     let service = service_fn(move |request| compressed.clone().oneshot(request));
     // Errors here are the peer going away or a stream aborted on purpose: nothing to report.
     let _ = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .await;
 }

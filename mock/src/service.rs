@@ -32,7 +32,7 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
 ) -> Result<Response<MockBody>, Infallible> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let body = match body.collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => {
@@ -47,6 +47,9 @@ pub(crate) async fn handle(
     let credential = Credential::of(&parts);
     if shared.is_recording() {
         shared.record(record(&parts, &body, &credential));
+    }
+    if let Some(response) = crate::live::handle(&shared, &mut parts, credential.key.as_deref()) {
+        return Ok(response);
     }
     let triggers = Triggers::of(&parts.headers);
     if let Some(delay) = triggers.delay_headers {
