@@ -802,9 +802,73 @@ impl Instruments {
     }
 }
 
+/// The Live API's series (`crate::live_sessions`), read at scrape time: open sessions, frames
+/// and payload bytes each way, ended sessions by reason and their seconds together.
+fn register_live_observers(m: &Meter, gateway: Weak<Gateway>) {
+    use crate::live_sessions::{CloseReason, Direction, LiveTotals};
+    fn totals(g: &Weak<Gateway>) -> Option<LiveTotals> {
+        g.upgrade().map(|gw| gw.live_sessions().totals())
+    }
+    let g = gateway.clone();
+    m.i64_observable_gauge("gem_proxy.live.sessions.open")
+        .with_description("Live API sessions (WebSocket) open now.")
+        .with_callback(move |o| {
+            if let Some(t) = totals(&g) {
+                o.observe(t.open as i64, &[]);
+            }
+        })
+        .build();
+    let g = gateway.clone();
+    m.u64_observable_counter("gem_proxy.live.frames")
+        .with_description("Live API messages relayed, by direction (to_upstream, to_client).")
+        .with_callback(move |o| {
+            if let Some(t) = totals(&g) {
+                for d in Direction::ALL {
+                    o.observe(t.frames[d as usize], &[KeyValue::new("direction", d.as_str())]);
+                }
+            }
+        })
+        .build();
+    let g = gateway.clone();
+    m.u64_observable_counter("gem_proxy.live.payload")
+        .with_unit("By")
+        .with_description("Live API message payload bytes relayed, by direction.")
+        .with_callback(move |o| {
+            if let Some(t) = totals(&g) {
+                for d in Direction::ALL {
+                    o.observe(t.bytes[d as usize], &[KeyValue::new("direction", d.as_str())]);
+                }
+            }
+        })
+        .build();
+    let g = gateway.clone();
+    m.u64_observable_counter("gem_proxy.live.sessions.closed")
+        .with_description("Live API sessions ended, by reason (client, upstream, quota, going_away, refused, broken).")
+        .with_callback(move |o| {
+            if let Some(t) = totals(&g) {
+                for r in CloseReason::ALL {
+                    o.observe(t.closes[r as usize], &[KeyValue::new("reason", r.as_str())]);
+                }
+            }
+        })
+        .build();
+    let g = gateway;
+    m.f64_observable_counter("gem_proxy.live.session.duration")
+        .with_unit("s")
+        .with_description("Seconds the ended Live API sessions lasted, together (divide by the ended sessions for the mean).")
+        .with_callback(move |o| {
+            if let Some(t) = totals(&g) {
+                o.observe(t.closed_seconds, &[]);
+            }
+        })
+        .build();
+}
+
 /// Series read at scrape time: key states, store counters, certificate expiry, the process.
 fn register_observers(m: &Meter, gateway: Weak<Gateway>) {
     use crate::key_pool::store::KeyStatus;
+
+    register_live_observers(m, gateway.clone());
 
     /// Every key's id and status, or nothing once the gateway is gone.
     fn statuses(gateway: &Weak<Gateway>) -> Vec<(Arc<str>, KeyStatus)> {

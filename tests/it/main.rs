@@ -9,6 +9,7 @@ mod auth;
 mod cli;
 mod hostile;
 mod key_pool;
+mod live;
 mod metrics;
 mod properties;
 mod proxy;
