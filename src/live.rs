@@ -57,8 +57,10 @@ use crate::key_pool::{KeyOutcome, RestReason, SelectedKey};
 use crate::live_sessions::{ClientSlot, CloseReason, Direction, OpenSession, SessionHold, Slot};
 use crate::route::Route;
 
-/// The model name key balance and rests use for Live sessions (the URL names none).
-pub const LIVE_MODEL: &str = "";
+/// The model key balance, key limits and rests count Live sessions under (the URL names no
+/// model; the Live layer puts this one in the route). A quota close rests the key for it and for
+/// the model of the session's `setup`.
+pub const LIVE_MODEL: &str = "live";
 
 /// How long the side that did not close gets to answer a close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

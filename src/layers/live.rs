@@ -6,6 +6,8 @@
 //! Every other request passes untouched, except `POST …/auth_tokens`.
 //!
 //! For a request on a Live route ([`Api::Live`]):
+//! - the route's model becomes [`LIVE_MODEL`]: key balance, key limits and rests count sessions
+//!   under it;
 //! - not a WebSocket upgrade (`GET`, `Upgrade: websocket`, version 13, a key): 400;
 //! - the token's `live_sessions` claim: that many sessions of the client at once, the next one
 //!   429 `RESOURCE_EXHAUSTED` (a [`ClientSlot`] extension holds the place for the session);
@@ -34,7 +36,7 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::key_pool::store::Binding;
 use crate::key_pool::{BoundKey, SelectedKey, TriedKeys};
-use crate::live::{ephemeral_token, not_an_upgrade};
+use crate::live::{LIVE_MODEL, ephemeral_token, not_an_upgrade};
 use crate::live_sessions::ClientSlot;
 use crate::route::{Api, Route};
 
@@ -128,6 +130,9 @@ impl<S> LiveSessionLimit<S> {
     fn admit<B>(&self, req: &mut Request<B>, constrained: bool) -> Result<(), GatewayError> {
         if let Some(why) = not_an_upgrade(req.method(), req.headers()) {
             return Err(GatewayError::InvalidArgument(why.into()));
+        }
+        if let Some(route) = req.extensions_mut().get_mut::<Route>() {
+            route.model = Some(Arc::from(LIVE_MODEL));
         }
         let sessions = self.gateway.live_sessions();
         if let Some(client) = req.extensions().get::<Client>()
