@@ -231,18 +231,21 @@ async fn session_loop(mut ws: Ws, quota: bool) {
             }
             continue;
         }
-        let text = value
-            .pointer("/clientContent/turns")
+        // Google reads protobuf JSON: top-level fields in camelCase or snake_case (the Python SDK
+        // sends `client_content`, `realtime_input`).
+        let client_content = value.get("clientContent").or_else(|| value.get("client_content"));
+        let realtime = value.get("realtimeInput").or_else(|| value.get("realtime_input"));
+        let text = client_content
+            .and_then(|c| c.get("turns"))
             .and_then(Value::as_array)
             .and_then(|turns| turns.last())
-            .and_then(|turn| turn.pointer("/parts"))
+            .and_then(|turn| turn.get("parts"))
             .and_then(Value::as_array)
             .and_then(|parts| parts.iter().find_map(|p| p.get("text")?.as_str()))
-            .or_else(|| value.pointer("/realtimeInput/text").and_then(Value::as_str))
+            .or_else(|| realtime.and_then(|r| r.get("text")).and_then(Value::as_str))
             .map(str::to_owned);
-        let audio = value
-            .pointer("/realtimeInput/audio/data")
-            .or_else(|| value.pointer("/realtimeInput/mediaChunks/0/data"))
+        let audio = realtime
+            .and_then(|r| r.pointer("/audio/data").or_else(|| r.pointer("/mediaChunks/0/data")))
             .and_then(Value::as_str)
             .map(str::to_owned);
         let replies = if let Some(text) = text {

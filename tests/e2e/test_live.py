@@ -121,10 +121,12 @@ def test_an_audio_round_trip(live_gateway, trust, upstream: Mock):
     token = client_token(live_gateway, "py-audio")
     pcm = bytes(range(256)) * 64  # 16 KiB of 16-bit PCM, every byte value
 
+    client = sdk(gw.url, token)
+
     async def run() -> bytes:
         config = types.LiveConnectConfig(response_modalities=[types.Modality.AUDIO])
         heard = b""
-        async with sdk(gw.url, token).aio.live.connect(model=LIVE_MODEL, config=config) as session:
+        async with client.aio.live.connect(model=LIVE_MODEL, config=config) as session:
             await session.send_realtime_input(audio=types.Blob(data=pcm, mime_type="audio/pcm;rate=16000"))
             async for msg in session.receive():
                 if msg.data:
@@ -138,7 +140,8 @@ def test_an_audio_round_trip(live_gateway, trust, upstream: Mock):
 def test_an_ephemeral_token_session_reaches_the_key_that_minted_it(live_gateway, trust, upstream: Mock):
     gw = live_gateway[0]
     token = client_token(live_gateway, "py-ephemeral")
-    minted = sdk(gw.url, token, "v1alpha").auth_tokens.create(config=types.CreateAuthTokenConfig(uses=1))
+    minter = sdk(gw.url, token, "v1alpha")  # kept referenced: a collected client closes its connection
+    minted = minter.auth_tokens.create(config=types.CreateAuthTokenConfig(uses=1))
     assert minted.name and minted.name.startswith("auth_tokens/"), minted
     mint_key = next(r["key"] for r in upstream.requests() if r["path"].endswith("/auth_tokens"))
     assert mint_key in UPSTREAM_KEYS
