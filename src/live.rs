@@ -167,7 +167,19 @@ pub async fn open(
         .extensions
         .get::<Route>()
         .is_some_and(|r| r.is_constrained_live(parts.uri.path()));
-    let mut uri = live.target.uri_for(&parts.uri)?;
+    let client_uri = match crate::route::live_path(parts.uri.path()) {
+        Some(path) if path.len() != parts.uri.path().len() => {
+            let mut pq = path.to_owned();
+            if let Some(q) = parts.uri.query() {
+                pq.push('?');
+                pq.push_str(q);
+            }
+            pq.parse::<Uri>()
+                .map_err(|_| GatewayError::Internal("bad Live path"))?
+        }
+        _ => parts.uri.clone(),
+    };
+    let mut uri = live.target.uri_for(&client_uri)?;
     if constrained
         && !uri.query().unwrap_or("").contains("access_token=")
         && let Some(token) = ephemeral_token(&parts.headers, &parts.uri)

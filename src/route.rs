@@ -13,6 +13,13 @@ use crate::config::ModelsConfig;
 /// Where the Live API's WebSocket endpoints start.
 pub const LIVE_PREFIX: &str = "/ws/google.ai.generativelanguage.";
 
+/// A Live API path with the JS SDK's doubled leading slash made single; `None` for any other
+/// path.
+pub fn live_path(path: &str) -> Option<&str> {
+    let single = path.strip_prefix('/').filter(|p| p.starts_with(LIVE_PREFIX)).unwrap_or(path);
+    single.starts_with(LIVE_PREFIX).then_some(single)
+}
+
 /// The longest model name accepted (longer ones are refused with 400 by the route and body-model
 /// layers). Google's model ids are a few dozen characters (the longest today, e.g.
 /// `gemini-2.5-flash-preview-native-audio-dialog`, has 44) and tuned-model ids at most 40
@@ -70,6 +77,8 @@ impl Route {
     /// proxy before it) as another model than the one a token's policy was checked against.
     pub fn ambiguity(path: &str) -> Option<AmbiguousPath> {
         let why = |s| Some(AmbiguousPath(s));
+        // The JS SDK dials the Live API at `//ws/…` (its base URL's slash, then its own).
+        let path = live_path(path).unwrap_or(path);
         // `%2F` / `%5C` in any case; scanned in place, every request passes here.
         let encoded = |hi: u8, lo: u8| {
             path.as_bytes()
@@ -149,7 +158,7 @@ impl Route {
     /// Classifies a path; `None` when it is not part of the API. The model is read
     /// percent-decoded, as Google reads it; check [`Route::ambiguity`] first.
     pub fn classify(path: &str) -> Option<Route> {
-        if let Some(live) = path.strip_prefix(LIVE_PREFIX) {
+        if let Some(live) = live_path(path).and_then(|p| p.strip_prefix(LIVE_PREFIX)) {
             return Self::classify_live(live);
         }
         let (media, rest) = if let Some(rest) = path.strip_prefix("/upload/") {
@@ -409,6 +418,26 @@ fn label_of(upload: bool, rest: &str) -> RouteLabel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_sessions_have_their_route_with_the_js_sdks_double_slash_too() {
+        for path in [
+            "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent",
+            "//ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent",
+            "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateContentConstrained",
+        ] {
+            assert_eq!(Route::ambiguity(path), None, "{path}");
+            let r = Route::classify(path).unwrap();
+            assert_eq!((r.api, r.label, r.model), (Api::Live, RouteLabel::Live, None));
+        }
+        for path in [
+            "/ws/google.ai.generativelanguage.v1beta.GenerativeService.Other",
+            "/ws/google.ai.generativelanguage.v9.GenerativeService.BidiGenerateContent",
+            "///ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent",
+        ] {
+            assert_eq!(Route::classify(path), None, "{path}");
+        }
+    }
 
     #[test]
     fn routes_and_models_come_from_the_path() {
