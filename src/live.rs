@@ -593,6 +593,97 @@ fn is_quota(reason: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ConfigLoader;
+    use crate::gateway::Live;
+
+    /// A relay between a test client and a test upstream over in-memory pipes, with a shutdown
+    /// signal and a grace period.
+    async fn relay_pair(
+        grace: Duration,
+    ) -> (
+        WebSocketStream<tokio::io::DuplexStream>,
+        WebSocketStream<tokio::io::DuplexStream>,
+        tokio::sync::watch::Sender<bool>,
+        Arc<Gateway>,
+    ) {
+        let config = ConfigLoader::default()
+            .load_str("gemini: { api_keys: [{ id: a, key: k }] }")
+            .unwrap();
+        let gateway = Gateway::new(Live::build(config).unwrap());
+        let (client_end, relay_client) = tokio::io::duplex(64 * 1024);
+        let (relay_upstream, upstream_end) = tokio::io::duplex(64 * 1024);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let key: Arc<str> = Arc::from("a");
+        let session = Session {
+            gateway: gateway.clone(),
+            key: key.clone(),
+            client: None,
+            hold: Some(SessionHold::new(stop_rx, grace, ())),
+            counted: gateway.live_sessions().open(),
+            _slots: (gateway.live_sessions().try_key(&key, 0).unwrap(), None),
+        };
+        let client_side =
+            WebSocketStream::from_raw_socket(relay_client, Role::Server, None).await;
+        let upstream_side = WebSocketStream::from_raw_socket(
+            UpstreamIo(Box::new(relay_upstream)),
+            Role::Client,
+            None,
+        )
+        .await;
+        tokio::spawn(session.relay(client_side, upstream_side));
+        let client = WebSocketStream::from_raw_socket(client_end, Role::Client, None).await;
+        let upstream = WebSocketStream::from_raw_socket(upstream_end, Role::Server, None).await;
+        (client, upstream, stop_tx, gateway)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_shutdown_sessions_run_for_the_grace_period_then_both_sides_get_1001() {
+        let grace = Duration::from_secs(30);
+        let (mut client, mut upstream, stop, gateway) = relay_pair(grace).await;
+        stop.send(true).unwrap();
+        let started = tokio::time::Instant::now();
+        tokio::time::sleep(grace - Duration::from_secs(1)).await;
+        client.send(Message::text("still relayed")).await.unwrap();
+        assert_eq!(
+            upstream.next().await.unwrap().unwrap(),
+            Message::text("still relayed")
+        );
+        upstream.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::binary(vec![1, 2, 3])
+        );
+        for ws in [&mut client, &mut upstream] {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    assert_eq!(frame.code, CloseCode::Away);
+                    assert_eq!(frame.reason, "going away");
+                }
+                other => panic!("expected 1001, got {other:?}"),
+            }
+        }
+        assert_eq!(started.elapsed(), grace, "closed exactly when the grace ran out");
+        // Both answered the close: the session ends and is counted as going away.
+        drop((client, upstream));
+        while gateway.live_sessions().totals().open != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let t = gateway.live_sessions().totals();
+        assert_eq!(t.closes[CloseReason::GoingAway as usize], 1);
+        assert_eq!(t.frames, [1, 1]);
+        assert_eq!(gateway.live_sessions().open_on_key("a"), 0, "the key's place is back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_shutdown_a_quiet_session_stays_open() {
+        let (mut client, mut upstream, _stop, _gateway) = relay_pair(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        client.send(Message::text("an hour later")).await.unwrap();
+        assert_eq!(
+            upstream.next().await.unwrap().unwrap(),
+            Message::text("an hour later")
+        );
+    }
 
     #[test]
     fn setup_names_the_model() {
