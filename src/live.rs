@@ -46,7 +46,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use crate::auth::Client;
 use crate::body::GatewayBody;
@@ -61,6 +61,19 @@ use crate::route::Route;
 /// model; the Live layer puts this one in the route). A quota close rests the key for it and for
 /// the model of the session's `setup`.
 pub const LIVE_MODEL: &str = "live";
+
+/// Bytes read from a socket at a time, per side of a session. tungstenite allocates this up front
+/// (128 KiB by default: a quarter of a MiB per session for both sides); Live messages are small
+/// JSON and audio chunks of a few KiB, and larger ones are read in several steps.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
+/// The WebSocket settings of both sides: a small read buffer, and every message written out at
+/// once (no write batching: the relay must not hold a frame back).
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+}
 
 /// How long the side that did not close gets to answer a close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -239,9 +252,12 @@ pub async fn open(
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let client =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
-                        .await;
+                let client = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(ws_config()),
+                )
+                .await;
                 session.relay(client, upstream).await;
             }
             Err(e) => tracing::debug!(error = %e, "Live client upgrade failed"),
@@ -385,7 +401,8 @@ async fn connect(
     for (name, value) in &headers {
         request.headers_mut().append(name.clone(), value.clone());
     }
-    let handshake = tokio_tungstenite::client_async_with_config(request, UpstreamIo(io), None);
+    let handshake =
+        tokio_tungstenite::client_async_with_config(request, UpstreamIo(io), Some(ws_config()));
     match tokio::time::timeout(timeout, handshake).await {
         Err(_) => Err(Failure::TimedOut),
         Ok(Ok((ws, res))) => Ok((ws, res.headers().get(&SEC_WEBSOCKET_PROTOCOL).cloned())),

@@ -15,6 +15,9 @@ Scenarios (see benches/load/README.md for what each number means):
   open           open loop at a fixed rate (bench-driver open-loop), tail latency
   sse            streams of 64 events 20 ms apart (bench-driver sse): time to first event, gaps
   hold           N concurrent slow streams on a freshly started target (bench-driver hold): RSS per stream
+  live           N concurrent Live API (WebSocket) sessions, a turn every 100 ms each (bench-driver live):
+                 time from a turn to its first answer frame, RSS per session (direct and gem-proxy only:
+                 the nginx and Pingora references are not set up for WebSocket upgrades)
 """
 
 from __future__ import annotations
@@ -529,6 +532,50 @@ def measure_hold(tools, target: Target, streams: int, hold_seconds: float, open_
     return out_d
 
 
+LIVE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+LIVE_TARGETS = ("direct", "gem-proxy", "gem-proxy-redis")
+
+
+def measure_live(tools, target: Target, sessions: int, seconds: float, interval_ms: int) -> dict:
+    """`sessions` Live sessions sending a turn every `interval_ms` for `seconds`: per-turn latency, and
+    (proxies) RSS while they are open against the idle RSS before."""
+    if target.name != "direct":
+        target.restart()
+    time.sleep(1.0)
+    idle_rss, _ = target.memory()
+    cmd = pinned([tools["driver"], "live", "--addr", f"127.0.0.1:{target.port}", "--header",
+                  f"x-goog-api-key: {target.key}", "--path", LIVE_PATH, "--streams", str(sessions),
+                  "--duration-seconds", str(seconds), "--interval-ms", str(interval_ms),
+                  "--open-timeout-seconds", "60", "--open-parallel", "128"])
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        held_rss = None
+        deadline = time.monotonic() + 90
+        try:
+            while time.monotonic() < deadline and proc.poll() is None:
+                out.seek(0)
+                if any(line.startswith("ready ") for line in out.read().splitlines()):
+                    time.sleep(min(1.0, seconds / 2))
+                    held_rss = target.memory()[0] if target.pid else None
+                    break
+                time.sleep(0.05)
+            proc.wait(timeout=seconds + 90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        text = out.read()
+    r = next((json.loads(line) for line in reversed(text.splitlines()) if line.startswith("{")), {})
+    d = {"sessions": sessions, "opened": r.get("opened"), "failed": r.get("failed"), "frames": r.get("frames"),
+         "errors": r.get("errors"), "open_ms": r.get("open_ms"), "rtt_p50_us": r.get("rtt_p50_us"),
+         "rtt_p99_us": r.get("rtt_p99_us"), "rtt_max_us": r.get("rtt_max_us"), "idle_rss_kb": idle_rss,
+         "held_rss_kb": held_rss}
+    if idle_rss is not None and held_rss is not None and r.get("opened"):
+        d["kb_per_session"] = (held_rss - idle_rss) / r["opened"]
+    return d
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -551,6 +598,10 @@ def settings(args) -> dict:
         "hold_requested": holds,
         "hold": [min(h, max_streams) for h in holds],
         "hold_seconds": 3.0,
+        # Live API sessions (a proxy holds two sockets per session, like a held stream).
+        "live_sessions": min(100 if args.quick else 1000, max_streams),
+        "live_seconds": 3.0 if args.quick else 10.0,
+        "live_interval_ms": 100,
         "nofile_hard_limit": hard,
     }
     return s
@@ -687,6 +738,14 @@ def main() -> int:
                     samples.append({"target": n, "scenario": f"hold{h}", "repeat": rep, **r})
                     log(f"  hold {h} {n:<9} opened {r['opened']} in {r['open_ms']} ms  idle {r['idle_rss_kb']} KiB "
                         f"held {r['held_rss_kb']} KiB  -> {r.get('kb_per_stream', float('nan')):.1f} KiB/stream")
+            for n in rot:
+                if n not in LIVE_TARGETS:
+                    continue
+                r = measure_live(tools, targets[n], s["live_sessions"], s["live_seconds"], s["live_interval_ms"])
+                samples.append({"target": n, "scenario": "live", "repeat": rep, **r})
+                log(f"  live {s['live_sessions']} {n:<9} opened {r['opened']}  turn p50 {r['rtt_p50_us']} "
+                    f"p99 {r['rtt_p99_us']} us  errors {r['errors']}  "
+                    f"-> {r.get('kb_per_session', float('nan')):.1f} KiB/session")
     finally:
         for t in targets.values():
             t.stop_all()

@@ -81,6 +81,14 @@ def summarize(raw: dict) -> dict:
                 idle += [r.get("idle_rss_kb") for r in rows]
         if holds:
             d["hold"] = holds
+        rows = _by(samples, t, "live")
+        if rows:
+            d["live"] = {m: spread([r.get(m) for r in rows])
+                         for m in ("opened", "errors", "rtt_p50_us", "rtt_p99_us", "kb_per_session",
+                                   "held_rss_kb", "idle_rss_kb")}
+            if t != "direct":
+                d["live"]["added_rtt_p50_us"] = _added(samples, t, "live", "rtt_p50_us")
+                d["live"]["added_rtt_p99_us"] = _added(samples, t, "live", "rtt_p99_us")
         warm = [s.get("rss_kb") for s in _by(samples, t, "after_warmup")]
         d["idle_rss_kb"] = spread(idle) or None
         d["rss_after_warmup_kb"] = spread(warm)
@@ -342,6 +350,24 @@ def markdown(s: dict) -> str:
              "streams need), LiteLLM's interpreter and any helpers.")
     L.append("")
 
+    live = [n for n in names if s["targets"][n].get("live")]
+    if live:
+        L.append(f"### Live API: {st.get('live_sessions', 0):,} concurrent sessions, a turn every "
+                 f"{st.get('live_interval_ms', 100)} ms each for {st.get('live_seconds', 0):g} s (bench-driver live)")
+        rows = []
+        for n in live:
+            d = s["targets"][n]["live"]
+            rows.append([LABEL[n], cell(d.get("opened"), "n"), cell(d.get("rtt_p50_us"), "us"),
+                         cell(d.get("rtt_p99_us"), "us"), cell(d.get("added_rtt_p50_us"), "us"),
+                         cell(d.get("added_rtt_p99_us"), "us"), cell(d.get("kb_per_session"), "kb"),
+                         cell(d.get("errors"), "n")])
+        L += _table(["target", "sessions open", "turn p50", "turn p99", "added p50", "added p99",
+                     "RSS per session", "errors"], rows)
+        L.append("")
+        L.append("A turn is timed from sending a `clientContent` to the first answer frame; added = the "
+                 "target's figure minus the direct connection's (the mock itself) in the same repeat.")
+        L.append("")
+
     r = s["ratios"]
     if r:
         parts = []
@@ -384,6 +410,10 @@ def selftest() -> None:
             samples.append({"target": t, "scenario": "sse", "repeat": rep, "ttfe_p50_us": 300 * k,
                             "ttfe_p99_us": 500 * k, "gap_p50_us": 20100, "gap_p99_us": 20400 + 10 * k,
                             "gap_p999_us": 21000, "gap_max_us": 22000, "errors": 0, "wrong_event_count": 0})
+            if t in ("direct", "gem-proxy"):
+                samples.append({"target": t, "scenario": "live", "repeat": rep, "opened": 1000, "errors": 0,
+                                "rtt_p50_us": 400 * k, "rtt_p99_us": 900 * k,
+                                "kb_per_session": None if t == "direct" else 30.0})
             if t != "direct":
                 samples.append({"target": t, "scenario": "hold1000", "repeat": rep, "opened": 1000,
                                 "idle_rss_kb": 8000, "held_rss_kb": 8000 + 1000 * 9 * k, "kb_per_stream": 9 * k,
@@ -401,3 +431,5 @@ def selftest() -> None:
     assert all(c["ok"] for c in s["checks"]) is False  # direct is only 1.5x nginx here: must warn
     assert "WARNING: mock not the bottleneck at c64" in md, md
     assert "| gem-proxy |" in md and "Throughput ratios" in md, md
+    assert abs(s["targets"]["gem-proxy"]["live"]["added_rtt_p50_us"]["median"] - 280) < 1e-9, s["targets"]["gem-proxy"]
+    assert "### Live API" in md, md

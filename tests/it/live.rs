@@ -304,6 +304,30 @@ async fn the_token_is_checked_before_the_upgrade_and_live_sessions_bounds_a_clie
 }
 
 #[tokio::test]
+async fn a_setup_naming_a_model_the_token_does_not_allow_is_closed_before_google_sees_it() {
+    let h = Harness::start_with(MockOptions::default(), enable_auth).await;
+    let live = h.server.gateway().live();
+    let req = TokenRequest {
+        sub: "flash-only".into(),
+        ttl: Duration::from_secs(600),
+        models: vec!["gemini-2.5-flash".into()],
+        rpm: None,
+        tpm: None,
+        tpd: None,
+        live_sessions: None,
+        role: Role::Client,
+    };
+    let t = issue(&live.config.auth, &req, unix_now()).unwrap().token;
+    let mut ws = connect(&h, LIVE, &[("x-goog-api-key", &t)]).await.unwrap();
+    ws.send(Message::text(SETUP)).await.unwrap();
+    let frame = close_frame(&mut ws).await.expect("a close frame");
+    assert_eq!(frame.code, CloseCode::Policy);
+    // The mock saw the handshake, but no setup was answered: the session never started there.
+    let health = health(&h).await;
+    assert_eq!(key_state(&health, "key1")["state"], "active");
+}
+
+#[tokio::test]
 async fn a_plain_request_on_a_live_route_is_a_400() {
     let h = Harness::start().await;
     let (status, _, body) = h.get(LIVE).await;

@@ -6,6 +6,8 @@
 //! bench-driver sse       --addr H:P --path P ... --streams N --rounds R --events E
 //! bench-driver hold      --addr H:P --path P ... --streams N --hold-seconds S
 //!              [--open-timeout-seconds T] [--open-parallel P]
+//! bench-driver live      --addr H:P --path P ... --streams N --duration-seconds S
+//!              [--interval-ms I] [--open-timeout-seconds T] [--open-parallel P]
 //! ```
 //!
 //! Every mode prints one JSON object on its last line of stdout. Plain HTTP/1.1, one request at a
@@ -23,6 +25,10 @@
 //!   Reports time to first event (from sending the request) and the gaps between events.
 //! * `hold`: opens N streams (at most P opening at once), waits for the first event of each,
 //!   prints `ready OPENED MS`, holds them all for S seconds, then closes them.
+//! * `live`: opens N Live API sessions (WebSocket upgrade at `--path`, `setup` answered by
+//!   `setupComplete`; at most P opening at once), prints `ready OPENED MS`, then each session sends
+//!   a `clientContent` turn every I ms (100 by default; sessions staggered over one interval) for
+//!   S seconds. Reports the time from sending a turn to its first answer frame, then closes all.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,6 +61,7 @@ struct Opts {
     hold: Duration,
     open_timeout: Duration,
     open_parallel: usize,
+    interval_ms: u64,
 }
 
 fn usage(problem: &str) -> ! {
@@ -81,6 +88,7 @@ fn parse() -> Opts {
         hold: Duration::from_secs(3),
         open_timeout: Duration::from_secs(60),
         open_parallel: 256,
+        interval_ms: 100,
     };
     let secs = |v: String| Duration::from_secs_f64(v.parse().unwrap_or_else(|_| usage(&v)));
     let num = |v: String| v.parse::<usize>().unwrap_or_else(|_| usage(&v));
@@ -109,6 +117,7 @@ fn parse() -> Opts {
             "--hold-seconds" => o.hold = secs(value),
             "--open-timeout-seconds" => o.open_timeout = secs(value),
             "--open-parallel" => o.open_parallel = num(value).max(1),
+            "--interval-ms" => o.interval_ms = num(value) as u64,
             _ => usage(&format!("unknown flag {flag}")),
         }
     }
@@ -496,6 +505,122 @@ async fn hold(o: &'static Opts) -> String {
     )
 }
 
+/// One Live session: connect, `setup`, wait for `setupComplete`.
+async fn live_session(
+    o: &Opts,
+) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let stream = TcpStream::connect(&o.addr).await.map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut req = format!("ws://{}{}", o.addr, o.path)
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    for (name, value) in &o.headers {
+        let name = hyper::header::HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+        req.headers_mut()
+            .insert(name, value.parse().map_err(|_| "bad header".to_owned())?);
+    }
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    ws.send(Message::text(r#"{"setup":{"model":"models/gemini-live-2.5-flash"}}"#))
+        .await
+        .map_err(|e| e.to_string())?;
+    match ws.next().await {
+        Some(Ok(Message::Binary(_) | Message::Text(_))) => Ok(ws),
+        other => Err(format!("no setupComplete: {other:?}")),
+    }
+}
+
+async fn live(o: &'static Opts) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let n = o.streams;
+    let interval = Duration::from_millis(o.interval_ms.max(1));
+    let opening = Arc::new(Semaphore::new(o.open_parallel));
+    let ready = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let (go_tx, go_rx) = watch::channel(false);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (opening, ready, failed) = (Arc::clone(&opening), Arc::clone(&ready), Arc::clone(&failed));
+        let mut go = go_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let permit = opening.acquire_owned().await;
+            let ws = live_session(o).await;
+            drop(permit);
+            let Ok(mut ws) = ws else {
+                failed.fetch_add(1, Ordering::Relaxed);
+                return (Vec::new(), 0u64);
+            };
+            ready.fetch_add(1, Ordering::Relaxed);
+            let _ = go.wait_for(|go| *go).await;
+            // Spread the sessions' turns over one interval.
+            tokio::time::sleep(interval * i as u32 / n as u32).await;
+            let turn = Message::text(
+                r#"{"clientContent":{"turns":[{"role":"user","parts":[{"text":"tick"}]}],"turnComplete":true}}"#,
+            );
+            let mut rtts = Vec::new();
+            let mut errors = 0u64;
+            let end = Instant::now() + o.duration;
+            let mut next = tokio::time::Instant::now();
+            while Instant::now() < end {
+                tokio::time::sleep_until(next).await;
+                next += interval;
+                let sent = Instant::now();
+                if ws.send(turn.clone()).await.is_err() {
+                    errors += 1;
+                    break;
+                }
+                // The model turn, then turnComplete.
+                match ws.next().await {
+                    Some(Ok(Message::Binary(_) | Message::Text(_))) => {
+                        rtts.push(sent.elapsed().as_micros() as u64)
+                    }
+                    _ => {
+                        errors += 1;
+                        break;
+                    }
+                }
+                if !matches!(ws.next().await, Some(Ok(_))) {
+                    errors += 1;
+                    break;
+                }
+            }
+            let _ = ws.close(None).await;
+            (rtts, errors)
+        }));
+    }
+    let open_deadline = started + o.open_timeout;
+    while ready.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < n
+        && Instant::now() < open_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let open_ms = started.elapsed().as_millis();
+    let opened = ready.load(Ordering::Relaxed);
+    println!("ready {opened} {open_ms}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = go_tx.send(true);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((rtts, e)) = t.await {
+            all.extend(rtts);
+            errors += e;
+        }
+    }
+    format!(
+        "{{\"mode\":\"live\",\"sessions\":{n},\"opened\":{opened},\"failed\":{},\"open_ms\":{open_ms},\"frames\":{},\"errors\":{errors},{}}}",
+        failed.load(Ordering::Relaxed),
+        all.len(),
+        stats("rtt", &mut all)
+    )
+}
+
 fn main() {
     let o: &'static Opts = Box::leak(Box::new(parse()));
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -507,6 +632,7 @@ fn main() {
             "open-loop" => open_loop(o).await,
             "sse" => sse(o).await,
             "hold" => hold(o).await,
+            "live" => live(o).await,
             other => usage(&format!("unknown mode {other}")),
         }
     });
