@@ -190,9 +190,9 @@ fn token(config: &Config, args: &TokenArgs) -> ExitCode {
                     ("tpd", req.tpd),
                     ("live_sessions", req.live_sessions.map(u64::from))
                 ]
-                    .iter()
-                    .filter_map(|(name, v)| v.map(|v| format!(", {name} {v}")))
-                    .collect::<String>(),
+                .iter()
+                .filter_map(|(name, v)| v.map(|v| format!(", {name} {v}")))
+                .collect::<String>(),
                 req.role.as_str(),
                 if config.auth.enabled {
                     ""

@@ -119,9 +119,7 @@ pub fn not_an_upgrade(method: &http::Method, headers: &HeaderMap) -> Option<&'st
     {
         return Some("the Live API needs a WebSocket upgrade (GET with Upgrade: websocket)");
     }
-    if !has(SEC_WEBSOCKET_VERSION.clone(), "13")
-        || !headers.contains_key(&SEC_WEBSOCKET_KEY)
-    {
+    if !has(SEC_WEBSOCKET_VERSION.clone(), "13") || !headers.contains_key(&SEC_WEBSOCKET_KEY) {
         return Some("the WebSocket upgrade needs Sec-WebSocket-Version: 13 and a key");
     }
     None
@@ -169,12 +167,13 @@ pub async fn open(
         ))?;
     let max = live.config.gemini.live.max_sessions_per_key;
     // The Live layer kept full keys out of the pick; this closes the race between two sessions.
-    let key_slot = gateway
-        .live_sessions()
-        .try_key(&key.0.id, max)
-        .ok_or(GatewayError::TooManySessions(
-            "every upstream key carries gemini.live.max_sessions_per_key Live sessions",
-        ))?;
+    let key_slot =
+        gateway
+            .live_sessions()
+            .try_key(&key.0.id, max)
+            .ok_or(GatewayError::TooManySessions(
+                "every upstream key carries gemini.live.max_sessions_per_key Live sessions",
+            ))?;
 
     let constrained = parts
         .extensions
@@ -345,7 +344,8 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            let roots =
+                rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
             let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
             let mut config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
@@ -370,10 +370,13 @@ async fn connect(
     let host = uri.host().ok_or(Failure::Other("no host".into()))?;
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let host_bracketless = host.trim_start_matches('[').trim_end_matches(']');
-    let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect((host_bracketless, port)))
-        .await
-        .map_err(|_| Failure::TimedOut)?
-        .map_err(Failure::Connect)?;
+    let tcp = tokio::time::timeout(
+        connect_timeout,
+        TcpStream::connect((host_bracketless, port)),
+    )
+    .await
+    .map_err(|_| Failure::TimedOut)?
+    .map_err(Failure::Connect)?;
     let _ = tcp.set_nodelay(true);
     let io: Box<dyn Io> = if tls {
         let name = rustls::pki_types::ServerName::try_from(host_bracketless.to_owned())
@@ -526,10 +529,12 @@ impl Session {
     fn rest(&self, model: Option<&str>, reason: &str) {
         let gateway = &self.gateway;
         let gemini = &gateway.live().config.gemini;
-        let daily = reason.to_ascii_lowercase().contains("per day")
-            || reason.contains("PerDay");
+        let daily = reason.to_ascii_lowercase().contains("per day") || reason.contains("PerDay");
         let (rest, why) = if daily {
-            (crate::time::until_pacific_midnight(), RestReason::ExhaustedToday)
+            (
+                crate::time::until_pacific_midnight(),
+                RestReason::ExhaustedToday,
+            )
         } else {
             (
                 Duration::from_secs(gemini.default_retry_delay_seconds),
@@ -639,8 +644,7 @@ mod tests {
             counted: gateway.live_sessions().open(),
             _slots: (gateway.live_sessions().try_key(&key, 0).unwrap(), None),
         };
-        let client_side =
-            WebSocketStream::from_raw_socket(relay_client, Role::Server, None).await;
+        let client_side = WebSocketStream::from_raw_socket(relay_client, Role::Server, None).await;
         let upstream_side = WebSocketStream::from_raw_socket(
             UpstreamIo(Box::new(relay_upstream)),
             Role::Client,
@@ -679,7 +683,11 @@ mod tests {
                 other => panic!("expected 1001, got {other:?}"),
             }
         }
-        assert_eq!(started.elapsed(), grace, "closed exactly when the grace ran out");
+        assert_eq!(
+            started.elapsed(),
+            grace,
+            "closed exactly when the grace ran out"
+        );
         // Both answered the close: the session ends and is counted as going away.
         drop((client, upstream));
         while gateway.live_sessions().totals().open != 0 {
@@ -688,7 +696,11 @@ mod tests {
         let t = gateway.live_sessions().totals();
         assert_eq!(t.closes[CloseReason::GoingAway as usize], 1);
         assert_eq!(t.frames, [1, 1]);
-        assert_eq!(gateway.live_sessions().open_on_key("a"), 0, "the key's place is back");
+        assert_eq!(
+            gateway.live_sessions().open_on_key("a"),
+            0,
+            "the key's place is back"
+        );
     }
 
     #[tokio::test(start_paused = true)]

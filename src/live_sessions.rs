@@ -148,7 +148,9 @@ impl Drop for OpenSession {
     fn drop(&mut self) {
         self.inner.open.fetch_sub(1, Ordering::Relaxed);
         let millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.inner.closed_millis.fetch_add(millis, Ordering::Relaxed);
+        self.inner
+            .closed_millis
+            .fetch_add(millis, Ordering::Relaxed);
     }
 }
 

@@ -16,7 +16,10 @@ pub const LIVE_PREFIX: &str = "/ws/google.ai.generativelanguage.";
 /// A Live API path with the JS SDK's doubled leading slash made single; `None` for any other
 /// path.
 pub fn live_path(path: &str) -> Option<&str> {
-    let single = path.strip_prefix('/').filter(|p| p.starts_with(LIVE_PREFIX)).unwrap_or(path);
+    let single = path
+        .strip_prefix('/')
+        .filter(|p| p.starts_with(LIVE_PREFIX))
+        .unwrap_or(path);
     single.starts_with(LIVE_PREFIX).then_some(single)
 }
 
@@ -428,7 +431,10 @@ mod tests {
         ] {
             assert_eq!(Route::ambiguity(path), None, "{path}");
             let r = Route::classify(path).unwrap();
-            assert_eq!((r.api, r.label, r.model), (Api::Live, RouteLabel::Live, None));
+            assert_eq!(
+                (r.api, r.label, r.model),
+                (Api::Live, RouteLabel::Live, None)
+            );
         }
         for path in [
             "/ws/google.ai.generativelanguage.v1beta.GenerativeService.Other",

@@ -356,7 +356,8 @@ async fn serve<S, B>(
                 // The handshake happens in the connection's task, never in the accept loop.
                 Some(tls) => match tls.accept(stream, peer).await {
                     Some(stream) => {
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
                         connection::drive(
                             conn,
                             |c| c.graceful_shutdown(),
@@ -369,7 +370,8 @@ async fn serve<S, B>(
                     None => Ok(()),
                 },
                 None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
                     connection::drive(
                         conn,
                         |c| c.graceful_shutdown(),

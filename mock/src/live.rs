@@ -61,7 +61,12 @@ pub(crate) fn handle(
 ) -> Option<Response<MockBody>> {
     let path = parts.uri.path();
     let mint = parts.method == Method::POST
-        && ["/v1alpha/auth_tokens", "/v1beta/auth_tokens", "/v1/auth_tokens"].contains(&path);
+        && [
+            "/v1alpha/auth_tokens",
+            "/v1beta/auth_tokens",
+            "/v1/auth_tokens",
+        ]
+        .contains(&path);
     let session = path.strip_prefix(WS_PREFIX).and_then(|rest| {
         let (_version, method) = rest.split_once(".GenerativeService.")?;
         match method {
@@ -150,8 +155,8 @@ pub(crate) fn handle(
     let quota = matches!(failure, Some(Failure::RateLimited { .. }));
     tokio::spawn(async move {
         if let Ok(upgraded) = on_upgrade.await {
-            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
-                .await;
+            let ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
             session_loop(ws, quota).await;
         }
     });
@@ -204,7 +209,12 @@ async fn session_loop(mut ws: Ws, quota: bool) {
                 }
                 continue;
             }
-            close(&mut ws, CloseCode::Invalid, "Invalid JSON payload received.").await;
+            close(
+                &mut ws,
+                CloseCode::Invalid,
+                "Invalid JSON payload received.",
+            )
+            .await;
             return;
         };
         if !setup_done {
@@ -233,8 +243,12 @@ async fn session_loop(mut ws: Ws, quota: bool) {
         }
         // Google reads protobuf JSON: top-level fields in camelCase or snake_case (the Python SDK
         // sends `client_content`, `realtime_input`).
-        let client_content = value.get("clientContent").or_else(|| value.get("client_content"));
-        let realtime = value.get("realtimeInput").or_else(|| value.get("realtime_input"));
+        let client_content = value
+            .get("clientContent")
+            .or_else(|| value.get("client_content"));
+        let realtime = value
+            .get("realtimeInput")
+            .or_else(|| value.get("realtime_input"));
         let text = client_content
             .and_then(|c| c.get("turns"))
             .and_then(Value::as_array)
@@ -245,7 +259,10 @@ async fn session_loop(mut ws: Ws, quota: bool) {
             .or_else(|| realtime.and_then(|r| r.get("text")).and_then(Value::as_str))
             .map(str::to_owned);
         let audio = realtime
-            .and_then(|r| r.pointer("/audio/data").or_else(|| r.pointer("/mediaChunks/0/data")))
+            .and_then(|r| {
+                r.pointer("/audio/data")
+                    .or_else(|| r.pointer("/mediaChunks/0/data"))
+            })
             .and_then(Value::as_str)
             .map(str::to_owned);
         let replies = if let Some(text) = text {
@@ -256,7 +273,9 @@ async fn session_loop(mut ws: Ws, quota: bool) {
                 return;
             } else if let Some(spec) = text.strip_prefix("mock:close:") {
                 let (code, reason) = spec.split_once(':').unwrap_or((spec, ""));
-                let code = code.parse::<u16>().map_or(CloseCode::Normal, CloseCode::from);
+                let code = code
+                    .parse::<u16>()
+                    .map_or(CloseCode::Normal, CloseCode::from);
                 close(&mut ws, code, reason).await;
                 return;
             } else {

@@ -138,11 +138,12 @@ impl<S> LiveSessionLimit<S> {
         if let Some(client) = req.extensions().get::<Client>()
             && let Some(max) = client.live_sessions.filter(|n| *n > 0)
         {
-            let slot = sessions.try_client(&client.id, max).ok_or(
-                GatewayError::TooManySessions(
-                    "this token's live_sessions limit of open Live sessions is reached",
-                ),
-            )?;
+            let slot =
+                sessions
+                    .try_client(&client.id, max)
+                    .ok_or(GatewayError::TooManySessions(
+                        "this token's live_sessions limit of open Live sessions is reached",
+                    ))?;
             req.extensions_mut().insert(ClientSlot(Arc::new(slot)));
         }
         if constrained

@@ -824,7 +824,10 @@ fn register_live_observers(m: &Meter, gateway: Weak<Gateway>) {
         .with_callback(move |o| {
             if let Some(t) = totals(&g) {
                 for d in Direction::ALL {
-                    o.observe(t.frames[d as usize], &[KeyValue::new("direction", d.as_str())]);
+                    o.observe(
+                        t.frames[d as usize],
+                        &[KeyValue::new("direction", d.as_str())],
+                    );
                 }
             }
         })
@@ -836,7 +839,10 @@ fn register_live_observers(m: &Meter, gateway: Weak<Gateway>) {
         .with_callback(move |o| {
             if let Some(t) = totals(&g) {
                 for d in Direction::ALL {
-                    o.observe(t.bytes[d as usize], &[KeyValue::new("direction", d.as_str())]);
+                    o.observe(
+                        t.bytes[d as usize],
+                        &[KeyValue::new("direction", d.as_str())],
+                    );
                 }
             }
         })

@@ -46,14 +46,20 @@ fn token(h: &Harness, sub: &str, live_sessions: Option<u32>) -> String {
 }
 
 /// Opens a WebSocket to the gateway at `path_and_query` with extra `headers`.
-async fn connect(h: &Harness, path_and_query: &str, headers: &[(&str, &str)]) -> Result<Ws, WsError> {
+async fn connect(
+    h: &Harness,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, WsError> {
     let addr = h.server.proxy_addr();
     let mut req = format!("ws://{addr}{path_and_query}")
         .into_client_request()
         .unwrap();
     for (k, v) in headers {
-        req.headers_mut()
-            .insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
     }
     let tcp = TcpStream::connect(addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
@@ -122,7 +128,9 @@ async fn refused(h: &Harness, path: &str, headers: &[(&str, &str)]) -> (StatusCo
 #[tokio::test]
 async fn frames_are_relayed_both_ways_with_a_pool_key_and_no_client_credential() {
     let h = Harness::start().await;
-    let mut ws = connect(&h, &format!("{LIVE}?key=client-secret&alt=x"), &[]).await.unwrap();
+    let mut ws = connect(&h, &format!("{LIVE}?key=client-secret&alt=x"), &[])
+        .await
+        .unwrap();
     setup(&mut ws).await;
 
     ws.send(turn("hello there")).await.unwrap();
@@ -131,7 +139,10 @@ async fn frames_are_relayed_both_ways_with_a_pool_key_and_no_client_credential()
         answer["serverContent"]["modelTurn"]["parts"][0]["text"],
         "Echo: hello there"
     );
-    assert_eq!(next_json(&mut ws).await["serverContent"]["turnComplete"], true);
+    assert_eq!(
+        next_json(&mut ws).await["serverContent"]["turnComplete"],
+        true
+    );
 
     // Binary frames that are not JSON come back byte for byte.
     let raw = vec![0xff, 0x00, 0x80, 0x7f, 0xfe];
@@ -142,7 +153,9 @@ async fn frames_are_relayed_both_ways_with_a_pool_key_and_no_client_credential()
     }
 
     // A ping is answered.
-    ws.send(Message::Ping(b"are you there".to_vec().into())).await.unwrap();
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
     match within("pong", ws.next()).await {
         Some(Ok(Message::Pong(p))) => assert_eq!(&p[..], b"are you there"),
         other => panic!("expected a pong, got {other:?}"),
@@ -163,7 +176,11 @@ async fn frames_are_relayed_both_ways_with_a_pool_key_and_no_client_credential()
     let r = &seen[0];
     let key = r.key.as_deref().unwrap();
     assert!(key == KEY1 || key == KEY2, "a pool key, got {key}");
-    assert_eq!(r.query.as_deref(), Some("alt=x"), "the client's key= is gone");
+    assert_eq!(
+        r.query.as_deref(),
+        Some("alt=x"),
+        "the client's key= is gone"
+    );
     assert!(r.header("authorization").is_none());
     assert!(
         r.headers.iter().all(|(_, v)| !v.contains("client-secret")),
@@ -179,7 +196,9 @@ async fn googles_close_code_and_reason_reach_the_client_and_goaway_passes() {
     setup(&mut ws).await;
     ws.send(turn("mock:goaway")).await.unwrap();
     assert_eq!(next_json(&mut ws).await["goAway"]["timeLeft"], "10s");
-    ws.send(turn("mock:close:4003:model turn limit")).await.unwrap();
+    ws.send(turn("mock:close:4003:model turn limit"))
+        .await
+        .unwrap();
     let frame = close_frame(&mut ws).await.expect("a close frame");
     assert_eq!(frame.code, CloseCode::Library(4003));
     assert_eq!(frame.reason, "model turn limit");
@@ -198,7 +217,10 @@ async fn a_quota_close_rests_the_key_and_the_next_sessions_go_to_the_other_key()
     ws.send(turn("mock:quota")).await.unwrap();
     let frame = close_frame(&mut ws).await.expect("a close frame");
     assert_eq!(frame.code, CloseCode::Error);
-    assert_eq!(frame.reason, QUOTA_CLOSE_REASON, "Google's reason, as it was");
+    assert_eq!(
+        frame.reason, QUOTA_CLOSE_REASON,
+        "Google's reason, as it was"
+    );
     let rested = live_requests(&h)[0].key.clone().unwrap();
     let (rested_id, other) = if rested == KEY1 {
         ("key1", KEY2)
@@ -206,7 +228,11 @@ async fn a_quota_close_rests_the_key_and_the_next_sessions_go_to_the_other_key()
         ("key2", KEY1)
     };
     let health = health(&h).await;
-    assert_eq!(key_state(&health, rested_id)["state"], "cooling", "{health}");
+    assert_eq!(
+        key_state(&health, rested_id)["state"],
+        "cooling",
+        "{health}"
+    );
 
     for _ in 0..3 {
         let mut ws = connect(&h, LIVE, &[]).await.unwrap();
@@ -217,7 +243,11 @@ async fn a_quota_close_rests_the_key_and_the_next_sessions_go_to_the_other_key()
         .iter()
         .map(|r| r.key.clone().unwrap())
         .collect();
-    assert_eq!(keys, vec![other; 3], "every later session avoided the resting key");
+    assert_eq!(
+        keys,
+        vec![other; 3],
+        "every later session avoided the resting key"
+    );
 }
 
 #[tokio::test]
@@ -230,7 +260,10 @@ async fn a_refused_handshake_fails_over_to_another_key() {
         setup(&mut ws).await;
         ws.close(None).await.unwrap();
     }
-    let keys: Vec<_> = live_requests(&h).into_iter().filter_map(|r| r.key).collect();
+    let keys: Vec<_> = live_requests(&h)
+        .into_iter()
+        .filter_map(|r| r.key)
+        .collect();
     assert_eq!(keys.iter().filter(|k| *k == KEY2).count(), 2, "{keys:?}");
 }
 
@@ -244,12 +277,19 @@ async fn sessions_per_key_are_bounded_and_refused_google_shaped_before_the_upgra
     setup(&mut a).await;
     let mut b = connect(&h, LIVE, &[]).await.unwrap();
     setup(&mut b).await;
-    let keys: Vec<_> = live_requests(&h).into_iter().filter_map(|r| r.key).collect();
+    let keys: Vec<_> = live_requests(&h)
+        .into_iter()
+        .filter_map(|r| r.key)
+        .collect();
     assert_ne!(keys[0], keys[1], "the second session went to the free key");
 
     let (status, body) = refused(&h, LIVE, &[]).await;
     assert_google_error(status, &body, 429, "RESOURCE_EXHAUSTED");
-    assert_eq!(live_requests(&h).len(), 2, "a refused session never reached Google");
+    assert_eq!(
+        live_requests(&h).len(),
+        2,
+        "a refused session never reached Google"
+    );
 
     a.close(None).await.unwrap();
     let _ = close_frame(&mut a).await;
@@ -292,14 +332,20 @@ async fn the_token_is_checked_before_the_upgrade_and_live_sessions_bounds_a_clie
     // Another client is not held back by alice's limit.
     let bob = token(&h, "bob", Some(1));
     let auth = format!("Bearer {bob}");
-    let mut other = connect(&h, LIVE, &[("authorization", &auth)]).await.unwrap();
+    let mut other = connect(&h, LIVE, &[("authorization", &auth)])
+        .await
+        .unwrap();
     setup(&mut other).await;
 
     for r in live_requests(&h) {
         let key = r.key.clone().unwrap();
         assert!(key == KEY1 || key == KEY2);
         assert!(r.header("authorization").is_none());
-        assert!(r.headers.iter().all(|(_, v)| !v.contains(&t) && !v.contains(&bob)));
+        assert!(
+            r.headers
+                .iter()
+                .all(|(_, v)| !v.contains(&t) && !v.contains(&bob))
+        );
     }
 }
 
@@ -338,8 +384,13 @@ async fn a_plain_request_on_a_live_route_is_a_400() {
 async fn an_ephemeral_token_minted_through_the_gateway_reaches_the_key_that_minted_it() {
     let h = Harness::start_with(MockOptions::default(), enable_auth).await;
     let t = token(&h, "carol", None);
-    let mut req = request(Method::POST, &h.url("/v1alpha/auth_tokens"), r#"{"uses":1}"#);
-    req.headers_mut().insert("x-goog-api-key", t.parse().unwrap());
+    let mut req = request(
+        Method::POST,
+        &h.url("/v1alpha/auth_tokens"),
+        r#"{"uses":1}"#,
+    );
+    req.headers_mut()
+        .insert("x-goog-api-key", t.parse().unwrap());
     let (status, _, body) = h.call(req).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let name = json(&body)["name"].as_str().unwrap().to_owned();
@@ -378,11 +429,21 @@ async fn an_ephemeral_token_minted_through_the_gateway_reaches_the_key_that_mint
     assert_eq!(sessions.len(), 3);
     for r in sessions {
         assert_eq!(r.key.as_deref(), Some(minted_with.as_str()));
-        assert!(r.query.as_deref().unwrap_or("").contains("access_token=auth_tokens/"));
+        assert!(
+            r.query
+                .as_deref()
+                .unwrap_or("")
+                .contains("access_token=auth_tokens/")
+        );
         assert!(r.header("authorization").is_none());
     }
     // A token the gateway never saw minted is not a credential.
-    let (status, body) = refused(&h, &format!("{CONSTRAINED}?access_token=auth_tokens/forged"), &[]).await;
+    let (status, body) = refused(
+        &h,
+        &format!("{CONSTRAINED}?access_token=auth_tokens/forged"),
+        &[],
+    )
+    .await;
     assert_google_error(status, &body, 401, "UNAUTHENTICATED");
 }
 
@@ -408,7 +469,11 @@ async fn on_shutdown_a_session_runs_on_until_the_grace_period_then_gets_1001() {
 
 async fn metrics(h: &Harness) -> String {
     let url = h.admin_url("/metrics");
-    let res = h.client.request(request(Method::GET, &url, "")).await.unwrap();
+    let res = h
+        .client
+        .request(request(Method::GET, &url, ""))
+        .await
+        .unwrap();
     String::from_utf8(read_all(res).await.2.to_vec()).unwrap()
 }
 

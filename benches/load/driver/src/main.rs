@@ -506,27 +506,30 @@ async fn hold(o: &'static Opts) -> String {
 }
 
 /// One Live session: connect, `setup`, wait for `setupComplete`.
-async fn live_session(
-    o: &Opts,
-) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, String> {
+async fn live_session(o: &Opts) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, String> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
-    let stream = TcpStream::connect(&o.addr).await.map_err(|e| e.to_string())?;
+    let stream = TcpStream::connect(&o.addr)
+        .await
+        .map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut req = format!("ws://{}{}", o.addr, o.path)
         .into_client_request()
         .map_err(|e| e.to_string())?;
     for (name, value) in &o.headers {
-        let name = hyper::header::HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+        let name =
+            hyper::header::HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
         req.headers_mut()
             .insert(name, value.parse().map_err(|_| "bad header".to_owned())?);
     }
     let (mut ws, _) = tokio_tungstenite::client_async(req, stream)
         .await
         .map_err(|e| e.to_string())?;
-    ws.send(Message::text(r#"{"setup":{"model":"models/gemini-live-2.5-flash"}}"#))
-        .await
-        .map_err(|e| e.to_string())?;
+    ws.send(Message::text(
+        r#"{"setup":{"model":"models/gemini-live-2.5-flash"}}"#,
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
     match ws.next().await {
         Some(Ok(Message::Binary(_) | Message::Text(_))) => Ok(ws),
         other => Err(format!("no setupComplete: {other:?}")),
@@ -545,7 +548,11 @@ async fn live(o: &'static Opts) -> String {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..n {
-        let (opening, ready, failed) = (Arc::clone(&opening), Arc::clone(&ready), Arc::clone(&failed));
+        let (opening, ready, failed) = (
+            Arc::clone(&opening),
+            Arc::clone(&ready),
+            Arc::clone(&failed),
+        );
         let mut go = go_rx.clone();
         tasks.push(tokio::spawn(async move {
             let permit = opening.acquire_owned().await;
