@@ -44,6 +44,7 @@ fn issued_token(config: &AuthConfig) -> String {
         rpm: None,
         tpm: None,
         tpd: None,
+        live_sessions: None,
         role: Role::Client,
     };
     issue(config, &req, unix_now()).unwrap().token
