@@ -477,6 +477,63 @@ async fn metrics(h: &Harness) -> String {
     String::from_utf8(read_all(res).await.2.to_vec()).unwrap()
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_session_run_until_the_grace_period_then_1001_and_exit_zero() {
+    let mock = gem_proxy_mock::MockUpstream::start(MockOptions::default())
+        .await
+        .unwrap();
+    let config = format!(
+        r#"
+server: {{ host: "127.0.0.1", port: 0, shutdown_grace_seconds: 2 }}
+gemini: {{ base_url: "{}", api_keys: [{{ id: k, key: "{KEY1}" }}] }}
+metrics: {{ enabled: false }}
+log: {{ format: json }}
+"#,
+        mock.base_url()
+    );
+    let (mut child, addr, _dir) = crate::shutdown::spawn_gateway(&config);
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    let (mut ws, _) = within(
+        "handshake",
+        tokio_tungstenite::client_async(format!("ws://{addr}{LIVE}"), tcp),
+    )
+    .await
+    .unwrap();
+    setup(&mut ws).await;
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // New connections are refused; the open session goes on.
+    within("listener closes", async {
+        while TcpStream::connect(&addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    ws.send(turn("after SIGTERM")).await.unwrap();
+    assert_eq!(
+        next_json(&mut ws).await["serverContent"]["modelTurn"]["parts"][0]["text"],
+        "Echo: after SIGTERM"
+    );
+    let frame = close_frame(&mut ws).await.expect("a close frame");
+    assert_eq!(
+        (frame.code, frame.reason.as_str()),
+        (CloseCode::Away, "going away")
+    );
+    let status = within("process exits", async {
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test]
 async fn live_metrics_count_sessions_frames_and_close_reasons() {
     let h = Harness::start().await;

@@ -11,7 +11,7 @@ use http::Method;
 use http_body_util::BodyExt;
 
 /// Starts the binary and returns it with the proxy address it logged.
-fn spawn_gateway(config: &str) -> (std::process::Child, String, tempfile::TempDir) {
+pub(crate) fn spawn_gateway(config: &str) -> (std::process::Child, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.yaml");
     std::fs::write(&path, config).unwrap();
