@@ -520,8 +520,12 @@ impl Session {
             }
         };
         tracing::debug!(key_id = %self.key, reason = reason.as_str(), "Live session ended");
-        let Session { counted, .. } = self;
-        counted.close(reason);
+        let Session {
+            counted, gateway, ..
+        } = self;
+        gateway
+            .metrics()
+            .live_session_ended(counted.close(reason).as_secs_f64());
     }
 
     /// Google closed the session for a quota: the key rests for Live sessions and for the

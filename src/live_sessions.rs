@@ -27,7 +27,6 @@ struct Inner {
     frames: [AtomicU64; 2],
     bytes: [AtomicU64; 2],
     closes: [AtomicU64; CloseReason::ALL.len()],
-    closed_millis: AtomicU64,
 }
 
 /// Which way a frame went.
@@ -123,7 +122,7 @@ impl Drop for Slot {
 #[derive(Debug, Clone)]
 pub struct ClientSlot(pub Arc<Slot>);
 
-/// One open session, counted in `open` until dropped (with its duration).
+/// One open session, counted in `open` until dropped.
 #[derive(Debug)]
 pub struct OpenSession {
     inner: Arc<Inner>,
@@ -138,24 +137,21 @@ impl OpenSession {
         self.inner.bytes[i].fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
-    /// Ends the session for `reason`.
-    pub fn close(self, reason: CloseReason) {
+    /// Ends the session for `reason`; how long it lasted.
+    pub fn close(self, reason: CloseReason) -> Duration {
         self.inner.closes[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.started.elapsed()
     }
 }
 
 impl Drop for OpenSession {
     fn drop(&mut self) {
         self.inner.open.fetch_sub(1, Ordering::Relaxed);
-        let millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.inner
-            .closed_millis
-            .fetch_add(millis, Ordering::Relaxed);
     }
 }
 
 /// What `/metrics` shows of the Live sessions.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LiveTotals {
     /// Sessions open now.
     pub open: u64,
@@ -165,8 +161,6 @@ pub struct LiveTotals {
     pub bytes: [u64; 2],
     /// Sessions ended, by [`CloseReason`].
     pub closes: [u64; CloseReason::ALL.len()],
-    /// Seconds the ended sessions lasted, together.
-    pub closed_seconds: f64,
 }
 
 impl LiveSessions {
@@ -243,7 +237,6 @@ impl LiveSessions {
             frames: self.inner.frames.each_ref().map(load),
             bytes: self.inner.bytes.each_ref().map(load),
             closes: self.inner.closes.each_ref().map(load),
-            closed_seconds: load(&self.inner.closed_millis) as f64 / 1000.0,
         }
     }
 }
@@ -315,12 +308,11 @@ mod tests {
         assert_eq!(s.totals().open, 1);
         session.frame(Direction::ToClient, 10);
         tokio::time::sleep(Duration::from_secs(3)).await;
-        session.close(CloseReason::Quota);
+        assert_eq!(session.close(CloseReason::Quota), Duration::from_secs(3));
         let t = s.totals();
         assert_eq!(t.open, 0);
         assert_eq!(t.frames, [0, 1]);
         assert_eq!(t.bytes, [0, 10]);
         assert_eq!(t.closes[CloseReason::Quota as usize], 1);
-        assert_eq!(t.closed_seconds, 3.0);
     }
 }

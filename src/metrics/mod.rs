@@ -17,6 +17,10 @@
 //! | `gem_proxy_retries_total` | counter: attempts replayed on another key (failovers) | `reason` |
 //! | `gem_proxy_model_fallbacks_total` | counter: requests served by a fallback model (`gemini.models.fallbacks`) | — |
 //! | `gem_proxy_stream_heartbeats_total` | counter: heartbeats written into silent event streams (`gemini.stream_heartbeat_seconds`) | — |
+//! | `gem_proxy_live_sessions_open` | gauge: Live API sessions (WebSocket) open now | — |
+//! | `gem_proxy_live_sessions_closed_total` | counter: Live sessions ended | `reason` (`client`, `upstream`, `quota`, `going_away`, `refused`, `broken`) |
+//! | `gem_proxy_live_session_duration_seconds` | histogram (1 s … 1 h): Live sessions, upgrade to close | — |
+//! | `gem_proxy_live_frames_total`, `gem_proxy_live_payload_bytes_total` | counters: Live messages and their payload bytes relayed | `direction` (`to_upstream`, `to_client`) |
 //! | `gem_proxy_overridden_requests_total` | counter: request bodies changed by `gemini.overrides` | — |
 //! | `gem_proxy_rate_limited_total` | counter | `limiter` (`client`, `key_pool`, `upstream`) |
 //! | `gem_proxy_auth_failures_total` | counter | `reason` |
@@ -71,6 +75,11 @@ use crate::route::RouteLabel;
 use errors::ErrorLog;
 use labels::{BoundedSet, Outcome, StatusClass};
 use performance::{Sample, Window};
+
+/// Buckets of `gem_proxy_live_session_duration_seconds`: a Live session lasts seconds to an hour.
+pub const LIVE_SESSION_BUCKETS: [f64; 11] = [
+    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
+];
 
 /// Histogram buckets for request and attempt durations, in seconds: from 5 ms to the ten minutes
 /// a thinking model may take.
@@ -224,6 +233,7 @@ struct Instruments {
     retries: [BoundCounter<u64>; RetryReason::ALL.len()],
     fallbacks: BoundCounter<u64>,
     heartbeats: BoundCounter<u64>,
+    live_session_duration: BoundHistogram<f64>,
     overridden: BoundCounter<u64>,
     rate_limited: [BoundCounter<u64>; 3],
     auth_failures: Counter<u64>,
@@ -532,6 +542,13 @@ impl Metrics {
         }
     }
 
+    /// A Live API session ended after `seconds`.
+    pub fn live_session_ended(&self, seconds: f64) {
+        if let Some(i) = &self.inst {
+            i.live_session_duration.record(seconds);
+        }
+    }
+
     /// A heartbeat is written into a silent event stream.
     pub fn stream_heartbeat(&self) {
         if let Some(i) = &self.inst {
@@ -782,6 +799,13 @@ impl Instruments {
                 "Heartbeats written into silent server-sent-events answers (gemini.stream_heartbeat_seconds).",
             )
             .bind(&[]),
+            live_session_duration: m
+                .f64_histogram("gem_proxy.live.session.duration")
+                .with_unit("s")
+                .with_description("How long Live API sessions lasted, from upgrade to close.")
+                .with_boundaries(LIVE_SESSION_BUCKETS.to_vec())
+                .build()
+                .bind(&[]),
             overridden: counter(
                 "gem_proxy.overridden_requests",
                 "Request bodies changed by gemini.overrides before they were sent.",
@@ -803,7 +827,7 @@ impl Instruments {
 }
 
 /// The Live API's series (`crate::live_sessions`), read at scrape time: open sessions, frames
-/// and payload bytes each way, ended sessions by reason and their seconds together.
+/// and payload bytes each way, ended sessions by reason. (Their durations are a histogram.)
 fn register_live_observers(m: &Meter, gateway: Weak<Gateway>) {
     use crate::live_sessions::{CloseReason, Direction, LiveTotals};
     fn totals(g: &Weak<Gateway>) -> Option<LiveTotals> {
@@ -847,7 +871,7 @@ fn register_live_observers(m: &Meter, gateway: Weak<Gateway>) {
             }
         })
         .build();
-    let g = gateway.clone();
+    let g = gateway;
     m.u64_observable_counter("gem_proxy.live.sessions.closed")
         .with_description("Live API sessions ended, by reason (client, upstream, quota, going_away, refused, broken).")
         .with_callback(move |o| {
@@ -855,16 +879,6 @@ fn register_live_observers(m: &Meter, gateway: Weak<Gateway>) {
                 for r in CloseReason::ALL {
                     o.observe(t.closes[r as usize], &[KeyValue::new("reason", r.as_str())]);
                 }
-            }
-        })
-        .build();
-    let g = gateway;
-    m.f64_observable_counter("gem_proxy.live.session.duration")
-        .with_unit("s")
-        .with_description("Seconds the ended Live API sessions lasted, together (divide by the ended sessions for the mean).")
-        .with_callback(move |o| {
-            if let Some(t) = totals(&g) {
-                o.observe(t.closed_seconds, &[]);
             }
         })
         .build();

@@ -564,4 +564,8 @@ async fn live_metrics_count_sessions_frames_and_close_reasons() {
         text.contains(r#"gem_proxy_live_frames_total{direction="to_upstream"} 3"#),
         "{text}"
     );
+    assert!(
+        text.contains("gem_proxy_live_session_duration_seconds_count 1"),
+        "{text}"
+    );
 }
