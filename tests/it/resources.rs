@@ -33,6 +33,7 @@ fn token(sub: &str) -> String {
         rpm: None,
         tpm: None,
         tpd: None,
+        live_sessions: None,
         role: Role::Client,
     };
     issue(&auth(), &req, unix_now()).unwrap().token
