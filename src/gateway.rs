@@ -117,6 +117,8 @@ pub struct Gateway {
     tracing: Option<Arc<crate::trace::Tracing>>,
     /// The usage history and per-client token budgets.
     usage: Arc<crate::usage::Usage>,
+    /// The response cache (`cache`); kept across reloads.
+    cache: Arc<crate::cache::ResponseCache>,
 }
 
 impl Gateway {
@@ -134,6 +136,14 @@ impl Gateway {
             jwks.start();
         }
         let tracing = crate::trace::Tracing::from_config(&live.config.metrics.otlp);
+        let cache = Arc::new(crate::cache::ResponseCache::default());
+        if live.config.state.backend == crate::config::state::StateBackend::Redis
+            && tokio::runtime::Handle::try_current().is_ok()
+            && let Some(mirror) =
+                crate::cache::mirror::Mirror::start(&cache, &live.config.state.redis)
+        {
+            cache.set_mirror(mirror);
+        }
         let gateway = Arc::new_cyclic(|me| Self {
             metrics: Arc::new(crate::metrics::Metrics::new(
                 &live.config.metrics,
@@ -146,6 +156,7 @@ impl Gateway {
             versions: std::sync::OnceLock::new(),
             tls: TlsStatus::default(),
             usage: Arc::default(),
+            cache,
         });
         let me = Arc::downgrade(&gateway);
         gateway
@@ -207,6 +218,11 @@ impl Gateway {
     /// The usage history and per-client token budgets.
     pub fn usage(&self) -> &Arc<crate::usage::Usage> {
         &self.usage
+    }
+
+    /// The response cache.
+    pub fn cache(&self) -> &Arc<crate::cache::ResponseCache> {
+        &self.cache
     }
 
     /// The OTLP tracer, when traces are on.

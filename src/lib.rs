@@ -11,6 +11,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod cache;
 pub mod cli;
 pub mod client_addr;
 pub mod config;

@@ -9,6 +9,7 @@
 //! `gemini.base_url`, `gemini.timeout_seconds`, `auth`, `metrics`, `server.tls`) loads unchanged; new
 //! keys extend it. Unknown keys are errors that carry their path.
 
+mod cache;
 mod cidr;
 pub mod document;
 mod load;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use cache::CacheConfig;
 pub use cidr::{Cidr, CidrError};
 pub(crate) use load::clean_serde_message;
 pub use load::{ConfigError, ConfigLoader, ENV_PREFIX, SECRET_FIELDS};
@@ -56,6 +58,8 @@ pub struct Config {
     pub usage: UsageConfig,
     /// Where key state lives: this process, or Redis shared by several replicas.
     pub state: state::StateConfig,
+    /// The response cache (off by default).
+    pub cache: CacheConfig,
 }
 
 /// `admin`: the admin API on the admin listener (`metrics.prometheus_port`).

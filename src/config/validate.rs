@@ -143,6 +143,7 @@ impl Config {
                 self.gemini.unusable_rest_seconds,
             ),
             ("auth.jwks_refresh_seconds", self.auth.jwks_refresh_seconds),
+            ("cache.ttl_seconds", self.cache.ttl_seconds),
         ] {
             if v > MAX_SECONDS {
                 bad(path, &format!("must be at most {MAX_SECONDS} (a year)"));
@@ -343,6 +344,9 @@ impl Config {
             bad("metrics.otlp.endpoint", &e);
         }
         for (path, msg) in self.usage.problems() {
+            bad(&path, &msg);
+        }
+        for (path, msg) in self.cache.problems() {
             bad(&path, &msg);
         }
         if self.state.backend == super::state::StateBackend::Redis {
