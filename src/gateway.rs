@@ -137,6 +137,7 @@ impl Gateway {
         }
         let tracing = crate::trace::Tracing::from_config(&live.config.metrics.otlp);
         let cache = Arc::new(crate::cache::ResponseCache::default());
+        cache.set_max_bytes(live.config.cache.max_bytes_while_on());
         if live.config.state.backend == crate::config::state::StateBackend::Redis
             && tokio::runtime::Handle::try_current().is_ok()
             && let Some(mirror) =
@@ -305,6 +306,11 @@ impl Gateway {
         );
         live.keys.attach(&*self.store);
         live.start_vertex();
+        self.cache
+            .set_max_bytes(live.config.cache.max_bytes_while_on());
+        if !live.config.cache.enabled {
+            self.cache.clear();
+        }
         let previous = self.live.swap(Arc::new(live));
         let current = self.live();
         if current.config.auth != previous.config.auth {

@@ -4,14 +4,16 @@
 //! this mirror works from a bounded queue in background tasks:
 //! - an answer kept here is written to Redis (`SET <prefix>:cache:<key> … PX <ttl>`) and its key
 //!   announced on a capped stream (`<prefix>:cache:new`);
-//! - every replica reads that stream and copies announced answers into its local cache, so the
-//!   next identical request there is a hit without asking Redis;
+//! - every replica reads that stream (from its oldest kept entry at start-up) and copies
+//!   announced answers into its local cache, so the next identical request there is a hit
+//!   without asking Redis;
 //! - a local miss asks Redis for the key in the background, so a replica that started after the
 //!   answer was announced finds it from the following request on.
 //!
 //! When the queue is full (Redis slow or gone) jobs are dropped: the cache stays correct, only
 //! less shared.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -27,7 +29,7 @@ use crate::config::state::RedisStateConfig;
 /// Jobs waiting for the background task at most.
 const QUEUE: usize = 1024;
 /// Announcements kept in the stream (older ones are trimmed).
-const STREAM_LEN: usize = 10_000;
+const STREAM_LEN: usize = 1000;
 /// How long one read of the stream blocks.
 const READ_BLOCK: Duration = Duration::from_secs(2);
 /// Longest pause between two attempts to reach Redis.
@@ -202,13 +204,13 @@ async fn jobs_task(
 }
 
 /// `XREAD`'s answer: per stream, its entries (id, field-value pairs).
-type StreamReply = Option<Vec<(String, Vec<(String, Vec<(String, String)>)>)>>;
+type StreamReply = Option<Vec<(String, Vec<(String, HashMap<String, String>)>)>>;
 
 async fn announcements_task(cache: Weak<ResponseCache>, client: redis::Client, prefix: String) {
     let stream = format!("{prefix}:new");
     let mut conn: Option<ConnectionManager> = None;
-    // Only what is announced from now on ("$" on the first read).
-    let mut last = "$".to_owned();
+    // From the oldest announcement kept: a replica that starts copies the recent answers.
+    let mut last = "0-0".to_owned();
     loop {
         if cache.strong_count() == 0 {
             return;
@@ -244,12 +246,7 @@ async fn announcements_task(cache: Weak<ResponseCache>, client: redis::Client, p
         let mut keys = Vec::new();
         for (id, fields) in entries {
             last = id;
-            keys.extend(
-                fields
-                    .into_iter()
-                    .filter(|(f, _)| f == "k")
-                    .filter_map(|(_, v)| unhex(&v)),
-            );
+            keys.extend(fields.get("k").and_then(|v| unhex(v)));
         }
         for key in keys {
             if !cache.contains(&key) && fetch_into(&cache, c, &prefix, &key).await.is_err() {

@@ -129,7 +129,8 @@ pub struct CacheStats {
 pub struct ResponseCache {
     inner: Mutex<Inner>,
     evicted: AtomicU64,
-    /// `cache.max_bytes` as the last insert saw it (for answers the mirror brings in).
+    /// `cache.max_bytes` as last set, 0 while the cache is off (for answers the mirror brings
+    /// in).
     max_bytes: AtomicUsize,
     mirror: std::sync::OnceLock<mirror::Mirror>,
 }
@@ -232,7 +233,12 @@ impl ResponseCache {
         true
     }
 
-    /// `cache.max_bytes` as the last insert here saw it (0 before any).
+    /// Sets `cache.max_bytes` for answers the mirror brings in (each insert sets it too).
+    pub fn set_max_bytes(&self, max_bytes: usize) {
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
+    }
+
+    /// `cache.max_bytes` as last set.
     pub fn max_bytes(&self) -> usize {
         self.max_bytes.load(Ordering::Relaxed)
     }

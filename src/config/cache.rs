@@ -40,6 +40,11 @@ impl CacheConfig {
         Duration::from_secs(self.ttl_seconds)
     }
 
+    /// `max_bytes` while the cache is on, 0 while it is off (nothing is kept then).
+    pub fn max_bytes_while_on(&self) -> usize {
+        if self.enabled { self.max_bytes } else { 0 }
+    }
+
     /// Problems as `(path, message)`, paths under `cache`.
     pub(crate) fn problems(&self) -> Vec<(String, String)> {
         let mut p = Vec::new();

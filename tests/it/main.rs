@@ -6,6 +6,7 @@ mod support;
 mod acme;
 mod admin_api;
 mod auth;
+mod cache;
 mod cli;
 mod hostile;
 mod key_pool;
