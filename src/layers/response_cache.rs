@@ -33,6 +33,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use super::ShortCircuit;
 use crate::auth::Client;
 use crate::body::{BodyEnd, BodyObserver, GatewayBody};
 use crate::cache::{CacheKey, CachedAnswer, ResponseCache, cacheable_answer, cacheable_route};
@@ -266,7 +267,7 @@ pin_project! {
     /// Response future of [`ResponseCacheService`].
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: super::ShortCircuit<F, Result<Response<GatewayBody>, GatewayError>>,
+        inner: ShortCircuit<F, Result<Response<GatewayBody>, GatewayError>>,
         tag: Option<Tag>,
     }
 }
@@ -274,14 +275,14 @@ pin_project! {
 impl<F> ResponseFuture<F> {
     fn inner(future: F, tag: Option<Tag>) -> Self {
         Self {
-            inner: super::ShortCircuit::inner(future),
+            inner: ShortCircuit::inner(future),
             tag,
         }
     }
 
     fn ready(result: Result<Response<GatewayBody>, GatewayError>) -> Self {
         Self {
-            inner: super::ShortCircuit::ready(result),
+            inner: ShortCircuit::ready(result),
             tag: None,
         }
     }
