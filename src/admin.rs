@@ -162,6 +162,9 @@ fn health(gateway: &Gateway) -> serde_json::Value {
             if let Some(vertex) = &k.vertex {
                 v["vertex"] = vertex.health(now);
             }
+            if let Some(proxy) = live.egress.for_key(&k.id) {
+                v["proxy"] = serde_json::Value::from(proxy.shown());
+            }
             v
         })
         .collect();

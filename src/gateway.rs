@@ -31,6 +31,8 @@ pub struct Live {
     pub keys: KeyPool,
     /// The pooled client to the upstream.
     pub client: HttpClient,
+    /// The pooled clients through egress proxies, for the keys that have one.
+    pub egress: crate::egress::Egress,
     /// Checks client and admin tokens; built once per `auth` section (kept across reloads that
     /// leave it alone). `None` when neither `auth.enabled` nor a JWT key is configured.
     pub verifier: Option<Arc<Verifier>>,
@@ -50,6 +52,7 @@ impl Live {
         let keys = KeyPool::new(&config.gemini.api_keys)
             .map_err(|e| vec![Problem::new("", e.to_string())])?;
         let client = http_client::build_client(config.gemini.connect_timeout());
+        let egress = crate::egress::Egress::build(&config.gemini);
         let verifier = match previous {
             Some(p) if p.config.auth == config.auth => p.verifier.clone(),
             _ => build_verifier(&config.auth, previous.and_then(|p| p.jwks()).cloned()),
@@ -59,6 +62,7 @@ impl Live {
             target,
             keys,
             client,
+            egress,
             verifier,
         })
     }

@@ -18,6 +18,7 @@ pub mod config;
 pub mod connection;
 pub mod console;
 pub mod deadline;
+pub mod egress;
 pub mod error;
 pub mod gateway;
 pub mod heartbeat;

@@ -12,6 +12,7 @@
 mod cache;
 mod cidr;
 pub mod document;
+pub mod egress;
 mod load;
 mod models;
 mod overrides;
@@ -377,6 +378,13 @@ pub struct GeminiConfig {
     /// Rules that change request bodies before they are sent (`gemini.overrides`; none by
     /// default).
     pub overrides: Vec<OverrideRule>,
+    /// The proxy every key's requests leave through unless the key names its own:
+    /// `http://`, `https://` (a `CONNECT` tunnel), `socks5://` or `socks5h://`, with
+    /// `user:password@` when it asks for them. A secret (it may carry a password). Unset: direct.
+    pub proxy: Option<Secret>,
+    /// How long a key rests (for the model of the request) when its proxy cannot be reached or
+    /// refuses the tunnel (`proxy_unreachable`).
+    pub proxy_unreachable_rest_seconds: u64,
 }
 
 /// `gemini.stream_heartbeat_style`.
@@ -418,6 +426,8 @@ impl Default for GeminiConfig {
             stream_heartbeat_seconds: 0,
             stream_heartbeat_style: HeartbeatStyle::BlankLine,
             overrides: Vec::new(),
+            proxy: None,
+            proxy_unreachable_rest_seconds: 30,
         }
     }
 }
@@ -483,6 +493,10 @@ pub struct ApiKeyConfig {
     /// web console. Not used by the gateway.
     #[serde(default)]
     pub notes: Option<String>,
+    /// The proxy this key's requests leave through (same forms as `gemini.proxy`), or `direct`
+    /// to leave it out of `gemini.proxy`. A secret. Unset: `gemini.proxy`.
+    #[serde(default)]
+    pub proxy: Option<Secret>,
 }
 
 /// `gemini.api_keys[].backend`: which API a pool member calls.

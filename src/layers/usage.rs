@@ -387,6 +387,7 @@ data: {\"usageMetadata\":{\"promptTokenCount\":8,\"candidatesTokenCount\":3,\"to
                 notes: None,
                 backend: Default::default(),
                 vertex: None,
+                proxy: None,
             }])
             .unwrap();
             let key = SelectedKey(pool.pick(&*store, "m", &[], Instant::now()).unwrap());

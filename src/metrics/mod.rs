@@ -199,7 +199,7 @@ fn cells<T>(n: usize) -> Box<[OnceLock<T>]> {
 struct KeyCells {
     attempts: [OnceLock<BoundCounter<u64>>; AttemptResult::COUNT],
     attempt_duration: Option<BoundHistogram<f64>>,
-    cooldowns: [OnceLock<BoundCounter<u64>>; 3],
+    cooldowns: [OnceLock<BoundCounter<u64>>; 4],
     window: Window,
 }
 
@@ -587,6 +587,7 @@ impl Metrics {
             RestReason::RateLimited => (0, "rate_limited"),
             RestReason::ExhaustedToday => (1, "exhausted_today"),
             RestReason::Unusable => (2, "unusable"),
+            RestReason::ProxyUnreachable => (3, "proxy_unreachable"),
         };
         self.key(key_id).cooldowns[i]
             .get_or_init(|| {
