@@ -8,6 +8,7 @@ mod admin_api;
 mod auth;
 mod cache;
 mod cli;
+mod egress;
 mod hostile;
 mod key_pool;
 mod metrics;
