@@ -18,6 +18,7 @@ mod models;
 mod overrides;
 mod secret;
 pub mod state;
+mod suffix;
 mod usage;
 mod validate;
 pub mod versions;
@@ -35,6 +36,7 @@ pub use overrides::{
     OVERRIDABLE_FIELDS, OverrideMatch, OverrideRule, problems as override_problems,
 };
 pub use secret::Secret;
+pub use suffix::ModelSuffix;
 pub use usage::{PriceConfig, UsageConfig};
 
 pub use validate::{KNOWN_EXAMPLE_SECRETS, MIN_JWT_SECRET_CHARS, Problem, is_known_example_secret};

@@ -21,6 +21,7 @@ mod robustness;
 mod routing;
 mod security;
 mod shutdown;
+mod suffixes;
 mod tls;
 mod usage;
 mod vertex;
