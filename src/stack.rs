@@ -51,7 +51,8 @@
 //!     model and client; other bodies are sent byte for byte. After body model and auth: it
 //!     needs the body, the model and the client.
 //! 17. **model list** ([`ModelListLayer`]) — adds the model aliases (`gemini.models.aliases`)
-//!     to the first page of `GET models`; every other request passes untouched. Inside auth so
+//!     to the first page of `GET models` and to the OpenAI-compatible `GET openai/models`;
+//!     every other request passes untouched. Inside auth so
 //!     it lists only the aliases of models the token allows.
 //! 18. **response cache** ([`ResponseCacheLayer`]) — with `cache.enabled`, answers a repeated
 //!     non-streaming generate, count-tokens, embed or OpenAI chat/embeddings request from the

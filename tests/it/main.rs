@@ -12,6 +12,7 @@ mod egress;
 mod hostile;
 mod key_pool;
 mod metrics;
+mod model_names;
 mod properties;
 mod proxy;
 mod redis_state;
@@ -21,7 +22,7 @@ mod robustness;
 mod routing;
 mod security;
 mod shutdown;
-mod suffixes;
+
 mod tls;
 mod usage;
 mod vertex;

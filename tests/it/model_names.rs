@@ -1,6 +1,6 @@
-//! Model-name suffixes (`gemini.models.suffixes`, opt-in): `-nothinking`, `-thinking-<budget>`
-//! and `-search` reach Google as the real model with the thinking budget and the search tool
-//! they ask for.
+//! Model names: suffixes (`gemini.models.suffixes`, opt-in) — `-nothinking`,
+//! `-thinking-<budget>` and `-search` reach Google as the real model with the thinking budget and
+//! the search tool they ask for — and aliases in the OpenAI-compatible model listing.
 
 use crate::support::*;
 use gem_proxy::config::{Config, OverrideRule};
@@ -127,4 +127,22 @@ async fn a_configured_rule_wins_over_the_suffix() {
         body["generationConfig"]["thinkingConfig"]["thinkingBudget"],
         64
     );
+}
+
+/// `GET /v1beta/openai/models` lists each alias as a copy of its model's entry.
+#[tokio::test]
+async fn aliases_are_listed_in_the_openai_model_listing() {
+    let h = Harness::start_with(MockOptions::default(), suffixes_on).await;
+    let (status, _, body) = h.get("/v1beta/openai/models").await;
+    assert_eq!(status, 200);
+    let listing = json(&body);
+    let data = listing["data"].as_array().unwrap();
+    let real = data
+        .iter()
+        .find(|m| m["id"] == "models/gemini-2.5-flash")
+        .unwrap();
+    let alias = data.iter().find(|m| m["id"] == "models/flash").unwrap();
+    assert_eq!(alias["object"], "model");
+    assert_eq!(alias["owned_by"], real["owned_by"]);
+    assert_eq!(data.iter().filter(|m| m["id"] == "models/flash").count(), 1);
 }
