@@ -24,5 +24,6 @@ mod security;
 mod shutdown;
 
 mod tls;
+mod token_overrides;
 mod usage;
 mod vertex;
