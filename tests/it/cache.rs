@@ -262,6 +262,9 @@ async fn memory_stays_under_max_bytes_under_a_flood_of_distinct_bodies() {
         200.0,
         "every answer was kept, then some dropped"
     );
+    let shown = health(&h).await["cache"].clone();
+    assert_eq!(shown["bytes"].as_f64(), Some(bytes), "{shown}");
+    assert_eq!(shown["max_bytes"], MAX);
     // The newest is still there; the oldest went first.
     let newest = r#"{"contents":[{"role":"user","parts":[{"text":"n199"}]}]}"#;
     let oldest = r#"{"contents":[{"role":"user","parts":[{"text":"n0"}]}]}"#;
