@@ -24,6 +24,7 @@ fn keys(n: usize, rpm: Option<u32>) -> Vec<ApiKeyConfig> {
             notes: None,
             backend: Default::default(),
             vertex: None,
+            proxy: None,
         })
         .collect()
 }

@@ -148,6 +148,7 @@ fn health(gateway: &Gateway) -> serde_json::Value {
         ("invalid", 0),
         ("disabled", 0),
     ]);
+    let cache = gateway.cache().stats();
     let states: Vec<serde_json::Value> = live
         .keys
         .keys()
@@ -161,6 +162,9 @@ fn health(gateway: &Gateway) -> serde_json::Value {
             v["id"] = serde_json::Value::from(&*k.id);
             if let Some(vertex) = &k.vertex {
                 v["vertex"] = vertex.health(now);
+            }
+            if let Some(proxy) = live.egress.for_key(&k.id) {
+                v["proxy"] = serde_json::Value::from(proxy.shown());
             }
             v
         })
@@ -179,6 +183,13 @@ fn health(gateway: &Gateway) -> serde_json::Value {
         "key_states": states,
         "state": store.backend(),
         "tls": gateway.tls().health(),
+        "cache": {
+            "enabled": live.config.cache.enabled,
+            "entries": cache.entries,
+            "bytes": cache.bytes,
+            "max_bytes": live.config.cache.max_bytes,
+            "evicted": cache.evicted,
+        },
         "config": {
             "version": gateway.versions().version(),
             "rejected_edit": gateway.versions().rejected_edit(),

@@ -58,12 +58,33 @@ impl GatewayBody {
         }
     }
 
-    /// Has `observer` watch an upstream body (the usage layer reads token counts this way); a
-    /// body the gateway built has nothing to observe, and `observer` is dropped.
+    /// Has `observer` watch an upstream body (the usage layer reads token counts this way, the
+    /// response cache keeps answers), after any observer it already has; a body the gateway
+    /// built has nothing to observe, and `observer` is dropped.
     pub fn tap(&mut self, observer: Box<dyn BodyObserver + Send>) {
         if let GatewayBody::Upstream { inner } = self {
-            inner.get_mut().observe(observer);
+            let body = inner.get_mut();
+            let observer = match body.observer.take() {
+                Some(first) => Box::new(Both(first, observer)),
+                None => observer,
+            };
+            body.observe(observer);
         }
+    }
+}
+
+/// Two observers of one body, in order.
+struct Both(Box<dyn BodyObserver + Send>, Box<dyn BodyObserver + Send>);
+
+impl BodyObserver for Both {
+    fn on_data(&mut self, data: &Bytes) {
+        self.0.on_data(data);
+        self.1.on_data(data);
+    }
+
+    fn on_end(&mut self, end: BodyEnd) {
+        self.0.on_end(end);
+        self.1.on_end(end);
     }
 }
 

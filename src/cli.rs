@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::auth::{Role, TokenRequest, issue, parse_ttl, unix_now};
+use crate::auth::{Role, TokenRequest, issue_with_overrides, parse_ttl, unix_now};
 use crate::config::document::ConfigDocument;
 use crate::config::{Config, ConfigLoader};
 use crate::gateway::{Gateway, Live};
@@ -94,6 +94,29 @@ pub struct TokenArgs {
     /// `admin` lets the client use the admin API; `client` (the default) does not.
     #[arg(long, value_enum)]
     pub role: Option<RoleArg>,
+    /// Request overrides for this client (the token's `overrides` claim): a JSON list of rules
+    /// shaped like `gemini.overrides`, or `@FILE` for a file holding one, e.g.
+    /// `'[{"match":{"models":["gemini-2.5-*"]},"set":{"generationConfig":{"thinkingConfig":{"thinkingBudget":0}}}}]'`.
+    #[arg(long, value_name = "JSON|@FILE", value_parser = parse_overrides)]
+    pub overrides: Option<OverrideRules>,
+}
+
+/// The rules of `--overrides`.
+#[derive(Debug, Clone)]
+pub struct OverrideRules(pub Vec<crate::config::OverrideRule>);
+
+/// `--overrides`: a JSON list of override rules, inline or `@FILE`.
+fn parse_overrides(value: &str) -> Result<OverrideRules, String> {
+    let text = match value.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?,
+        None => value.to_owned(),
+    };
+    serde_json::from_str(&text).map(OverrideRules).map_err(|e| {
+        format!(
+            "not a JSON list of override rules: {}",
+            crate::config::clean_serde_message(&e.to_string())
+        )
+    })
 }
 
 /// `--role`: what the client may do besides calling the API.
@@ -168,11 +191,12 @@ fn token(config: &Config, args: &TokenArgs) -> ExitCode {
         live_sessions: args.live_sessions,
         role: args.role.map_or(Role::Client, Role::from),
     };
-    match issue(&config.auth, &req, unix_now()) {
+    let overrides = args.overrides.as_ref().map_or(&[][..], |o| &o.0[..]);
+    match issue_with_overrides(&config.auth, &req, overrides, unix_now()) {
         Ok(issued) => {
             println!("{}", issued.token);
             eprintln!(
-                "token for sub {:?}: jti {}, expires {}, models {}, rpm {}{}, role {}{}",
+                "token for sub {:?}: jti {}, expires {}, models {}, rpm {}{}, role {}{}{}",
                 req.sub,
                 issued.jti,
                 utc_time(issued.expires_at),
@@ -194,6 +218,10 @@ fn token(config: &Config, args: &TokenArgs) -> ExitCode {
                 .filter_map(|(name, v)| v.map(|v| format!(", {name} {v}")))
                 .collect::<String>(),
                 req.role.as_str(),
+                match overrides.len() {
+                    0 => String::new(),
+                    n => format!(", {n} override rule(s)"),
+                },
                 if config.auth.enabled {
                     ""
                 } else {

@@ -73,6 +73,8 @@ pub enum GatewayError {
     UpstreamConnect {
         /// The id of the key the attempt used.
         key: Arc<str>,
+        /// Whether the key leaves through an egress proxy (which may be what is down).
+        via_proxy: bool,
     },
     /// Buffered request bodies in flight already fill `server.max_buffered_body_bytes`.
     #[error(
@@ -245,7 +247,7 @@ impl GatewayError {
     pub fn upstream_key(&self) -> Option<&Arc<str>> {
         match self {
             GatewayError::UpstreamUnavailable { key }
-            | GatewayError::UpstreamConnect { key }
+            | GatewayError::UpstreamConnect { key, .. }
             | GatewayError::UpstreamTimeout { key, .. } => Some(key),
             _ => None,
         }

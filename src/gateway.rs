@@ -31,6 +31,8 @@ pub struct Live {
     pub keys: KeyPool,
     /// The pooled client to the upstream.
     pub client: HttpClient,
+    /// The pooled clients through egress proxies, for the keys that have one.
+    pub egress: crate::egress::Egress,
     /// Checks client and admin tokens; built once per `auth` section (kept across reloads that
     /// leave it alone). `None` when neither `auth.enabled` nor a JWT key is configured.
     pub verifier: Option<Arc<Verifier>>,
@@ -50,6 +52,7 @@ impl Live {
         let keys = KeyPool::new(&config.gemini.api_keys)
             .map_err(|e| vec![Problem::new("", e.to_string())])?;
         let client = http_client::build_client(config.gemini.connect_timeout());
+        let egress = crate::egress::Egress::build(&config.gemini);
         let verifier = match previous {
             Some(p) if p.config.auth == config.auth => p.verifier.clone(),
             _ => build_verifier(&config.auth, previous.and_then(|p| p.jwks()).cloned()),
@@ -59,6 +62,7 @@ impl Live {
             target,
             keys,
             client,
+            egress,
             verifier,
         })
     }
@@ -119,6 +123,8 @@ pub struct Gateway {
     usage: Arc<crate::usage::Usage>,
     /// The open Live API sessions.
     live_sessions: crate::live_sessions::LiveSessions,
+    /// The response cache (`cache`); kept across reloads.
+    cache: Arc<crate::cache::ResponseCache>,
 }
 
 impl Gateway {
@@ -136,6 +142,15 @@ impl Gateway {
             jwks.start();
         }
         let tracing = crate::trace::Tracing::from_config(&live.config.metrics.otlp);
+        let cache = Arc::new(crate::cache::ResponseCache::default());
+        cache.set_max_bytes(live.config.cache.max_bytes_while_on());
+        if live.config.state.backend == crate::config::state::StateBackend::Redis
+            && tokio::runtime::Handle::try_current().is_ok()
+            && let Some(mirror) =
+                crate::cache::mirror::Mirror::start(&cache, &live.config.state.redis)
+        {
+            cache.set_mirror(mirror);
+        }
         let gateway = Arc::new_cyclic(|me| Self {
             metrics: Arc::new(crate::metrics::Metrics::new(
                 &live.config.metrics,
@@ -149,6 +164,7 @@ impl Gateway {
             tls: TlsStatus::default(),
             usage: Arc::default(),
             live_sessions: Default::default(),
+            cache,
         });
         let me = Arc::downgrade(&gateway);
         gateway
@@ -215,6 +231,11 @@ impl Gateway {
     /// The usage history and per-client token budgets.
     pub fn usage(&self) -> &Arc<crate::usage::Usage> {
         &self.usage
+    }
+
+    /// The response cache.
+    pub fn cache(&self) -> &Arc<crate::cache::ResponseCache> {
+        &self.cache
     }
 
     /// The OTLP tracer, when traces are on.
@@ -297,6 +318,11 @@ impl Gateway {
         );
         live.keys.attach(&*self.store);
         live.start_vertex();
+        self.cache
+            .set_max_bytes(live.config.cache.max_bytes_while_on());
+        if !live.config.cache.enabled {
+            self.cache.clear();
+        }
         let previous = self.live.swap(Arc::new(live));
         let current = self.live();
         if current.config.auth != previous.config.auth {

@@ -30,12 +30,26 @@ pub static X_GOOG_UPLOAD_CONTROL_URL: HeaderName =
 
 /// Builds a client (the gateway's upstream client, OTLP over HTTP and JWKS refresh each have one).
 pub fn build_client(connect_timeout: Duration) -> HttpClient {
+    client_over(tcp_connector(connect_timeout))
+}
+
+/// The TCP connector every client starts from: `TCP_NODELAY`, keep-alive, the connect timeout.
+pub fn tcp_connector(connect_timeout: Duration) -> HttpConnector {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
+    http
+}
 
+/// A pooled client over `connector` (plain TCP, or a proxy tunnel over it): rustls with the
+/// aws-lc-rs provider and the web roots, HTTP/2 by ALPN, HTTP/1.1 otherwise.
+pub fn client_over<C>(connector: C) -> Client<hyper_rustls::HttpsConnector<C>, Full<Bytes>>
+where
+    hyper_rustls::HttpsConnector<C>:
+        hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(provider)
@@ -43,7 +57,7 @@ pub fn build_client(connect_timeout: Duration) -> HttpClient {
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(connector);
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())

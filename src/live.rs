@@ -223,6 +223,7 @@ pub async fn open(
             tracing::warn!(key_id = %key.0.id, error = %e, "Live upstream connect failed");
             return Err(GatewayError::UpstreamConnect {
                 key: key.0.id.clone(),
+                via_proxy: false,
             });
         }
         Err(Failure::TimedOut) => {

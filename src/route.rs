@@ -231,9 +231,11 @@ impl Route {
     /// whichever runs first) inserts it as the request's extension, the others find it there.
     /// A path outside the API gets none.
     ///
-    /// A model in the path that is an alias (`gemini.models.aliases`) is replaced by its real
-    /// model, in the path sent upstream and in the route, before any layer reads it (an
-    /// ambiguous path is left alone: the route layer refuses it).
+    /// A model in the path that is an alias (`gemini.models.aliases`) or carries suffixes
+    /// (`gemini.models.suffixes`) is replaced by its real model, in the path sent upstream and in
+    /// the route, before any layer reads it (an ambiguous path is left alone: the route layer
+    /// refuses it); what the suffixes ask goes on the request as a
+    /// [`ModelSuffix`](crate::config::ModelSuffix) for the overrides layer.
     pub fn ensure<B>(req: &mut Request<B>, models: &ModelsConfig) {
         if req.extensions().get::<Route>().is_some() {
             return;
@@ -241,18 +243,23 @@ impl Route {
         let Some(mut route) = Route::classify(req.uri().path()) else {
             return;
         };
-        if let Some(real) = route
+        let mut suffix = None;
+        if let Some((real, asked)) = route
             .model
             .as_deref()
             .filter(|_| route.api != Api::Upload)
-            .and_then(|m| models.resolve(m))
+            .and_then(|m| models.resolve_with_suffix(m))
             && Route::ambiguity(req.uri().path()).is_none()
             && let Some(uri) = with_path_model(req.uri(), real)
         {
             *req.uri_mut() = uri;
             route.model = Some(Arc::from(real));
+            suffix = asked;
         }
         req.extensions_mut().insert(route);
+        if let Some(s) = suffix {
+            req.extensions_mut().insert(s);
+        }
     }
 
     /// The label of a request's route, [`RouteLabel::NotFound`] when it has none.

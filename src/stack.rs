@@ -58,29 +58,35 @@
 //!     model and client; other bodies are sent byte for byte. After body model and auth: it
 //!     needs the body, the model and the client.
 //! 18. **model list** ([`ModelListLayer`]) — adds the model aliases (`gemini.models.aliases`)
-//!     to the first page of `GET models`; every other request passes untouched. Inside auth so
+//!     to the first page of `GET models` and to the OpenAI-compatible `GET openai/models`;
+//!     every other request passes untouched. Inside auth so
 //!     it lists only the aliases of models the token allows.
-//! 19. **affinity** ([`AffinityLayer`]) — binds requests about a key-owned resource (file,
+//! 19. **response cache** ([`ResponseCacheLayer`]) — with `cache.enabled`, answers a repeated
+//!     non-streaming generate, count-tokens, embed or OpenAI chat/embeddings request from the
+//!     cache (`x-gem-proxy-cache: hit`) and keeps the answers it may (200, whole, `STOP`),
+//!     watched on their way out. After overrides (the key covers the body as sent) and auth (and
+//!     the client); before affinity, failover and key balance so a hit picks and spends no key.
+//! 20. **affinity** ([`AffinityLayer`]) — binds requests about a key-owned resource (file,
 //!     cached content, batch, operation, tuned model, file search store, interaction…) to the
 //!     key that created it (only that key can see it) and, with auth, to the client that created
 //!     it (others get 404, listings are filtered; two keys' resources in one request, 400);
 //!     learns new bindings from answers, points their download links at the gateway and, with
 //!     auth, signs upload and download links for their client. After buffer body because it
 //!     reads the body for resource references.
-//! 20. **failover** ([`FailoverLayer`]) — reads what Google's answer means for the key (rest,
+//! 21. **failover** ([`FailoverLayer`]) — reads what Google's answer means for the key (rest,
 //!     invalid, overloaded…), applies it, and replays the buffered request on another key while
 //!     nothing has reached the client. Above key balance so each attempt picks afresh. Records
 //!     each attempt (duration, result, span) and each retry.
-//! 21. **key balance** ([`KeyBalanceLayer`]) — weighted pick over the keys with headroom for the
+//! 22. **key balance** ([`KeyBalanceLayer`]) — weighted pick over the keys with headroom for the
 //!     model that can serve the route (a Vertex AI member only the routes Vertex has, while it
 //!     has a token); when none has and the model has fallbacks (`gemini.models.fallbacks`), the first
 //!     fallback the token allows with a key that has headroom serves it (path, body and route
 //!     switched; `x-gem-proxy-model` on the answer); else 429 with `Retry-After`.
-//! 22. **usage** ([`UsageLayer`]) — taps successful answers for `usageMetadata` (tokens per key,
+//! 23. **usage** ([`UsageLayer`]) — taps successful answers for `usageMetadata` (tokens per key,
 //!     model and client; `gen_ai.usage.*` on the span; the usage history and the client's token
 //!     budget) without buffering them. Inside key balance: it needs the key. (Failover reports the
 //!     error answers and key rests to the usage history.)
-//! 23. **upstream** ([`Upstream`]) — (a Live session goes to [`crate::live`]: the upstream
+//! 24. **upstream** ([`Upstream`]) — (a Live session goes to [`crate::live`]: the upstream
 //!     WebSocket with the key, the client's 101, the relay of frames) strips client credentials and hop-by-hop headers, injects the
 //!     key (and the attempt's `traceparent` when tracing; a Vertex AI member's URL, token or
 //!     express key and body fix-ups come from [`crate::vertex`]), sends, streams the answer back (with
@@ -95,7 +101,7 @@
 //!   (per-model state), upstream (credential header choice).
 //! - [`Client`](crate::auth::Client): auth (when `auth.enabled`; from the token, or from the
 //!   capability of an upload or download link) → client stats, client limit (key and `rpm`),
-//!   body model (`models`), overrides (`match.clients`), model list, affinity (who owns a resource); later the admin API (`role`) and
+//!   body model (`models`), overrides (`match.clients`), model list, response cache (the key), affinity (who owns a resource); later the admin API (`role`) and
 //!   per-client statistics.
 //! - [`BoundKey`](crate::key_pool::BoundKey): affinity, live (ephemeral tokens) → failover (no
 //!   replay), key balance.
@@ -154,6 +160,7 @@ use crate::layers::metrics::MetricsLayer;
 use crate::layers::model_list::ModelListLayer;
 use crate::layers::overrides::OverridesLayer;
 use crate::layers::request_id::CounterRequestId;
+use crate::layers::response_cache::ResponseCacheLayer;
 use crate::layers::route::RouteLayer;
 use crate::layers::trace::TraceLayer;
 use crate::layers::usage::UsageLayer;
@@ -195,6 +202,7 @@ where
         .layer(BodyModelLayer::new(gateway.clone()))
         .layer(OverridesLayer::new(gateway.clone()))
         .layer(ModelListLayer::new(gateway.clone()))
+        .layer(ResponseCacheLayer::new(gateway.clone()))
         .layer(AffinityLayer::new(gateway.clone()))
         .layer(FailoverLayer::new(gateway.clone()))
         .layer(KeyBalanceLayer::new(gateway.clone()))

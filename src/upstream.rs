@@ -171,7 +171,12 @@ async fn forward(
     *up.headers_mut() = headers;
 
     let gemini = &live.config.gemini;
-    let res = match tokio::time::timeout(gemini.timeout(), live.client.request(up)).await {
+    let egress = live.egress.for_key(&key.0.id);
+    let sent = match egress {
+        Some(proxy) => proxy.request(up),
+        None => live.client.request(up),
+    };
+    let res = match tokio::time::timeout(gemini.timeout(), sent).await {
         Err(_) => {
             return Err(GatewayError::UpstreamTimeout {
                 seconds: gemini.timeout_seconds,
@@ -179,12 +184,16 @@ async fn forward(
             });
         }
         Ok(Err(e)) => {
-            tracing::warn!(key_id = %key.0.id, error = %error_chain(&e), "upstream request failed");
+            let proxy = egress.map(|p| p.shown());
+            tracing::warn!(key_id = %key.0.id, proxy, error = %error_chain(&e), "upstream request failed");
             let key = key.0.id.clone();
             // Only a failed connect proves the request never left: anything later may have
             // reached Google (see `gemini.retry_on_timeout`).
             return Err(if e.is_connect() {
-                GatewayError::UpstreamConnect { key }
+                GatewayError::UpstreamConnect {
+                    key,
+                    via_proxy: egress.is_some(),
+                }
             } else {
                 GatewayError::UpstreamUnavailable { key }
             });

@@ -12,7 +12,9 @@ use std::net::IpAddr;
 
 use super::sign_in::SignInGuard;
 use super::{Admin, invalid, json};
-use crate::auth::{Role, TokenRequest, issue, parse_ttl, token_from_request, unix_now};
+use crate::auth::{
+    IssueError, Role, TokenRequest, issue_with_overrides, parse_ttl, token_from_request, unix_now,
+};
 use crate::body::GatewayBody;
 use crate::config::document::{ConfigDocument, masked_view};
 use crate::config::versions::{Applied, ChangeError, VersionInfo};
@@ -589,6 +591,11 @@ pub(crate) struct NewToken {
     /// `admin` for an admin token; anything else is a client.
     #[serde(default)]
     role: Option<String>,
+    /// Request overrides for this client (`overrides` claim): rules shaped like
+    /// `gemini.overrides` (`match.models`, `set`, `default`), applied after the configured ones.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    overrides: Vec<crate::config::OverrideRule>,
 }
 
 /// An issued token: shown once.
@@ -641,7 +648,7 @@ pub(super) fn issue_token(ctx: &Ctx<'_>) -> Answer {
         role,
     };
     let live = ctx.gateway.live();
-    match issue(&live.config.auth, &req, unix_now()) {
+    match issue_with_overrides(&live.config.auth, &req, &new.overrides, unix_now()) {
         Ok(issued) => {
             tracing::info!(
                 target: "gem_proxy::audit",
@@ -660,6 +667,10 @@ pub(super) fn issue_token(ctx: &Ctx<'_>) -> Answer {
                 },
             )
         }
+        Err(e @ IssueError::BadOverrides(_)) => invalid(
+            "no token issued",
+            &[Problem::new("overrides", e.to_string())],
+        ),
         Err(e) => invalid(
             "no token issued",
             &[Problem::new("auth.jwt_secret", e.to_string())],

@@ -46,6 +46,9 @@ pub enum IssueError {
     /// Signing failed (should not happen with an HMAC key).
     #[error("signing failed: {0}")]
     Signing(String),
+    /// The `overrides` rules break the rules for `gemini.overrides`.
+    #[error("the overrides are not valid: {0}")]
+    BadOverrides(String),
 }
 
 /// An issued token and the claims worth telling the operator.
@@ -63,6 +66,31 @@ pub struct Issued {
 /// epoch). `iss` and `aud` are set from `auth.issuer` and `auth.audience` so the gateway accepts
 /// its own tokens; a random `jti` makes each token revocable on its own.
 pub fn issue(auth: &AuthConfig, req: &TokenRequest, now: u64) -> Result<Issued, IssueError> {
+    issue_with_overrides(auth, req, &[], now)
+}
+
+/// [`issue`], with an `overrides` claim: request overrides for this client (the shape of
+/// `gemini.overrides`; `match.clients` is moot), applied after the configured ones. Rules that
+/// `gemini.overrides` would refuse are refused here too.
+pub fn issue_with_overrides(
+    auth: &AuthConfig,
+    req: &TokenRequest,
+    overrides: &[crate::config::OverrideRule],
+    now: u64,
+) -> Result<Issued, IssueError> {
+    let problems = crate::config::override_problems(overrides);
+    if !problems.is_empty() {
+        let text: Vec<String> = problems
+            .iter()
+            .map(|(path, msg)| {
+                format!(
+                    "{}: {msg}",
+                    path.replacen("gemini.overrides", "overrides", 1)
+                )
+            })
+            .collect();
+        return Err(IssueError::BadOverrides(text.join("; ")));
+    }
     let secret = auth.jwt_secret.expose();
     if auth.jwt_secret.char_len() < MIN_JWT_SECRET_CHARS {
         return Err(IssueError::WeakSecret(auth.jwt_secret.char_len()));
@@ -89,7 +117,7 @@ pub fn issue(auth: &AuthConfig, req: &TokenRequest, now: u64) -> Result<Issued, 
         tpd: req.tpd,
         live_sessions: req.live_sessions,
         role: (req.role == Role::Admin).then(|| Role::Admin.as_str().to_owned()),
-        overrides: None,
+        overrides: (!overrides.is_empty()).then(|| overrides.to_vec()),
     };
     let token = encode(
         &Header::new(Algorithm::HS256),

@@ -29,7 +29,7 @@ mod verify;
 use std::sync::Arc;
 
 pub use extract::token_from_request;
-pub use issue::{IssueError, Issued, TokenRequest, issue, parse_ttl};
+pub use issue::{IssueError, Issued, TokenRequest, issue, issue_with_overrides, parse_ttl};
 pub use keys::{Jwks, MIN_FETCH_INTERVAL, load_public_key};
 pub use models::{ModelPattern, ModelPolicy};
 pub use verify::{AuthFailure, Verifier, unix_now};

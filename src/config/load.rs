@@ -185,7 +185,8 @@ impl Source for Expanded {
 
 /// The fields where `${VAR}` is expanded: the secrets, which are never shown.
 pub const SECRET_FIELDS: &str = "gemini.api_keys[].key, gemini.api_keys[].vertex.credentials, \
-     auth.jwt_secret, auth.capability_secret, admin.token, state.redis.url";
+     gemini.api_keys[].proxy, gemini.proxy, auth.jwt_secret, auth.capability_secret, admin.token, \
+     state.redis.url";
 
 fn is_secret_field(path: &str) -> bool {
     path == "auth.jwt_secret"
@@ -193,8 +194,12 @@ fn is_secret_field(path: &str) -> bool {
         || path == "admin.token"
         // It may carry the Redis password.
         || path == "state.redis.url"
+        // Proxy URLs may carry a password.
+        || path == "gemini.proxy"
         || (path.starts_with("gemini.api_keys[")
-            && (path.ends_with("].key") || path.ends_with("].vertex.credentials")))
+            && (path.ends_with("].key")
+                || path.ends_with("].vertex.credentials")
+                || path.ends_with("].proxy")))
 }
 
 /// Expands `${VAR}` from `env`; with no `env` (a field that is not a secret) a reference is an

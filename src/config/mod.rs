@@ -9,13 +9,16 @@
 //! `gemini.base_url`, `gemini.timeout_seconds`, `auth`, `metrics`, `server.tls`) loads unchanged; new
 //! keys extend it. Unknown keys are errors that carry their path.
 
+mod cache;
 mod cidr;
 pub mod document;
+pub mod egress;
 mod load;
 mod models;
 mod overrides;
 mod secret;
 pub mod state;
+mod suffix;
 mod usage;
 mod validate;
 pub mod versions;
@@ -24,6 +27,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use cache::CacheConfig;
 pub use cidr::{Cidr, CidrError};
 pub(crate) use load::clean_serde_message;
 pub use load::{ConfigError, ConfigLoader, ENV_PREFIX, SECRET_FIELDS};
@@ -32,6 +36,7 @@ pub use overrides::{
     OVERRIDABLE_FIELDS, OverrideMatch, OverrideRule, problems as override_problems,
 };
 pub use secret::Secret;
+pub use suffix::ModelSuffix;
 pub use usage::{PriceConfig, UsageConfig};
 
 pub use validate::{KNOWN_EXAMPLE_SECRETS, MIN_JWT_SECRET_CHARS, Problem, is_known_example_secret};
@@ -56,6 +61,8 @@ pub struct Config {
     pub usage: UsageConfig,
     /// Where key state lives: this process, or Redis shared by several replicas.
     pub state: state::StateConfig,
+    /// The response cache (off by default).
+    pub cache: CacheConfig,
 }
 
 /// `admin`: the admin API on the admin listener (`metrics.prometheus_port`).
@@ -373,6 +380,13 @@ pub struct GeminiConfig {
     /// Rules that change request bodies before they are sent (`gemini.overrides`; none by
     /// default).
     pub overrides: Vec<OverrideRule>,
+    /// The proxy every key's requests leave through unless the key names its own:
+    /// `http://`, `https://` (a `CONNECT` tunnel), `socks5://` or `socks5h://`, with
+    /// `user:password@` when it asks for them. A secret (it may carry a password). Unset: direct.
+    pub proxy: Option<Secret>,
+    /// How long a key rests (for the model of the request) when its proxy cannot be reached or
+    /// refuses the tunnel (`proxy_unreachable`).
+    pub proxy_unreachable_rest_seconds: u64,
     /// The Live API (WebSocket sessions): `gemini.live`.
     pub live: LiveConfig,
 }
@@ -426,6 +440,8 @@ impl Default for GeminiConfig {
             stream_heartbeat_style: HeartbeatStyle::BlankLine,
             overrides: Vec::new(),
             live: LiveConfig::default(),
+            proxy: None,
+            proxy_unreachable_rest_seconds: 30,
         }
     }
 }
@@ -491,6 +507,10 @@ pub struct ApiKeyConfig {
     /// web console. Not used by the gateway.
     #[serde(default)]
     pub notes: Option<String>,
+    /// The proxy this key's requests leave through (same forms as `gemini.proxy`), or `direct`
+    /// to leave it out of `gemini.proxy`. A secret. Unset: `gemini.proxy`.
+    #[serde(default)]
+    pub proxy: Option<Secret>,
 }
 
 /// `gemini.api_keys[].backend`: which API a pool member calls.

@@ -16,12 +16,29 @@ pub struct ModelsConfig {
     /// Real model → the models to serve it with, in order, when every key is resting (or at its
     /// limit) for it. Empty: no fallbacks (the default).
     pub fallbacks: BTreeMap<String, Vec<String>>,
+    /// Read model-name suffixes (`-nothinking`, `-thinking-<budget>`, `-search`) as requests
+    /// ([`ModelSuffix`](super::ModelSuffix)). Off by default: a name is then sent as it is.
+    pub suffixes: bool,
 }
 
 impl ModelsConfig {
     /// The real model an alias stands for; `None` when `name` is no alias.
     pub fn resolve(&self, name: &str) -> Option<&str> {
         self.aliases.get(name).map(String::as_str)
+    }
+
+    /// The real model `name` stands for after its suffixes (with `suffixes` on) and aliases,
+    /// and what the suffixes ask; `None` when `name` is neither an alias nor suffixed.
+    pub fn resolve_with_suffix<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Option<(&'a str, Option<super::ModelSuffix>)> {
+        let (base, suffix) = match super::ModelSuffix::split(name).filter(|_| self.suffixes) {
+            Some((base, s)) => (base, Some(s)),
+            None => (name, None),
+        };
+        let real = self.resolve(base).unwrap_or(base);
+        (suffix.is_some() || real != name).then_some((real, suffix))
     }
 
     /// The fallbacks of a real model, in order (empty when it has none).

@@ -143,6 +143,11 @@ impl Config {
                 self.gemini.unusable_rest_seconds,
             ),
             ("auth.jwks_refresh_seconds", self.auth.jwks_refresh_seconds),
+            ("cache.ttl_seconds", self.cache.ttl_seconds),
+            (
+                "gemini.proxy_unreachable_rest_seconds",
+                self.gemini.proxy_unreachable_rest_seconds,
+            ),
         ] {
             if v > MAX_SECONDS {
                 bad(path, &format!("must be at most {MAX_SECONDS} (a year)"));
@@ -189,6 +194,9 @@ impl Config {
             bad(&path, &msg);
         }
         for (path, msg) in g.models.problems() {
+            bad(&path, &msg);
+        }
+        for (path, msg) in g.proxy_problems() {
             bad(&path, &msg);
         }
         if let Err(msg) = check_http_url(&g.base_url) {
@@ -343,6 +351,9 @@ impl Config {
             bad("metrics.otlp.endpoint", &e);
         }
         for (path, msg) in self.usage.problems() {
+            bad(&path, &msg);
+        }
+        for (path, msg) in self.cache.problems() {
             bad(&path, &msg);
         }
         if self.state.backend == super::state::StateBackend::Redis {

@@ -290,6 +290,7 @@ mod tests {
             notes: None,
             backend: Default::default(),
             vertex: None,
+            proxy: None,
         }
     }
 

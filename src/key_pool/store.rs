@@ -44,15 +44,19 @@ pub enum RestReason {
     ExhaustedToday,
     /// Google said the key cannot use this model (e.g. billing or region): `FAILED_PRECONDITION`.
     Unusable,
+    /// The key's egress proxy (`gemini.api_keys[].proxy` / `gemini.proxy`) could not be reached
+    /// or refused the tunnel.
+    ProxyUnreachable,
 }
 
 impl RestReason {
-    /// `rate_limited`, `exhausted_today`, `unusable` (as serialized).
+    /// `rate_limited`, `exhausted_today`, `unusable`, `proxy_unreachable` (as serialized).
     pub fn as_str(self) -> &'static str {
         match self {
             RestReason::RateLimited => "rate_limited",
             RestReason::ExhaustedToday => "exhausted_today",
             RestReason::Unusable => "unusable",
+            RestReason::ProxyUnreachable => "proxy_unreachable",
         }
     }
 }

@@ -232,8 +232,11 @@ where
             }
             (BodyModelOf::One(model), None) => {
                 let live = self.gateway.live();
-                match live.config.gemini.models.resolve(&model) {
-                    Some(real) => {
+                match live.config.gemini.models.resolve_with_suffix(&model) {
+                    Some((real, suffix)) => {
+                        if let Some(s) = suffix {
+                            req.extensions_mut().insert(s);
+                        }
                         let Some(body) = with_body_model(req.body(), real) else {
                             return ShortCircuit::ready(Err(GatewayError::InvalidArgument(
                                 "the body is not a JSON object".into(),

@@ -156,6 +156,14 @@ where
                 };
                 telemetry.failed(gateway.metrics(), &e);
                 gateway.store().record(&key, KeyOutcome::ServerError);
+                if let GatewayError::UpstreamConnect {
+                    via_proxy: true, ..
+                } = e
+                {
+                    // The key's own way out is down: it rests, the others serve.
+                    let rest = Duration::from_secs(gemini.proxy_unreachable_rest_seconds);
+                    rest_key(&gateway, &key, &model, rest, RestReason::ProxyUnreachable);
+                }
                 if let Some(u) = &usage {
                     u.attempt(&key, KeyOutcome::ServerError);
                 }
@@ -242,22 +250,7 @@ fn apply(
                 RestFor::UntilMidnightPacific => until_pacific_midnight(),
                 RestFor::Unusable => Duration::from_secs(gemini.unusable_rest_seconds),
             };
-            tracing::info!(
-                key_id = key,
-                model,
-                rest_seconds = rest.as_secs(),
-                ?reason,
-                "key rests for model"
-            );
-            store.rest(key, model, deadline::after(Instant::now(), rest), *reason);
-            gateway.metrics().cooldown(key, *reason);
-            gateway.usage().key_event(
-                key,
-                KeyEventKind::Rest,
-                Some(model),
-                reason.as_str(),
-                Some(rest.as_secs()),
-            );
+            rest_key(gateway, key, model, rest, *reason);
         }
         Verdict::Invalid(reason) => {
             tracing::warn!(key_id = key, reason = %reason, "upstream key taken out of rotation");
@@ -268,6 +261,28 @@ fn apply(
         }
         _ => {}
     }
+}
+
+/// Rests `key` for `model` for `rest`: the store, the cooldown metric, the usage history.
+fn rest_key(gateway: &Gateway, key: &str, model: &str, rest: Duration, reason: RestReason) {
+    tracing::info!(
+        key_id = key,
+        model,
+        rest_seconds = rest.as_secs(),
+        ?reason,
+        "key rests for model"
+    );
+    gateway
+        .store()
+        .rest(key, model, deadline::after(Instant::now(), rest), reason);
+    gateway.metrics().cooldown(key, reason);
+    gateway.usage().key_event(
+        key,
+        KeyEventKind::Rest,
+        Some(model),
+        reason.as_str(),
+        Some(rest.as_secs()),
+    );
 }
 
 /// 50 ms × attempt, ±50 % jitter, at most 1 s.
@@ -362,6 +377,7 @@ pub fn retry_reason(verdict: &Verdict) -> Option<RetryReason> {
         Verdict::Rest(_, RestReason::RateLimited) => RetryReason::RateLimited,
         Verdict::Rest(_, RestReason::ExhaustedToday) => RetryReason::ExhaustedToday,
         Verdict::Rest(_, RestReason::Unusable) => RetryReason::Unusable,
+        Verdict::Rest(_, RestReason::ProxyUnreachable) => RetryReason::Unreachable,
         Verdict::Invalid(_) | Verdict::StaleCredential => RetryReason::InvalidKey,
         Verdict::Overloaded => RetryReason::Overloaded,
         Verdict::ServerError => RetryReason::ServerError,

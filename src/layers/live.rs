@@ -156,13 +156,34 @@ impl<S> LiveSessionLimit<S> {
             req.extensions_mut().insert(BoundKey(binding.key));
         }
         let live = self.gateway.live();
-        let full = sessions.full_keys(live.config.gemini.live.max_sessions_per_key);
+        // A Live session's WebSocket is opened directly, never through an egress proxy: keys
+        // that must leave through one are not used for it.
+        let proxied: Vec<Arc<str>> = live
+            .keys
+            .ids()
+            .filter(|id| live.egress.for_key(id).is_some())
+            .map(Arc::from)
+            .collect();
+        if !proxied.is_empty() && live.keys.ids().all(|id| live.egress.for_key(id).is_some()) {
+            tracing::warn!(
+                "a Live session was refused: every upstream key leaves through an egress proxy, \
+                 and Live sessions are opened directly"
+            );
+            return Err(GatewayError::NoKey);
+        }
+        let mut full = sessions.full_keys(live.config.gemini.live.max_sessions_per_key);
+        if !full.is_empty()
+            && live
+                .keys
+                .ids()
+                .all(|id| full.iter().any(|f| &**f == id) || proxied.iter().any(|p| &**p == id))
+        {
+            return Err(GatewayError::TooManySessions(
+                "every upstream key carries gemini.live.max_sessions_per_key Live sessions",
+            ));
+        }
+        full.extend(proxied);
         if !full.is_empty() {
-            if live.keys.ids().all(|id| full.iter().any(|f| &**f == id)) {
-                return Err(GatewayError::TooManySessions(
-                    "every upstream key carries gemini.live.max_sessions_per_key Live sessions",
-                ));
-            }
             req.extensions_mut().insert(TriedKeys(full));
         }
         Ok(())

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model_list;
 pub mod overrides;
 pub mod request_id;
+pub mod response_cache;
 pub mod route;
 pub mod trace;
 pub mod usage;

@@ -5,7 +5,8 @@
 //! is on the page, else an entry with just the name, a display name and a description saying
 //! what it stands for. With auth on, only aliases of models the token allows are listed.
 //! `GET /{version}/models/{alias}` needs nothing here: the route already names the real model,
-//! so Google answers with it.
+//! so Google answers with it. The OpenAI-compatible listing (`GET /{version}/openai/models`) gets
+//! an entry per alias the same way (`{"id": "models/{alias}", "object": "model", …}`).
 //!
 //! Sits after body model, before affinity: the listing is a plain JSON answer of a few kB, read
 //! whole (up to 8 MiB; a larger or unreadable answer passes unchanged). Every other request
@@ -83,7 +84,8 @@ where
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         let live = self.gateway.live();
         let models = &live.config.gemini.models;
-        if models.aliases.is_empty() || !is_first_listing_page(&req) {
+        let openai = is_openai_listing(&req);
+        if models.aliases.is_empty() || !(openai || is_first_listing_page(&req)) {
             return Box::pin(self.inner.call(req));
         }
         let client = req.extensions().get::<Client>().cloned();
@@ -108,7 +110,12 @@ where
                 ));
             };
             let bytes = collected.to_bytes();
-            let out = with_aliases(&bytes, &aliases).map_or(bytes, Bytes::from);
+            let out = if openai {
+                with_openai_aliases(&bytes, &aliases)
+            } else {
+                with_aliases(&bytes, &aliases)
+            };
+            let out = out.map_or(bytes, Bytes::from);
             parts.headers.remove(header::CONTENT_LENGTH);
             Ok(Response::from_parts(parts, GatewayBody::full(out)))
         })
@@ -125,6 +132,58 @@ fn is_first_listing_page<B>(req: &Request<B>) -> bool {
             .uri()
             .query()
             .is_some_and(|q| q.split('&').any(|p| p.starts_with("pageToken=")))
+}
+
+/// `GET /{version}/openai/models` (the listing, not one model).
+fn is_openai_listing<B>(req: &Request<B>) -> bool {
+    req.method() == Method::GET
+        && req
+            .extensions()
+            .get::<Route>()
+            .is_some_and(|r| r.api == Api::OpenAi)
+        && req
+            .uri()
+            .path()
+            .trim_end_matches('/')
+            .ends_with("/openai/models")
+}
+
+/// The OpenAI-compatible listing `body` with an entry per alias added to its `data` (a copy of
+/// the real model's entry with the alias's id); `None` when it is not a listing.
+fn with_openai_aliases(body: &[u8], aliases: &[(String, String)]) -> Option<Vec<u8>> {
+    let mut listing: serde_json::Map<String, Value> = serde_json::from_slice(body).ok()?;
+    let Value::Array(items) = listing.get_mut("data")? else {
+        return None;
+    };
+    let id_of = |m: &Value| {
+        m.get("id")
+            .and_then(Value::as_str)
+            .map(|id| id.strip_prefix("models/").unwrap_or(id).to_owned())
+    };
+    let prefixed = items.iter().any(|m| {
+        m.get("id")
+            .and_then(Value::as_str)
+            .is_some_and(|id| id.starts_with("models/"))
+    });
+    let mut added = Vec::with_capacity(aliases.len());
+    for (alias, real) in aliases {
+        let id = if prefixed {
+            format!("models/{alias}")
+        } else {
+            alias.clone()
+        };
+        let entry = match items.iter().find(|m| id_of(m).as_deref() == Some(real)) {
+            Some(Value::Object(real_entry)) => {
+                let mut entry = real_entry.clone();
+                entry.insert("id".into(), Value::String(id));
+                Value::Object(entry)
+            }
+            _ => json!({ "id": id, "object": "model", "owned_by": "google" }),
+        };
+        added.push(entry);
+    }
+    items.extend(added);
+    serde_json::to_vec(&listing).ok()
 }
 
 /// The listing `body` with an entry per alias added to its `models`; `None` when it is not a
@@ -173,6 +232,26 @@ fn pairs(models: &crate::config::ModelsConfig) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn aliases_join_the_openai_listing() {
+        let body = br#"{"object":"list","data":[{"id":"models/gemini-2.5-flash","object":"model","owned_by":"google"}]}"#;
+        let aliases = [
+            ("flash".to_string(), "gemini-2.5-flash".to_string()),
+            ("big".to_string(), "gemini-9-ultra".to_string()),
+        ];
+        let out: Value =
+            serde_json::from_slice(&with_openai_aliases(body, &aliases).unwrap()).unwrap();
+        assert_eq!(
+            out["data"],
+            json!([
+                {"id":"models/gemini-2.5-flash","object":"model","owned_by":"google"},
+                {"id":"models/flash","object":"model","owned_by":"google"},
+                {"id":"models/big","object":"model","owned_by":"google"},
+            ])
+        );
+        assert_eq!(with_openai_aliases(b"[]", &aliases), None);
+    }
+
     use super::*;
     use crate::config::ModelsConfig;
 

@@ -18,6 +18,10 @@
 //! client): they apply after the config's, matched by model only; a token whose rules break the
 //! rules for `gemini.overrides` is refused as malformed.
 //!
+//! With `gemini.models.suffixes`, what a model name's suffixes ask ([`ModelSuffix`]: a thinking
+//! budget, the `google_search` tool on the native API) is applied first, like the client's own
+//! body, so configured `set` rules still win.
+//!
 //! Counted in `gem_proxy_overridden_requests_total`. Only a request a rule matched is
 //! re-serialised; every other body is sent byte for byte. A
 //! body that is not a JSON object is sent as it is (Google answers it). Sits after body model
@@ -32,7 +36,7 @@ use serde_json::{Map, Value};
 use tower::{Layer, Service};
 
 use crate::auth::{Client, ModelPattern};
-use crate::config::OverrideRule;
+use crate::config::{ModelSuffix, OverrideRule};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::route::{Route, RouteLabel};
@@ -87,7 +91,8 @@ where
         let token_rules = client
             .and_then(|c| c.overrides.as_ref())
             .map_or(&[][..], |t| &t.0[..]);
-        if !(rules.is_empty() && token_rules.is_empty())
+        let suffix = req.extensions().get::<ModelSuffix>().copied();
+        if !(rules.is_empty() && token_rules.is_empty() && suffix.is_none())
             && req.method() == Method::POST
             && let Some(route) = req.extensions().get::<Route>()
             && matches!(
@@ -98,15 +103,17 @@ where
             let openai = route.label == RouteLabel::OpenAiChat;
             let model = route.model.as_deref().unwrap_or("");
             let id = client.map(|c| &*c.id);
-            // The config's rules, then the token's (its `match.clients` is moot: it is the
-            // client).
-            let matched: Vec<&OverrideRule> = rules
+            // What the model name's suffixes ask (like the client's own body), then the config's
+            // rules, then the token's (its `match.clients` is moot: it is the client).
+            let from_suffix = suffix.and_then(|s| s.thinking_rule());
+            let search = suffix.is_some_and(|s| s.search) && !openai;
+            let matched: Vec<&OverrideRule> = from_suffix
                 .iter()
-                .filter(|r| applies(r, model, id))
+                .chain(rules.iter().filter(|r| applies(r, model, id)))
                 .chain(token_rules.iter().filter(|r| model_matches(r, model)))
                 .collect();
-            if !matched.is_empty()
-                && let Some(body) = overridden(req.body(), &matched, openai)
+            if (!matched.is_empty() || search)
+                && let Some(body) = overridden(req.body(), &matched, openai, search)
             {
                 *req.body_mut() = body;
                 self.gateway.metrics().overridden_request();
@@ -129,9 +136,13 @@ fn model_matches(rule: &OverrideRule, model: &str) -> bool {
     models.is_empty() || models.iter().any(|p| ModelPattern::new(p).matches(model))
 }
 
-/// `body` with the rules applied, re-serialised; `None` when it is not a JSON object.
-fn overridden(body: &[u8], rules: &[&OverrideRule], openai: bool) -> Option<Bytes> {
+/// `body` with the rules applied (and the `google_search` tool with `search`), re-serialised;
+/// `None` when it is not a JSON object.
+fn overridden(body: &[u8], rules: &[&OverrideRule], openai: bool, search: bool) -> Option<Bytes> {
     let mut object: Map<String, Value> = serde_json::from_slice(body).ok()?;
+    if search {
+        ModelSuffix::add_search_tool(&mut object);
+    }
     for rule in rules {
         if openai {
             let set = to_openai(&rule.set, true);
@@ -270,7 +281,7 @@ mod tests {
     }
 
     fn apply(body: Value, r: &OverrideRule, openai: bool) -> Value {
-        let out = overridden(&serde_json::to_vec(&body).unwrap(), &[r], openai).unwrap();
+        let out = overridden(&serde_json::to_vec(&body).unwrap(), &[r], openai, false).unwrap();
         serde_json::from_slice(&out).unwrap()
     }
 
@@ -362,7 +373,7 @@ mod tests {
     #[test]
     fn a_body_that_is_not_an_object_is_left_alone() {
         let r = rule(&[], &[], json!({"safetySettings": []}), json!({}));
-        assert_eq!(overridden(b"not json", &[&r], false), None);
-        assert_eq!(overridden(b"[1]", &[&r], false), None);
+        assert_eq!(overridden(b"not json", &[&r], false, false), None);
+        assert_eq!(overridden(b"[1]", &[&r], false, false), None);
     }
 }

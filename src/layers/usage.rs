@@ -18,7 +18,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
-use serde::Deserialize;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
@@ -30,7 +29,7 @@ use crate::key_pool::{KeyOutcome, KeyStateStore, SelectedKey, Tokens};
 use crate::metrics::Metrics;
 use crate::route::Route;
 use crate::trace::RequestTrace;
-use crate::usage::RequestUsage;
+use crate::usage::{RequestUsage, find_usage};
 
 /// How much of an answer's end is kept to find its usage in.
 const TAIL_BYTES: usize = 16 * 1024;
@@ -232,89 +231,6 @@ impl BodyObserver for UsageTap {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct UsageMetadata {
-    #[serde(default)]
-    prompt_token_count: u64,
-    #[serde(default)]
-    candidates_token_count: u64,
-    #[serde(default)]
-    thoughts_token_count: u64,
-    #[serde(default)]
-    cached_content_token_count: u64,
-    #[serde(default)]
-    total_token_count: u64,
-}
-
-#[derive(Deserialize)]
-struct OpenAiUsage {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-    #[serde(default)]
-    total_tokens: u64,
-}
-
-/// The usage reported last in `text`: Gemini's `"usageMetadata": {...}` or OpenAI's
-/// `"usage": {...}`.
-pub fn find_usage(text: &[u8]) -> Option<Tokens> {
-    if let Some(obj) = object_after(text, b"\"usageMetadata\"") {
-        let u: UsageMetadata = serde_json::from_slice(obj).ok()?;
-        return Some(Tokens {
-            prompt: u.prompt_token_count,
-            candidates: u.candidates_token_count,
-            thoughts: u.thoughts_token_count,
-            cached: u.cached_content_token_count,
-            total: u.total_token_count,
-        });
-    }
-    let obj = object_after(text, b"\"usage\"")?;
-    let u: OpenAiUsage = serde_json::from_slice(obj).ok()?;
-    Some(Tokens {
-        prompt: u.prompt_tokens,
-        candidates: u.completion_tokens,
-        total: u.total_tokens,
-        ..Tokens::default()
-    })
-}
-
-/// The JSON object that follows the last `name:` in `text`.
-fn object_after<'a>(text: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let at = memchr::memmem::rfind(text, name)? + name.len();
-    let rest = &text[at..];
-    let colon = rest.iter().position(|&c| !c.is_ascii_whitespace())?;
-    if rest[colon] != b':' {
-        return None;
-    }
-    let rest = &rest[colon + 1..];
-    let open = rest.iter().position(|&c| !c.is_ascii_whitespace())?;
-    if rest[open] != b'{' {
-        return None;
-    }
-    let obj = &rest[open..];
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for (i, &c) in obj.iter().enumerate() {
-        match (in_string, escaped, c) {
-            (true, true, _) => escaped = false,
-            (true, false, b'\\') => escaped = true,
-            (true, false, b'"') => in_string = false,
-            (true, false, _) => {}
-            (false, _, b'"') => in_string = true,
-            (false, _, b'{') => depth += 1,
-            (false, _, b'}') => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(&obj[..=i]);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
 /// Where the usage layer's token counts go besides the key state: `gem_proxy_tokens_total` (by
 /// model), the client's tokens (`metrics.per_client`) and `gen_ai.usage.*` on the request's span.
 #[derive(Debug)]
@@ -471,6 +387,7 @@ data: {\"usageMetadata\":{\"promptTokenCount\":8,\"candidatesTokenCount\":3,\"to
                 notes: None,
                 backend: Default::default(),
                 vertex: None,
+                proxy: None,
             }])
             .unwrap();
             let key = SelectedKey(pool.pick(&*store, "m", &[], Instant::now()).unwrap());

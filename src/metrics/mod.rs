@@ -22,6 +22,8 @@
 //! | `gem_proxy_live_session_duration_seconds` | histogram (1 s … 1 h): Live sessions, upgrade to close | — |
 //! | `gem_proxy_live_frames_total`, `gem_proxy_live_payload_bytes_total` | counters: Live messages and their payload bytes relayed | `direction` (`to_upstream`, `to_client`) |
 //! | `gem_proxy_overridden_requests_total` | counter: request bodies changed by `gemini.overrides` | — |
+//! | `gem_proxy_cache_requests_total` | counter: cacheable requests by what the response cache did (`hit`, `miss`, `bypass`: the client's `Cache-Control`) | `result` |
+//! | `gem_proxy_cache_bytes` / `gem_proxy_cache_entries` / `gem_proxy_cache_evictions_total` | gauges / counter: what the response cache holds, and answers dropped to stay within `cache.max_bytes` | — |
 //! | `gem_proxy_rate_limited_total` | counter | `limiter` (`client`, `key_pool`, `upstream`) |
 //! | `gem_proxy_auth_failures_total` | counter | `reason` |
 //! | `gem_proxy_gateway_errors_total` | counter: errors the gateway answered itself | `kind` |
@@ -206,7 +208,7 @@ fn cells<T>(n: usize) -> Box<[OnceLock<T>]> {
 struct KeyCells {
     attempts: [OnceLock<BoundCounter<u64>>; AttemptResult::COUNT],
     attempt_duration: Option<BoundHistogram<f64>>,
-    cooldowns: [OnceLock<BoundCounter<u64>>; 3],
+    cooldowns: [OnceLock<BoundCounter<u64>>; 4],
     window: Window,
 }
 
@@ -235,9 +237,32 @@ struct Instruments {
     heartbeats: BoundCounter<u64>,
     live_session_duration: BoundHistogram<f64>,
     overridden: BoundCounter<u64>,
+    cache: [BoundCounter<u64>; 3],
     rate_limited: [BoundCounter<u64>; 3],
     auth_failures: Counter<u64>,
     gateway_errors: Counter<u64>,
+}
+
+/// What the response cache did with a request it could have answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    /// Answered from the cache.
+    Hit = 0,
+    /// Not there (or stale): sent upstream.
+    Miss = 1,
+    /// The client's `Cache-Control: no-cache` / `no-store`: sent upstream.
+    Bypass = 2,
+}
+
+impl CacheResult {
+    /// The `x-gem-proxy-cache` header value and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Bypass => "bypass",
+        }
+    }
 }
 
 /// Which listener a connection came in on.
@@ -563,6 +588,14 @@ impl Metrics {
         }
     }
 
+    /// The response cache answered (`hit`), missed (`miss`) or was told by the client to
+    /// step aside (`bypass`).
+    pub fn cache_lookup(&self, result: CacheResult) {
+        if let Some(i) = &self.inst {
+            i.cache[result as usize].add(1);
+        }
+    }
+
     /// A key starts resting for a model.
     pub fn cooldown(&self, key_id: &str, reason: crate::key_pool::RestReason) {
         let Some(inst) = &self.inst else { return };
@@ -571,6 +604,7 @@ impl Metrics {
             RestReason::RateLimited => (0, "rate_limited"),
             RestReason::ExhaustedToday => (1, "exhausted_today"),
             RestReason::Unusable => (2, "unusable"),
+            RestReason::ProxyUnreachable => (3, "proxy_unreachable"),
         };
         self.key(key_id).cooldowns[i]
             .get_or_init(|| {
@@ -811,6 +845,14 @@ impl Instruments {
                 "Request bodies changed by gemini.overrides before they were sent.",
             )
             .bind(&[]),
+            cache: {
+                let c = counter(
+                    "gem_proxy.cache.requests",
+                    "Cacheable requests, by what the response cache did: hit, miss, or bypass (the client's Cache-Control).",
+                );
+                [CacheResult::Hit, CacheResult::Miss, CacheResult::Bypass]
+                    .map(|r| c.bind(&[KeyValue::new("result", r.as_str())]))
+            },
             retries: RetryReason::ALL.map(|r| retries.bind(&[KeyValue::new("reason", r.as_str())])),
             rate_limited: ["client", "key_pool", "upstream"]
                 .map(|l| rate_limited.bind(&[KeyValue::new("limiter", l)])),
@@ -1015,6 +1057,34 @@ fn register_observers(m: &Meter, gateway: Weak<Gateway>) {
         .with_callback(move |o| {
             if let Some(gw) = g.upgrade() {
                 o.observe(gw.store().binding_stats().evicted, &[]);
+            }
+        })
+        .build();
+    let g = gateway.clone();
+    m.u64_observable_gauge("gem_proxy.cache")
+        .with_unit("By")
+        .with_description("Bytes the response cache holds (bodies and per-entry overhead), at most cache.max_bytes.")
+        .with_callback(move |o| {
+            if let Some(gw) = g.upgrade() {
+                o.observe(gw.cache().stats().bytes as u64, &[]);
+            }
+        })
+        .build();
+    let g = gateway.clone();
+    m.u64_observable_gauge("gem_proxy.cache.entries")
+        .with_description("Answers the response cache holds.")
+        .with_callback(move |o| {
+            if let Some(gw) = g.upgrade() {
+                o.observe(gw.cache().stats().entries as u64, &[]);
+            }
+        })
+        .build();
+    let g = gateway.clone();
+    m.u64_observable_counter("gem_proxy.cache.evictions")
+        .with_description("Answers dropped from the response cache (least recently used first) to stay within cache.max_bytes.")
+        .with_callback(move |o| {
+            if let Some(gw) = g.upgrade() {
+                o.observe(gw.cache().stats().evicted, &[]);
             }
         })
         .build();

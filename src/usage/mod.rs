@@ -34,6 +34,7 @@
 pub mod budget;
 pub(crate) mod db;
 pub mod query;
+mod tokens;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -52,6 +53,7 @@ use crate::time::now_unix as unix_now;
 
 pub use budget::{BudgetExceeded, BudgetLimits, Budgets};
 pub use db::GroupBy;
+pub use tokens::find_usage;
 
 /// The gateway's usage history and budgets. Always there; the history only once
 /// [`Usage::start`] ran (the command line does, with `usage.enabled`).

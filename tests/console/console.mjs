@@ -409,6 +409,34 @@ try {
     await screenshot("config");
   });
 
+  await step("the Routing page turns the response cache on, and a repeated request is answered from it", async () => {
+    await nav("Routing");
+    await heading("Routing").waitFor();
+    const cache = page.getByLabel("Response cache (cache)");
+    await until("the cache settings to load", async () => (await cache.inputValue()).includes("max_bytes"));
+    const settings = JSON.parse(await cache.inputValue());
+    await cache.fill("{ not json");
+    await button("Save").click();
+    await page.locator("#routing-cache-err", { hasText: "not JSON" }).waitFor();
+    settings.enabled = true;
+    await cache.fill(JSON.stringify(settings, null, 2));
+    await button("Save").click();
+    await notice("Saved: the routing rules apply to the next request").waitFor();
+    assert((await admin("/api/config")).cache.enabled === true, "the running config has the cache on");
+    await mockReset();
+    assert((await generate()) === 200 && (await generate()) === 200, "both requests answered");
+    const keys = await upstreamKeys();
+    assert(keys.length === 1, `one upstream call for two identical requests (${keys.length})`);
+    await page.reload();
+    await page.locator("#routing-cache-held", { hasText: "Cached answers: 1," }).waitFor();
+    await screenshot("routing");
+    settings.enabled = false;
+    await cache.fill(JSON.stringify(settings, null, 2));
+    await button("Save").click();
+    await notice("Saved: the routing rules apply to the next request").waitFor();
+    await nav("Config");
+  });
+
   await step("turn client authentication on in the config form", async () => {
     await field("auth.jwt_secret").fill(JWT_SECRET);
     await field("auth.enabled").check();

@@ -569,3 +569,35 @@ async fn live_metrics_count_sessions_frames_and_close_reasons() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_key_that_leaves_through_an_egress_proxy_never_carries_a_live_session() {
+    // key1 must leave through a proxy (nobody listens there); Live sessions are opened directly,
+    // so they all go to key2.
+    let h = Harness::start_with(MockOptions::default(), |c| {
+        c.gemini.api_keys[0].proxy = Some(Secret::new("http://127.0.0.1:9"));
+    })
+    .await;
+    for _ in 0..4 {
+        let mut ws = connect(&h, LIVE, &[]).await.unwrap();
+        setup(&mut ws).await;
+        ws.close(None).await.unwrap();
+        let _ = close_frame(&mut ws).await;
+    }
+    let keys: Vec<_> = live_requests(&h)
+        .into_iter()
+        .filter_map(|r| r.key)
+        .collect();
+    assert_eq!(keys, vec![KEY2.to_owned(); 4]);
+
+    // With every key behind a proxy, a session is refused before the upgrade.
+    let h = Harness::start_with(MockOptions::default(), |c| {
+        for k in &mut c.gemini.api_keys {
+            k.proxy = Some(Secret::new("http://127.0.0.1:9"));
+        }
+    })
+    .await;
+    let (status, body) = refused(&h, LIVE, &[]).await;
+    assert_google_error(status, &body, 503, "UNAVAILABLE");
+    assert!(live_requests(&h).is_empty());
+}

@@ -20,6 +20,7 @@ fn aliases(c: &mut Config) {
         ]
         .into(),
         fallbacks: BTreeMap::new(),
+        suffixes: false,
     };
 }
 

@@ -76,6 +76,7 @@ fn vertex_member(id: &str, credentials: String, mock_base: &str) -> ApiKeyConfig
             base_url: Some(mock_base.into()),
             ..VertexConfig::default()
         }),
+        proxy: None,
     }
 }
 

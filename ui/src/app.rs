@@ -213,6 +213,7 @@ fn Shell() -> impl IntoView {
                 <A href="/keys">"Keys"</A>
                 <A href="/usage">"Usage"</A>
                 <A href="/config">"Config"</A>
+                <A href="/routing">"Routing"</A>
                 <A href="/tokens">"Tokens"</A>
                 <A href="/errors">"Errors"</A>
             </nav>
@@ -225,6 +226,7 @@ fn Shell() -> impl IntoView {
                 <Route path=path!("/keys") view=pages::keys::Keys/>
                 <Route path=path!("/keys/:id/events") view=pages::usage::KeyEvents/>
                 <Route path=path!("/config") view=pages::config::Config/>
+                <Route path=path!("/routing") view=pages::routing::Routing/>
                 <Route path=path!("/tokens") view=pages::tokens::Tokens/>
                 <Route path=path!("/errors") view=pages::errors::Errors/>
             </Routes>

@@ -231,7 +231,7 @@ pub(crate) struct Key {
 #[serde(default)]
 pub(crate) struct Rest {
     pub(crate) model: String,
-    /// `rate_limited`, `exhausted_today` or `unusable`.
+    /// `rate_limited`, `exhausted_today`, `unusable` or `proxy_unreachable`.
     pub(crate) reason: String,
     pub(crate) remaining_seconds: u64,
 }
@@ -287,6 +287,11 @@ impl Key {
                     ),
                     "unusable" => format!(
                         "unusable: {} (retried in {})",
+                        r.model,
+                        fmt_seconds(r.remaining_seconds)
+                    ),
+                    "proxy_unreachable" => format!(
+                        "proxy unreachable: {} (retried in {})",
                         r.model,
                         fmt_seconds(r.remaining_seconds)
                     ),

@@ -5,6 +5,7 @@ pub(crate) mod errors;
 pub(crate) mod keys;
 pub(crate) mod login;
 pub(crate) mod overview;
+pub(crate) mod routing;
 pub(crate) mod tokens;
 pub(crate) mod usage;
 

@@ -1,5 +1,5 @@
 //! Client tokens: whether the gateway requires them (`auth.enabled`), issuing one (subject,
-//! lifetime, models, rpm, role) shown once with a copy button, and revoking by id.
+//! lifetime, models, rpm, role, request overrides) shown once with a copy button, and revoking by id.
 
 use leptos::ev::SubmitEvent;
 use leptos::html;
@@ -110,6 +110,7 @@ pub(crate) fn Tokens() -> impl IntoView {
     let models = RwSignal::new(String::new());
     let rpm = RwSignal::new(String::new());
     let role = RwSignal::new("client".to_owned());
+    let overrides = RwSignal::new(String::new());
     let errors = RwSignal::new(std::collections::BTreeMap::<String, String>::new());
     let general = RwSignal::new(None::<String>);
     let busy = RwSignal::new(false);
@@ -139,6 +140,21 @@ pub(crate) fn Tokens() -> impl IntoView {
                 }
             }
         };
+        let overrides_v = overrides.get_untracked().trim().to_owned();
+        let overrides_json = if overrides_v.is_empty() {
+            None
+        } else {
+            match serde_json::from_str::<serde_json::Value>(&overrides_v) {
+                Ok(v @ serde_json::Value::Array(_)) => Some(v),
+                _ => {
+                    e.insert(
+                        "overrides".to_owned(),
+                        "must be a JSON list of rules, e.g. [{\"set\": {…}}]".to_owned(),
+                    );
+                    None
+                }
+            }
+        };
         errors.set(e.clone());
         general.set(None);
         if !e.is_empty() {
@@ -155,6 +171,9 @@ pub(crate) fn Tokens() -> impl IntoView {
         let mut body = json!({ "sub": s, "ttl": ttl.get_untracked().trim(), "models": model_list, "role": role.get_untracked() });
         if let Some(n) = rpm_n {
             body["rpm"] = n.into();
+        }
+        if let Some(o) = overrides_json {
+            body["overrides"] = o;
         }
         busy.set(true);
         tasks.spawn(async move {
@@ -189,6 +208,7 @@ pub(crate) fn Tokens() -> impl IntoView {
                         "models".into(),
                         "rpm".into(),
                         "role".into(),
+                        "overrides".into(),
                     ]);
                     errors.set(by_field);
                     general.set(Some(if other.is_empty() {
@@ -323,6 +343,13 @@ pub(crate) fn Tokens() -> impl IntoView {
                         <input id="tok-models" bind:value=models autocomplete="off" placeholder="gemini-2.5-*"
                             aria-describedby="tok-models-err" aria-invalid=invalid("models")/>
                         <FieldError id="tok-models-err".into() error=err("models")/>
+                    </div>
+                    <div class="field">
+                        <label for="tok-overrides">"Request overrides (JSON list of rules like gemini.overrides; empty: none)"</label>
+                        <textarea id="tok-overrides" rows="3" bind:value=overrides autocomplete="off"
+                            placeholder=r#"[{"match": {"models": ["gemini-2.5-*"]}, "set": {"generationConfig": {"thinkingConfig": {"thinkingBudget": 0}}}}]"#
+                            aria-describedby="tok-overrides-err" aria-invalid=invalid("overrides")></textarea>
+                        <FieldError id="tok-overrides-err".into() error=err("overrides")/>
                     </div>
                     {move || general.get().map(|g| view! { <p class="banner error" role="alert">{g}</p> })}
                     <button type="submit" class="primary" disabled=busy>"Issue token"</button>

@@ -1,0 +1,88 @@
+//! Token counts read from an answer: Gemini's `usageMetadata` or the OpenAI-compatible `usage`.
+
+use serde::Deserialize;
+
+use crate::key_pool::Tokens;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageMetadata {
+    #[serde(default)]
+    prompt_token_count: u64,
+    #[serde(default)]
+    candidates_token_count: u64,
+    #[serde(default)]
+    thoughts_token_count: u64,
+    #[serde(default)]
+    cached_content_token_count: u64,
+    #[serde(default)]
+    total_token_count: u64,
+}
+
+#[derive(Deserialize)]
+struct OpenAiUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    total_tokens: u64,
+}
+
+/// The usage reported last in `text`: Gemini's `"usageMetadata": {...}` or OpenAI's
+/// `"usage": {...}`.
+pub fn find_usage(text: &[u8]) -> Option<Tokens> {
+    if let Some(obj) = object_after(text, b"\"usageMetadata\"") {
+        let u: UsageMetadata = serde_json::from_slice(obj).ok()?;
+        return Some(Tokens {
+            prompt: u.prompt_token_count,
+            candidates: u.candidates_token_count,
+            thoughts: u.thoughts_token_count,
+            cached: u.cached_content_token_count,
+            total: u.total_token_count,
+        });
+    }
+    let obj = object_after(text, b"\"usage\"")?;
+    let u: OpenAiUsage = serde_json::from_slice(obj).ok()?;
+    Some(Tokens {
+        prompt: u.prompt_tokens,
+        candidates: u.completion_tokens,
+        total: u.total_tokens,
+        ..Tokens::default()
+    })
+}
+
+/// The JSON object that follows the last `name:` in `text`.
+fn object_after<'a>(text: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let at = memchr::memmem::rfind(text, name)? + name.len();
+    let rest = &text[at..];
+    let colon = rest.iter().position(|&c| !c.is_ascii_whitespace())?;
+    if rest[colon] != b':' {
+        return None;
+    }
+    let rest = &rest[colon + 1..];
+    let open = rest.iter().position(|&c| !c.is_ascii_whitespace())?;
+    if rest[open] != b'{' {
+        return None;
+    }
+    let obj = &rest[open..];
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &c) in obj.iter().enumerate() {
+        match (in_string, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'{') => depth += 1,
+            (false, _, b'}') => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&obj[..=i]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
