@@ -897,18 +897,27 @@ impl Leases {
             }
             return;
         }
-        let free_at = match it.what {
-            What::Rpd(_) => (extra == 0).then(|| now + until_pacific_midnight()),
+        let (free, free_at) = match it.what {
+            What::Rpd(_) => (
+                u32::try_from(extra.max(0)).unwrap_or(u32::MAX),
+                (extra == 0).then(|| now + until_pacific_midnight()),
+            ),
             _ => {
                 // Out when the next unit's arrival time is past the window; it frees when that
-                // is one interval inside.
-                let interval = 60_000 / i64::from(it.limit.max(1));
+                // is one interval inside. Free: the units that fit between the arrival time and
+                // the window's end.
+                let limit = i64::from(it.limit.max(1));
+                let interval = 60_000 / limit;
                 let wait = extra + interval - 60_000;
-                (wait > 0).then(|| now + Duration::from_millis(wait as u64))
+                let free = (60_000 - extra.clamp(0, 60_000)) * limit / 60_000;
+                (
+                    u32::try_from(free).unwrap_or(0),
+                    (wait > 0).then(|| now + Duration::from_millis(wait as u64)),
+                )
             }
         };
         if let Some(l) = self.lease_mut(it) {
-            l.answered(granted, free_at, now, link);
+            l.answered(granted, free, free_at, now, link);
         }
     }
 
