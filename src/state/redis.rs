@@ -215,15 +215,7 @@ impl RedisStore {
     /// Redis need not be reachable: the store serves from local state and connects when it can.
     pub fn start(config: &RedisStateConfig) -> Arc<Self> {
         let url = config.url().to_owned();
-        let mut scrub = Vec::new();
-        if let Some(parsed) = redis::parse_redis_url(&url) {
-            if let Some(p) = parsed.password().filter(|p| !p.is_empty()) {
-                scrub.push(p.to_owned());
-            }
-            if !parsed.username().is_empty() {
-                scrub.push(parsed.username().to_owned());
-            }
-        }
+        let scrub = secrets_of(&url);
         let store = Arc::new(Self {
             local: MemoryStore::new(),
             leases: Mutex::default(),
@@ -284,11 +276,7 @@ impl RedisStore {
     }
 
     fn scrubbed(&self, e: &redis::RedisError) -> String {
-        let mut s = e.to_string();
-        for secret in &self.scrub {
-            s = s.replace(secret.as_str(), "***");
-        }
-        s
+        scrub(e, &self.scrub)
     }
 
     fn set_connected(&self, up: bool, error: Option<&redis::RedisError>) {
@@ -333,6 +321,29 @@ impl RedisStore {
     fn key_name(&self, kind: &str, key: &str) -> String {
         format!("{}:{kind}:{key}", self.prefix)
     }
+}
+
+/// The user and password in a Redis URL, to scrub from error messages before they are logged.
+pub(crate) fn secrets_of(url: &str) -> Vec<String> {
+    let mut secrets = Vec::new();
+    if let Some(parsed) = redis::parse_redis_url(url) {
+        if let Some(p) = parsed.password().filter(|p| !p.is_empty()) {
+            secrets.push(p.to_owned());
+        }
+        if !parsed.username().is_empty() {
+            secrets.push(parsed.username().to_owned());
+        }
+    }
+    secrets
+}
+
+/// A Redis error's message without the user or password of the URL.
+pub(crate) fn scrub(e: &redis::RedisError, secrets: &[String]) -> String {
+    let mut s = e.to_string();
+    for secret in secrets {
+        s = s.replace(secret.as_str(), "***");
+    }
+    s
 }
 
 /// Today's number, counted in Pacific days (the day ends at the next Pacific midnight).
@@ -666,7 +677,9 @@ impl KeyStateStore for RedisStore {
 
 // ---- background: sync -------------------------------------------------------------------------
 
-async fn connect(
+/// A connection manager that reconnects by itself (with short time-outs: a background task
+/// retries rather than waits).
+pub(crate) async fn connect(
     client: &redis::Client,
     response_timeout: Duration,
 ) -> redis::RedisResult<ConnectionManager> {

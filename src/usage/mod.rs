@@ -24,8 +24,9 @@
 //!
 //! # Replicas
 //! Each process writes its own file and stamps its rows with its replica id (`usage.replica_id`,
-//! else the host name), so a shared view can merge files without counting anything twice. The
-//! admin API reads the local file: with several replicas, each one answers for itself.
+//! else the host name). With `state.backend: redis`, [`shared`] copies every replica's minute
+//! rows into every file through Redis in the background, so the admin API, reading the local
+//! file, answers for all replicas without counting anything twice.
 //!
 //! # Budgets
 //! [`budget`] keeps each client's tokens of the current minute and UTC day in memory, fed by the
@@ -34,6 +35,7 @@
 pub mod budget;
 pub(crate) mod db;
 pub mod query;
+mod shared;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -254,6 +256,34 @@ impl Usage {
         tracing::info!(path = %path.display(), replica = %replica, "usage history on");
         let _ = self.recorder.set(Recorder { tx, path, replica });
         Ok(())
+    }
+
+    /// With `state.backend: redis`, starts sharing the history with the other replicas (see
+    /// [`shared`]) on the current async runtime. Does nothing without a history, with the memory
+    /// backend, or outside a runtime.
+    pub fn share(
+        self: &Arc<Self>,
+        config: &UsageConfig,
+        state: &crate::config::state::StateConfig,
+    ) {
+        let Some(r) = self.recorder.get() else {
+            return;
+        };
+        if state.backend != crate::config::state::StateBackend::Redis
+            || tokio::runtime::Handle::try_current().is_err()
+        {
+            return;
+        }
+        shared::spawn(
+            Arc::downgrade(self),
+            &state.redis,
+            shared::ShareOptions {
+                path: r.path.clone(),
+                replica: r.replica.clone(),
+                interval: Duration::from_millis(config.share_interval_milliseconds.max(1)),
+                minute_retention_days: config.minute_retention_days,
+            },
+        );
     }
 
     /// Whether the history is kept.

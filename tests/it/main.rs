@@ -21,4 +21,5 @@ mod security;
 mod shutdown;
 mod tls;
 mod usage;
+mod usage_replicas;
 mod vertex;

@@ -25,14 +25,14 @@ const SYNC_MS: u64 = 50;
 const DEADLINE: Duration = Duration::from_secs(10);
 
 /// A `redis-server` of our own.
-struct Redis {
+pub(crate) struct Redis {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl Redis {
-    fn start() -> Redis {
+    pub(crate) fn start() -> Redis {
         let port = StdListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -83,7 +83,7 @@ impl Redis {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 }
@@ -800,7 +800,7 @@ impl Partition {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
