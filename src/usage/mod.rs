@@ -30,7 +30,8 @@
 //!
 //! # Budgets
 //! [`budget`] keeps each client's tokens of the current minute and UTC day in memory, fed by the
-//! same reports, for the `tpm` / `tpd` claims and `auth.default_tokens_per_day`.
+//! same reports, for the `tpm` / `tpd` claims and `auth.default_tokens_per_day`; with
+//! `state.backend: redis`, shared by the replicas.
 
 pub mod budget;
 pub(crate) mod db;
@@ -258,22 +259,33 @@ impl Usage {
         Ok(())
     }
 
-    /// With `state.backend: redis`, starts sharing the history with the other replicas (see
-    /// [`shared`]) on the current async runtime. Does nothing without a history, with the memory
-    /// backend, or outside a runtime.
+    /// With `state.backend: redis`, starts sharing the token budgets and (when kept) the history
+    /// with the other replicas (see [`shared`]) on the current async runtime. Does nothing with
+    /// the memory backend or outside a runtime.
     pub fn share(
         self: &Arc<Self>,
         config: &UsageConfig,
         state: &crate::config::state::StateConfig,
     ) {
-        let Some(r) = self.recorder.get() else {
-            return;
-        };
         if state.backend != crate::config::state::StateBackend::Redis
             || tokio::runtime::Handle::try_current().is_err()
         {
             return;
         }
+        let replica: Arc<str> = match self.recorder.get() {
+            Some(r) => r.replica.clone(),
+            None => config.replica_id.clone().unwrap_or_else(host_name).into(),
+        };
+        self.budgets.share();
+        shared::spawn_budgets(
+            Arc::downgrade(self),
+            &state.redis,
+            replica,
+            state.redis.sync_interval(),
+        );
+        let Some(r) = self.recorder.get() else {
+            return;
+        };
         shared::spawn(
             Arc::downgrade(self),
             &state.redis,

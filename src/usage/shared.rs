@@ -266,6 +266,96 @@ impl Sharer {
     }
 }
 
+/// Shares the per-client token budgets (see [`super::budget`]) every `interval`
+/// (`state.redis.sync_interval_ms`): one pipeline writes this replica's tokens of each client's
+/// minute and day (`P:budget:m:<minute>:<client>` and `P:budget:d:<day>:<client>`, a field per
+/// replica holding its whole count, so a repeated write counts once) and reads the others' back.
+pub(super) fn spawn_budgets(
+    usage: Weak<Usage>,
+    redis: &RedisStateConfig,
+    replica: Arc<str>,
+    interval: Duration,
+) {
+    let url = redis.url().to_owned();
+    let shown = redacted_redis_url(&url).unwrap_or_default();
+    let secrets = secrets_of(&url);
+    let Ok(client) = redis::Client::open(url.as_str()) else {
+        // Said once by the usage task or the state store.
+        return;
+    };
+    let prefix = redis.key_prefix.clone();
+    tokio::spawn(async move {
+        let mut conn: Option<ConnectionManager> = None;
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(u) = usage.upgrade() else { return };
+            let own = u.budgets().own(unix_now());
+            if own.is_empty() {
+                continue;
+            }
+            if conn.is_none() {
+                conn = connect(&client, Duration::from_secs(1).max(interval * 5))
+                    .await
+                    .ok();
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            let mut pipe = redis::pipe();
+            for o in &own {
+                for (key, tokens, ttl_ms) in [
+                    (
+                        format!("{prefix}:budget:m:{}:{}", o.minute, o.client),
+                        o.minute_tokens,
+                        120_000,
+                    ),
+                    (
+                        format!("{prefix}:budget:d:{}:{}", o.day, o.client),
+                        o.day_tokens,
+                        2 * db::DAY * 1000,
+                    ),
+                ] {
+                    if tokens > 0 {
+                        pipe.hset(&key, &*replica, tokens)
+                            .ignore()
+                            .pexpire(&key, ttl_ms)
+                            .ignore();
+                    }
+                    pipe.hgetall(&key);
+                }
+            }
+            let read: redis::RedisResult<Vec<BTreeMap<String, u64>>> = pipe.query_async(c).await;
+            match read {
+                Ok(hashes) if hashes.len() == 2 * own.len() => {
+                    let others = |h: &BTreeMap<String, u64>| {
+                        h.iter()
+                            .filter(|(r, _)| **r != *replica)
+                            .map(|(_, t)| *t)
+                            .sum::<u64>()
+                    };
+                    for (o, pair) in own.iter().zip(hashes.chunks(2)) {
+                        u.budgets().set_others(
+                            &o.client,
+                            o.minute,
+                            others(&pair[0]),
+                            o.day,
+                            others(&pair[1]),
+                        );
+                    }
+                    failing = false;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(url = %shown, error = %scrub(&e, &secrets),
+                            "token budgets: cannot share with the other replicas through Redis; deciding from this replica's tokens and the others' as last read");
+                    }
+                    failing = true;
+                }
+            }
+        }
+    });
+}
+
 /// A row's field in its minute's hash: `[replica, key, model, client, route]` as JSON (any of
 /// them may hold any character).
 fn field(row: &SharedRow) -> String {

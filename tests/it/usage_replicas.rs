@@ -97,3 +97,50 @@ async fn every_replica_shows_every_replicas_usage_once() {
         assert_eq!(report["totals"]["requests"], 11, "replica {i}: {report}");
     }
 }
+
+/// A client's `tpd` budget is shared: what it spent through B and C counts on A. A client over
+/// its budget there gets 429 naming the budget, within about a sync interval; another client is
+/// unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_token_budget_is_shared_by_the_replicas() {
+    let redis = Redis::start();
+    let mock = MockUpstream::start(MockOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gws = Vec::new();
+    for name in ["pod-a", "pod-b", "pod-c"] {
+        gws.push(replica(&mock, &redis, dir.path(), name).await);
+    }
+    let t = TOTAL_TOKEN_COUNT;
+    // 21 answers' worth a day: 10 through B and 10 through C leave one.
+    let budgeted = gws[0].token("budgeted", Some(21 * t));
+    let other = gws[0].token("other", Some(21 * t));
+    for gw in &gws[1..] {
+        for _ in 0..10 {
+            assert_eq!(gw.call(&budgeted, FLASH, &[]).await.0, 200);
+        }
+    }
+    // B and C share their counts, A reads them (background rounds every 50 ms).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Alone, A would let 21 answers through; sharing, one (the first, which makes the client
+    // known here) or a few while the counts are on their way.
+    let mut served = 0;
+    loop {
+        let (status, body) = gws[0].call(&budgeted, FLASH, &[]).await;
+        if status == 429 {
+            let text = String::from_utf8_lossy(&body);
+            assert!(text.contains("tokens-per-day budget (tpd)"), "{text}");
+            break;
+        }
+        assert_eq!(status, 200);
+        served += 1;
+        assert!(
+            served <= 10,
+            "A let {served} answers through: the budget is not shared"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served >= 1, "{served}");
+    for gw in &gws {
+        assert_eq!(gw.call(&other, FLASH, &[]).await.0, 200);
+    }
+}

@@ -160,7 +160,10 @@ impl Telemetry {
     async fn prefill(self, api: Api) {
         let now = (api::now_ms() / 1000.0) as i64;
         let from = now - (SAMPLES as u64 * POLL.as_secs()) as i64;
-        let path = format!("/api/usage?from={from}&to={}&step=1m&group_by=route", now + 1);
+        let path = format!(
+            "/api/usage?from={from}&to={}&step=1m&group_by=route",
+            now + 1
+        );
         // The history may be off: then the charts fill from the live readings only.
         let Ok(report) = api.get_json(&path).await else {
             return;

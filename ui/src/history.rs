@@ -318,7 +318,11 @@ mod tests {
         // Nothing stored: quiet samples, not gaps (the gateway was idle).
         let empty = stored_samples(&serde_json::json!({"groups": []}), 600, 660, 3);
         assert_eq!(empty.len(), 20);
-        assert!(empty.iter().all(|s| s.qps == 0.0 && s.success_rate.is_none()));
+        assert!(
+            empty
+                .iter()
+                .all(|s| s.qps == 0.0 && s.success_rate.is_none())
+        );
     }
 
     #[test]
