@@ -417,6 +417,66 @@ pub(crate) fn store_shared_rows(
     Ok(stored)
 }
 
+/// `replica`'s key events after `after` (a rowid), oldest first, at most `limit`, each with its
+/// rowid.
+pub(crate) fn read_own_events(
+    conn: &Connection,
+    replica: &str,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<(i64, StoredEvent, String)>> {
+    let mut stmt = conn.prepare(
+        "SELECT rowid, at, kind, model, reason, seconds, key FROM key_events
+         WHERE replica = ?1 AND rowid > ?2 ORDER BY rowid LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![replica, after, limit as i64], |r| {
+        Ok((
+            r.get(0)?,
+            StoredEvent {
+                at: r.get(1)?,
+                replica: replica.to_owned(),
+                kind: r.get(2)?,
+                model: r.get(3)?,
+                reason: r.get(4)?,
+                seconds: r.get::<_, Option<i64>>(5)?.map(|s| s.max(0) as u64),
+            },
+            r.get(6)?,
+        ))
+    })?;
+    rows.collect()
+}
+
+/// Stores other replicas' key events (`(event, key)`), each once: an event already in the file
+/// (the same time, replica, key, kind, model and reason) is not stored again.
+pub(crate) fn store_shared_events(
+    conn: &mut Connection,
+    events: &[(StoredEvent, String)],
+) -> rusqlite::Result<usize> {
+    let tx = conn.transaction()?;
+    let mut stored = 0;
+    {
+        let mut insert = tx.prepare(
+            "INSERT INTO key_events (at, replica, key, kind, model, reason, seconds)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (
+                 SELECT 1 FROM key_events WHERE key = ?3 AND at = ?1 AND replica = ?2
+                 AND kind = ?4 AND model IS ?5 AND reason = ?6)",
+        )?;
+        for (e, key) in events {
+            stored += insert.execute(params![
+                e.at,
+                e.replica,
+                key,
+                e.kind,
+                e.model,
+                e.reason,
+                e.seconds.map(|s| s as i64),
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(stored)
+}
+
 /// The replicas whose rows are in the file.
 pub(crate) fn replicas(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare("SELECT DISTINCT replica FROM usage ORDER BY replica")?;

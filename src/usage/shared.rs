@@ -8,7 +8,9 @@
 //!   expires with `usage.minute_retention_days`; the minutes written are marked changed in the
 //!   sorted set `P:usage:changed` (scored by Redis's clock);
 //! - **copy**: the minutes changed since the last round are read back and the other replicas'
-//!   rows stored in the local file under their replica ids, replacing an earlier copy.
+//!   rows stored in the local file under their replica ids, replacing an earlier copy;
+//! - **key events** (rests, invalidations, enable/disable) go the same way through the stream
+//!   `P:usage:events`; a copy already in the file is not stored twice.
 //!
 //! The admin API then reads the local file as before and answers for every replica (the
 //! `replicas` of an answer list them); the roll-up folds the copies into hours like the
@@ -22,6 +24,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
 
 use super::Usage;
 use super::db::{self, SharedRow};
@@ -36,6 +39,24 @@ const CHUNK: usize = 500;
 const REPUBLISH: i64 = 3 * db::MINUTE;
 /// Overlap of the changed-minutes reads (ms), for a mark written while the last read ran.
 const READ_OVERLAP_MS: i64 = 10_000;
+/// Key events sent or read in one round at most.
+const EVENTS_PER_ROUND: usize = 1000;
+/// Approximate length of the key-event stream.
+const EVENTS_KEPT: usize = 100_000;
+
+/// A key event in the stream.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireEvent {
+    replica: String,
+    key: String,
+    at: i64,
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seconds: Option<u64>,
+}
 
 /// Marks minutes as changed, at Redis's time, and forgets marks older than the retention.
 /// `KEYS[1]` the sorted set; `ARGV[1]` the retention (ms); then the minutes.
@@ -79,6 +100,8 @@ pub(super) fn spawn(usage: Weak<Usage>, redis: &RedisStateConfig, options: Share
             prefix,
             published_up_to: None,
             read_since_ms: None,
+            events_sent: 0,
+            events_read: None,
             failing: false,
         };
         let mut conn: Option<ConnectionManager> = None;
@@ -114,6 +137,10 @@ struct Sharer {
     published_up_to: Option<i64>,
     /// Redis's time (ms) when the last successful copy started; `None`: copy everything.
     read_since_ms: Option<i64>,
+    /// The rowid of the last own key event sent.
+    events_sent: i64,
+    /// The stream id of the last key event read; `None`: read from the start.
+    events_read: Option<String>,
     /// Logged once per outage.
     failing: bool,
 }
@@ -144,7 +171,113 @@ impl Sharer {
         let rows = self.read_own(since).await;
         self.publish(conn, &rows).await?;
         self.published_up_to = Some(started);
-        self.copy(conn).await
+        self.copy(conn).await?;
+        self.send_events(conn).await?;
+        self.read_events(conn).await
+    }
+
+    fn events_key(&self) -> String {
+        format!("{}:usage:events", self.prefix)
+    }
+
+    /// Sends this replica's key events written since the last round.
+    async fn send_events(&mut self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+        let path = self.options.path.clone();
+        let replica = self.options.replica.clone();
+        let after = self.events_sent;
+        let read = tokio::task::spawn_blocking(move || {
+            if !path.exists() {
+                return Ok(Vec::new());
+            }
+            let conn = db::open_for_reading(&path)?;
+            db::read_own_events(&conn, &replica, after, EVENTS_PER_ROUND)
+        })
+        .await;
+        let Ok(Ok(events)) = read else {
+            return Ok(());
+        };
+        let Some(last) = events.last().map(|(rowid, ..)| *rowid) else {
+            return Ok(());
+        };
+        let mut pipe = redis::pipe();
+        for (_, e, key) in events {
+            let wire = WireEvent {
+                replica: e.replica,
+                key,
+                at: e.at,
+                kind: e.kind,
+                model: e.model,
+                reason: e.reason,
+                seconds: e.seconds,
+            };
+            let Ok(json) = serde_json::to_string(&wire) else {
+                continue;
+            };
+            pipe.cmd("XADD")
+                .arg(self.events_key())
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(EVENTS_KEPT)
+                .arg("*")
+                .arg("e")
+                .arg(json)
+                .ignore();
+        }
+        let () = pipe.query_async(conn).await?;
+        self.events_sent = last;
+        Ok(())
+    }
+
+    /// Stores the other replicas' key events added to the stream since the last round.
+    async fn read_events(&mut self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+        type Entries = Vec<(String, BTreeMap<String, String>)>;
+        let start = self
+            .events_read
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let entries: Entries = redis::cmd("XRANGE")
+            .arg(self.events_key())
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(EVENTS_PER_ROUND)
+            .query_async(conn)
+            .await?;
+        let Some(last) = entries.last().map(|(id, _)| id.clone()) else {
+            return Ok(());
+        };
+        let events: Vec<(db::StoredEvent, String)> = entries
+            .iter()
+            .filter_map(|(_, fields)| serde_json::from_str::<WireEvent>(fields.get("e")?).ok())
+            .filter(|w| *w.replica != *self.options.replica)
+            .map(|w| {
+                (
+                    db::StoredEvent {
+                        at: w.at,
+                        replica: w.replica,
+                        kind: w.kind,
+                        model: w.model,
+                        reason: w.reason,
+                        seconds: w.seconds,
+                    },
+                    w.key,
+                )
+            })
+            .collect();
+        if !events.is_empty() {
+            let path = self.options.path.clone();
+            let stored = tokio::task::spawn_blocking(move || {
+                let mut conn = db::open_for_writing(&path)?;
+                db::store_shared_events(&mut conn, &events)
+            })
+            .await;
+            if !matches!(stored, Ok(Ok(_))) {
+                // Read again next round.
+                return Ok(());
+            }
+        }
+        self.events_read = Some(last);
+        Ok(())
     }
 
     /// This replica's minute rows since `since` (none while the file cannot be read).

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::redis_state::Redis;
-use crate::support::json;
+use crate::support::{json, within};
 use crate::usage::{FLASH, Gw, PRO, by_group, config};
 use gem_proxy::config::Secret;
 use gem_proxy::config::state::StateBackend;
@@ -75,6 +75,17 @@ async fn every_replica_shows_every_replicas_usage_once() {
         assert_eq!(summary["clients"][0]["requests"], 6);
     }
 
+    // A key disabled through A's admin API is in every replica's timeline of that key, as A's.
+    assert_eq!(
+        gws[0].admin(Method::POST, "/api/keys/key3/disable").await.0,
+        200
+    );
+    for (i, gw) in gws.iter().enumerate() {
+        let events = key3_events(gw, 1).await;
+        assert_eq!(events[0]["kind"], "disabled", "replica {i}: {events:?}");
+        assert_eq!(events[0]["replica"], "pod-a", "replica {i}");
+    }
+
     // C restarts on its file and sends all its rows again; rounds go on: nothing counts twice.
     let c = gws.pop().unwrap();
     c.stop().await;
@@ -95,7 +106,27 @@ async fn every_replica_shows_every_replicas_usage_once() {
     for (i, gw) in gws.iter().enumerate() {
         let report = gw.usage("group_by=key").await;
         assert_eq!(report["totals"]["requests"], 11, "replica {i}: {report}");
+        assert_eq!(key3_events(gw, 1).await.len(), 1, "replica {i}");
     }
+}
+
+/// key3's events once there are `n` of them.
+async fn key3_events(gw: &Gw, n: usize) -> Vec<serde_json::Value> {
+    within("key3's events", async {
+        loop {
+            let (status, _, body) = gw.admin(Method::GET, "/api/keys/key3/events").await;
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            let events = json(&body)["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if events.len() >= n {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
 }
 
 /// A client's `tpd` budget is shared: what it spent through B and C counts on A. A client over
