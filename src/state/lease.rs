@@ -13,8 +13,8 @@
 //!   answered), unless Redis said the quota is out. A cold lease runs ahead by its *cold block*:
 //!   this replica's share of the quota Redis last said was free (`free / replicas`, refilled at
 //!   the limit's pace since; the whole limit before Redis ever answered), at least one request and
-//!   at most `max_block`. The next sync charges them, and the lease runs ahead again only after
-//!   another quiet spell. A quiet lease holds nothing, so idle keys and clients cost Redis
+//!   at most `max_block`. The spell ends with Redis's next answer; the syncs charge what it
+//!   spent, and the lease runs ahead again only after another quiet spell. A quiet lease holds nothing, so idle keys and clients cost Redis
 //!   nothing, and the first burst after a pause is still served at once;
 //! - *fallback share*: while Redis is unreachable, `limit / replicas` per window (the replicas
 //!   counted while connected; 1 if never connected), on top of what the leases still hold.
@@ -25,9 +25,8 @@
 //! after Redis counted it, plus one cold block (at most `max_block`, always charged, so it only
 //! runs ahead of Redis until the next sync). With `limit ≥ 2 × replicas` that is at most twice
 //! the limit, and only when every replica wakes from a quiet spell into a quota that the others
-//! spent meanwhile; a steady load stays within `limit + replicas × max_block`. While Redis is
-//! gone, each replica adds at most its fallback share per window; what it spent is charged when
-//! Redis is back.
+//! spent meanwhile. While Redis is gone, each replica adds at most its fallback share per
+//! window; what it spent is charged when Redis is back.
 
 use std::time::Duration;
 
