@@ -9,13 +9,15 @@
 //! puts everything back when Redis could not be reached.
 //!
 //! Units spent without a lease:
-//! - *cold start*: requests that find the lease empty after a quiet spell (or before Redis ever
-//!   answered), unless Redis said the quota is out. A cold lease runs ahead by its *cold block*:
+//! - *cold start*: requests that find the lease empty — after a quiet spell, before Redis ever
+//!   answered, or when a burst outran the top-ups — unless Redis said the quota is out. An empty
+//!   lease with nothing uncounted runs ahead by its *cold block*:
 //!   this replica's share of the quota Redis last said was free (`free / replicas`, refilled at
 //!   the limit's pace since; the whole limit before Redis ever answered), at least one request and
 //!   at most `max_block`. The spell ends with Redis's next answer; the syncs charge what it
-//!   spent, and the lease runs ahead again only after another quiet spell. A quiet lease holds nothing, so idle keys and clients cost Redis
-//!   nothing, and the first burst after a pause is still served at once;
+//!   spent, and the lease runs ahead again only once that is counted. A quiet lease holds
+//!   nothing, so idle keys and clients cost Redis nothing, and the first burst after a pause (or
+//!   one faster than the top-ups) is still served at once;
 //! - *fallback share*: while Redis is unreachable, `limit / replicas` per window (the replicas
 //!   counted while connected; 1 if never connected), on top of what the leases still hold.
 //!
@@ -24,7 +26,7 @@
 //! replica holds at most one block, which it may spend up to [`LEASE_TTL_SYNCS`] sync intervals
 //! after Redis counted it, plus one cold block (at most `max_block`, always charged, so it only
 //! runs ahead of Redis until the next sync). With `limit ≥ 2 × replicas` that is at most twice
-//! the limit, and only when every replica wakes from a quiet spell into a quota that the others
+//! the limit, and only when every replica runs ahead at once into a quota that the others
 //! spent meanwhile. While Redis is gone, each replica adds at most its fallback share per
 //! window; what it spent is charged when Redis is back.
 
@@ -106,8 +108,6 @@ pub struct Lease {
     debt: u32,
     /// Expired units not yet given back.
     owed_back: u32,
-    /// No answer from Redis yet: the first requests go ahead as a cold start.
-    cold: bool,
     /// The cold block of the spell under way (0: none), set by its first request; the spell
     /// ends with the next answer from Redis.
     ahead: u32,
@@ -135,7 +135,6 @@ impl Lease {
             last_plan: now,
             debt: 0,
             owed_back: 0,
-            cold: true,
             ahead: 0,
             spent_ahead: 0,
             free: None,
@@ -165,7 +164,6 @@ impl Lease {
         if window != self.window {
             // A new day: the old day's units and debts no longer matter.
             *self = Self::new(window, limit, self.expires);
-            self.cold = false;
             return;
         }
         self.limit = limit.max(1);
@@ -215,10 +213,11 @@ impl Lease {
             return Err(t);
         }
         if link.connected {
-            // Quiet until now: run ahead by the cold block, counted at the next sync.
+            // Empty (quiet until now, never granted yet, or outrun by a burst) with nothing
+            // uncounted: run ahead by the cold block, counted at the next syncs.
             let block = if self.ahead > 0 {
                 self.ahead
-            } else if self.debt == 0 && (self.cold || self.is_quiet()) {
+            } else if self.debt == 0 {
                 self.cold_block(now, link.replicas)
             } else {
                 0
@@ -334,8 +333,7 @@ impl Lease {
         link: Link,
     ) {
         // A cold spell ends here: what it spent is charged (by this sync or the next), and the
-        // next one waits for another quiet spell.
-        self.cold = false;
+        // next one waits until that is done.
         self.ahead = 0;
         self.spent_ahead = 0;
         self.free = Some((free, now));
@@ -738,6 +736,38 @@ mod tests {
         assert_eq!(ask.charge, 64);
         assert!(ask.want > 1, "{ask:?}");
         assert_eq!(lease.take(now, l), Admission::Yes, "the lease took over");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_that_outruns_the_top_ups_runs_ahead_once_until_redis_answers() {
+        let l = link(true, 3);
+        let mut shared = Shared::new(6000);
+        let mut lease = Lease::new(Window::Minute, 6000, Instant::now());
+        // Steady: 10 requests per interval, the block follows.
+        for _ in 0..10 {
+            let now = Instant::now();
+            for _ in 0..10 {
+                assert_eq!(lease.take(now, l), Admission::Yes);
+            }
+            sync(&mut lease, &mut shared, l);
+            tokio::time::advance(SYNC).await;
+        }
+        // A burst far beyond the held block, before the next sync: the block, then one cold
+        // block (a third of what Redis said was free, capped at the largest block, 1000), then
+        // a wait for Redis.
+        let now = Instant::now();
+        let held = lease.units(now);
+        let block = lease.cold_block(now, 3);
+        assert_eq!(block, 1000);
+        let served = (0..5000)
+            .take_while(|_| lease.take(now, l) == Admission::Yes)
+            .count() as u32;
+        assert_eq!(served, held + block);
+        assert_eq!(lease.take(now, l), Admission::NotUntil(now + SYNC));
+        // Redis counts them; the grant follows the burst.
+        let ask = sync(&mut lease, &mut shared, l);
+        assert_eq!(ask.charge, block);
+        assert!(lease.units(now) > held, "{}", lease.units(now));
     }
 
     #[tokio::test(start_paused = true)]
