@@ -293,6 +293,7 @@ fn serve(config: Config, path: &std::path::Path) -> anyhow::Result<()> {
             .usage()
             .start(&usage, path.parent())
             .context("cannot start the usage history")?;
+        gateway.usage().share(&usage, &gateway.live().config.state);
         gateway.set_config_source(Some(path), loader, document);
         // Handlers first: a SIGTERM right after "listening" must not meet the default action.
         let signals = ShutdownSignals::install().context("cannot listen for signals")?;

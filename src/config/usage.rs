@@ -25,6 +25,10 @@ pub struct UsageConfig {
     pub queue_capacity: usize,
     /// How often the writer commits what it gathered, in milliseconds. Read at start-up.
     pub flush_interval_milliseconds: u64,
+    /// With `state.backend: redis`: how often each replica sends its recent minute rows to Redis
+    /// and copies the other replicas' rows into its file (the merged view), in milliseconds.
+    /// Read at start-up.
+    pub share_interval_milliseconds: u64,
     /// Prices for the cost estimate, first matching `model` pattern wins.
     pub prices: Vec<PriceConfig>,
 }
@@ -39,6 +43,7 @@ impl Default for UsageConfig {
             retention_days: 90,
             queue_capacity: 10_000,
             flush_interval_milliseconds: 1000,
+            share_interval_milliseconds: 10_000,
             prices: Vec::new(),
         }
     }
@@ -100,6 +105,12 @@ impl UsageConfig {
         if self.flush_interval_milliseconds == 0 {
             p.push((
                 "usage.flush_interval_milliseconds".into(),
+                "must be > 0".into(),
+            ));
+        }
+        if self.share_interval_milliseconds == 0 {
+            p.push((
+                "usage.share_interval_milliseconds".into(),
                 "must be > 0".into(),
             ));
         }

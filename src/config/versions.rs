@@ -54,6 +54,7 @@ const RESTART_KEYS: &[&str] = &[
     "usage.replica_id",
     "usage.queue_capacity",
     "usage.flush_interval_milliseconds",
+    "usage.share_interval_milliseconds",
     "state.",
 ];
 

@@ -9,18 +9,26 @@
 //! puts everything back when Redis could not be reached.
 //!
 //! Units spent without a lease:
-//! - *cold start*: a request that finds the lease empty after a quiet spell (or before Redis ever
-//!   answered), unless Redis said the quota is out — at most one per replica until the next sync,
-//!   which charges it. A quiet lease holds nothing, so idle keys and clients cost Redis nothing;
+//! - *cold start*: requests that find the lease empty — after a quiet spell, before Redis ever
+//!   answered, or when a burst outran the top-ups — unless Redis said the quota is out. An empty
+//!   lease with nothing uncounted runs ahead by its *cold block*:
+//!   this replica's share of the quota Redis last said was free (`free / replicas`, refilled at
+//!   the limit's pace since; the whole limit before Redis ever answered), at least one request and
+//!   at most `max_block`. The spell ends with Redis's next answer; the syncs charge what it
+//!   spent, and the lease runs ahead again only once that is counted. A quiet lease holds
+//!   nothing, so idle keys and clients cost Redis nothing, and the first burst after a pause (or
+//!   one faster than the top-ups) is still served at once;
 //! - *fallback share*: while Redis is unreachable, `limit / replicas` per window (the replicas
 //!   counted while connected; 1 if never connected), on top of what the leases still hold.
 //!
-//! Bound: in any window a key and model carries at most `limit + replicas × (max_block + 1)`
+//! Bound: in any window a key and model carries at most `limit + replicas × 2 × max_block`
 //! requests while Redis is reachable, where `max_block = max(1, limit / (2 × replicas))`: a
 //! replica holds at most one block, which it may spend up to [`LEASE_TTL_SYNCS`] sync intervals
-//! after Redis counted it, plus one cold-start request (always charged, so it can only run ahead
-//! of Redis by one request per sync). While Redis is gone, each replica adds
-//! at most its fallback share per window; what it spent is charged when Redis is back.
+//! after Redis counted it, plus one cold block (at most `max_block`, always charged, so it only
+//! runs ahead of Redis until the next sync). With `limit ≥ 2 × replicas` that is at most twice
+//! the limit, and only when every replica runs ahead at once into a quota that the others
+//! spent meanwhile. While Redis is gone, each replica adds at most its fallback share per
+//! window; what it spent is charged when Redis is back.
 
 use std::time::Duration;
 
@@ -100,8 +108,13 @@ pub struct Lease {
     debt: u32,
     /// Expired units not yet given back.
     owed_back: u32,
-    /// No answer from Redis yet: the first request goes ahead as a cold start.
-    cold: bool,
+    /// The cold block of the spell under way (0: none), set by its first request; the spell
+    /// ends with the next answer from Redis.
+    ahead: u32,
+    /// Units spent in that spell.
+    spent_ahead: u32,
+    /// Units Redis said were free after its last answer, and when.
+    free: Option<(u32, Instant)>,
     /// Redis said no unit is free before then.
     exhausted_until: Option<Instant>,
     /// The fallback share's GCRA (minute) or count (day) while Redis is gone.
@@ -122,7 +135,9 @@ impl Lease {
             last_plan: now,
             debt: 0,
             owed_back: 0,
-            cold: true,
+            ahead: 0,
+            spent_ahead: 0,
+            free: None,
             exhausted_until: None,
             fallback_tat: None,
             fallback_count: 0,
@@ -149,7 +164,6 @@ impl Lease {
         if window != self.window {
             // A new day: the old day's units and debts no longer matter.
             *self = Self::new(window, limit, self.expires);
-            self.cold = false;
             return;
         }
         self.limit = limit.max(1);
@@ -165,7 +179,11 @@ impl Lease {
     pub fn take(&mut self, now: Instant, link: Link) -> Admission {
         match self.decide(now, link) {
             Ok(Spend::Unit) => self.units -= 1,
-            Ok(Spend::Cold) => self.debt += 1,
+            Ok(Spend::Cold(block)) => {
+                self.ahead = block;
+                self.spent_ahead += 1;
+                self.debt += 1;
+            }
             Ok(Spend::Fallback(tat)) => {
                 self.fallback_tat = tat;
                 self.fallback_count += 1;
@@ -195,9 +213,17 @@ impl Lease {
             return Err(t);
         }
         if link.connected {
-            // Quiet until now: go ahead and be counted at the next sync.
-            if self.debt == 0 && (self.cold || self.is_quiet()) {
-                return Ok(Spend::Cold);
+            // Empty (quiet until now, never granted yet, or outrun by a burst) with nothing
+            // uncounted: run ahead by the cold block, counted at the next syncs.
+            let block = if self.ahead > 0 {
+                self.ahead
+            } else if self.debt == 0 {
+                self.cold_block(now, link.replicas)
+            } else {
+                0
+            };
+            if self.spent_ahead < block {
+                return Ok(Spend::Cold(block));
             }
             return Err(now + link.sync_interval);
         }
@@ -208,6 +234,23 @@ impl Lease {
             // The day's share is spent: the caller waits for the day to turn.
             Window::Day(_) => Err(now + MINUTE),
         }
+    }
+
+    /// How far a cold lease may run ahead of Redis: this replica's share of what Redis last said
+    /// was free (refilled since at the limit's pace; the whole limit before any answer), within
+    /// `1..=max_block`.
+    pub fn cold_block(&self, now: Instant, replicas: u32) -> u32 {
+        let free = match (self.free, self.window) {
+            (None, _) => self.limit,
+            (Some((free, _)), Window::Day(_)) => free,
+            (Some((free, at)), Window::Minute) => {
+                let refilled = now.saturating_duration_since(at).as_secs_f64()
+                    / MINUTE.as_secs_f64()
+                    * f64::from(self.limit);
+                (f64::from(free) + refilled).min(f64::from(self.limit)) as u32
+            }
+        };
+        (free / replicas.max(1)).clamp(1, self.max_block(replicas))
     }
 
     /// No traffic to speak of lately: nothing is held for it.
@@ -279,10 +322,21 @@ impl Lease {
         ask
     }
 
-    /// Books Redis's answer: `granted` units, and — when the quota is out after the grant —
-    /// when its next unit frees.
-    pub fn answered(&mut self, granted: u32, free_at: Option<Instant>, now: Instant, link: Link) {
-        self.cold = false;
+    /// Books Redis's answer: `granted` units, the units still `free` after the grant, and — when
+    /// the quota is out after the grant — when its next unit frees.
+    pub fn answered(
+        &mut self,
+        granted: u32,
+        free: u32,
+        free_at: Option<Instant>,
+        now: Instant,
+        link: Link,
+    ) {
+        // A cold spell ends here: what it spent is charged (by this sync or the next), and the
+        // next one waits until that is done.
+        self.ahead = 0;
+        self.spent_ahead = 0;
+        self.free = Some((free, now));
         self.fallback_tat = None;
         self.fallback_count = 0;
         if granted > 0 {
@@ -301,7 +355,8 @@ impl Lease {
 
 enum Spend {
     Unit,
-    Cold,
+    /// Ahead of Redis, within the cold block.
+    Cold(u32),
     Fallback(Option<Instant>),
 }
 
@@ -397,7 +452,7 @@ mod tests {
                 limit,
             }
         }
-        fn grant(&mut self, ask: Ask, now: Instant) -> (u32, Option<Instant>) {
+        fn grant(&mut self, ask: Ask, now: Instant) -> (u32, u32, Option<Instant>) {
             let iv = MINUTE / self.limit;
             let mut tat = self.tat.max(now);
             tat = tat.checked_sub(iv * ask.give_back).unwrap_or(now).max(now);
@@ -407,30 +462,36 @@ mod tests {
             let g = ask.want.min(room);
             tat += iv * g;
             self.tat = tat;
+            let free =
+                ((now + MINUTE).saturating_duration_since(tat).as_micros() / iv.as_micros()) as u32;
             let next = (tat + iv).checked_sub(MINUTE).filter(|t| *t > now);
-            (g, next)
+            (g, free, next)
         }
     }
 
     fn sync(lease: &mut Lease, shared: &mut Shared, link: Link) -> Ask {
         let now = Instant::now();
         let ask = lease.plan(now, link);
-        let (g, next) = shared.grant(ask, now);
-        lease.answered(g, next, now, link);
+        let (g, free, next) = shared.grant(ask, now);
+        lease.answered(g, free, next, now, link);
         ask
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_first_request_is_a_cold_start_then_requests_wait_for_a_lease() {
+    async fn a_cold_lease_runs_ahead_by_its_cold_block_then_waits_for_a_lease() {
         let l1 = link(true, 3);
         let mut lease = Lease::new(Window::Minute, 30, Instant::now());
         let now = Instant::now();
-        assert_eq!(lease.take(now, l1), Admission::Yes, "cold start");
+        // Before any answer: a third of the limit, capped at the largest block (30 / 6 = 5).
+        assert_eq!(lease.cold_block(now, 3), 5);
+        for i in 0..5 {
+            assert_eq!(lease.take(now, l1), Admission::Yes, "cold start {i}");
+        }
         // The next one waits for a grant (at most one sync away).
         assert_eq!(lease.take(now, l1), Admission::NotUntil(now + SYNC));
         let mut shared = Shared::new(30);
         let ask = sync(&mut lease, &mut shared, l1);
-        assert_eq!(ask.charge, 1, "the cold start is counted");
+        assert_eq!(ask.charge, 5, "the cold start is counted");
         assert!(ask.want >= 1);
         assert_eq!(lease.take(now, l1), Admission::Yes);
     }
@@ -438,7 +499,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn blocks_grow_with_traffic_up_to_the_cap_and_shrink_when_quiet() {
         let l = link(true, 3);
-        let mut shared = Shared::new(600);
+        // The shared budget is large: what the lease asks for is granted.
+        let mut shared = Shared::new(60_000);
         let mut lease = Lease::new(Window::Minute, 600, Instant::now());
         assert_eq!(lease.max_block(3), 100);
         let first = sync(&mut lease, &mut shared, l);
@@ -452,12 +514,13 @@ mod tests {
                     break;
                 }
             }
-            // Grant what it asks for (the shared budget is large).
             wants.push(sync(&mut lease, &mut shared, l).want);
             tokio::time::advance(SYNC).await;
         }
-        // The block doubles or so per interval while the traffic needs it, and stops at the cap.
-        assert!(wants[..4].windows(2).all(|w| w[0] < w[1]), "{wants:?}");
+        // The first interval runs on the cold block; the block then follows the traffic (four
+        // intervals' worth) and stops at the cap.
+        assert!(wants[0] >= 50, "{wants:?}");
+        assert!(wants.iter().all(|w| *w <= 100), "{wants:?}");
         let held = lease.units(Instant::now());
         assert!(
             (90..=100).contains(&held),
@@ -515,7 +578,7 @@ mod tests {
         let mut lease = Lease::new(Window::Minute, 60, Instant::now());
         let now = Instant::now();
         lease.take(now, l);
-        lease.answered(5, None, now, l);
+        lease.answered(5, 55, None, now, l);
         assert_eq!(lease.units(now), 5);
         tokio::time::advance(l.lease_ttl()).await;
         let now = Instant::now();
@@ -543,7 +606,7 @@ mod tests {
         let mut leases: Vec<Lease> = (0..3)
             .map(|_| Lease::new(Window::Minute, 30, Instant::now()))
             .collect();
-        let bound = 30 + 3 * (leases[0].max_block(3) + 1);
+        let bound = 30 + 3 * 2 * leases[0].max_block(3);
         let mut admitted = 0;
         let start = Instant::now();
         // Requests round-robin, 10 per sync interval, for one minute.
@@ -586,8 +649,8 @@ mod tests {
         let ask = lease.plan(now, up);
         assert_eq!(ask.charge, 10);
         let tat_before = shared.tat.max(now);
-        let (_, _) = shared.grant(ask, now);
-        lease.answered(0, None, now, up);
+        let (_, free, _) = shared.grant(ask, now);
+        lease.answered(0, free, None, now, up);
         assert!(shared.tat >= tat_before + (MINUTE / 30) * 10);
         assert_eq!(lease.plan(now, up).charge, 0);
     }
@@ -626,6 +689,139 @@ mod tests {
             .filter(|_| lease.take(now, down) == Admission::Yes)
             .count();
         assert_eq!(admitted, 5);
+    }
+
+    /// Busy, then quiet until the lease holds nothing: returns the instant the quiet spell ends.
+    async fn go_quiet(leases: &mut [Lease], shared: &mut Shared, l: Link) {
+        for _ in 0..40 {
+            for lease in leases.iter_mut() {
+                sync(lease, shared, l);
+            }
+            tokio::time::advance(SYNC).await;
+        }
+        let now = Instant::now();
+        assert!(
+            leases
+                .iter()
+                .all(|lease| lease.units(now) == 0 && lease.is_quiet())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_burst_after_a_quiet_spell_is_served_without_waiting_for_redis() {
+        let l = link(true, 3);
+        let mut shared = Shared::new(600);
+        let mut lease = Lease::new(Window::Minute, 600, Instant::now());
+        // Busy for a while, then quiet: the block went back to Redis.
+        for _ in 0..10 {
+            let now = Instant::now();
+            for _ in 0..20 {
+                lease.take(now, l);
+            }
+            sync(&mut lease, &mut shared, l);
+            tokio::time::advance(SYNC).await;
+        }
+        go_quiet(std::slice::from_mut(&mut lease), &mut shared, l).await;
+        // A burst of 64 at once (a load balancer's connections waking up): all served from the
+        // cold block (600 free / 3 replicas, capped at the largest block, 100), none refused
+        // while the lease is on its way.
+        let now = Instant::now();
+        assert_eq!(lease.cold_block(now, 3), 100);
+        let served = (0..64)
+            .filter(|_| lease.take(now, l) == Admission::Yes)
+            .count();
+        assert_eq!(served, 64);
+        // The next sync charges all of them and sizes the block for the burst.
+        let ask = sync(&mut lease, &mut shared, l);
+        assert_eq!(ask.charge, 64);
+        assert!(ask.want > 1, "{ask:?}");
+        assert_eq!(lease.take(now, l), Admission::Yes, "the lease took over");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_that_outruns_the_top_ups_runs_ahead_once_until_redis_answers() {
+        let l = link(true, 3);
+        let mut shared = Shared::new(6000);
+        let mut lease = Lease::new(Window::Minute, 6000, Instant::now());
+        // Steady: 10 requests per interval, the block follows.
+        for _ in 0..10 {
+            let now = Instant::now();
+            for _ in 0..10 {
+                assert_eq!(lease.take(now, l), Admission::Yes);
+            }
+            sync(&mut lease, &mut shared, l);
+            tokio::time::advance(SYNC).await;
+        }
+        // A burst far beyond the held block, before the next sync: the block, then one cold
+        // block (a third of what Redis said was free, capped at the largest block, 1000), then
+        // a wait for Redis.
+        let now = Instant::now();
+        let held = lease.units(now);
+        let block = lease.cold_block(now, 3);
+        assert_eq!(block, 1000);
+        let served = (0..5000)
+            .take_while(|_| lease.take(now, l) == Admission::Yes)
+            .count() as u32;
+        assert_eq!(served, held + block);
+        assert_eq!(lease.take(now, l), Admission::NotUntil(now + SYNC));
+        // Redis counts them; the grant follows the burst.
+        let ask = sync(&mut lease, &mut shared, l);
+        assert_eq!(ask.charge, block);
+        assert!(lease.units(now) > held, "{}", lease.units(now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_block_is_a_share_of_what_redis_last_said_was_free() {
+        let l = link(true, 3);
+        let mut shared = Shared::new(60);
+        let mut lease = Lease::new(Window::Minute, 60, Instant::now());
+        // Others spent all but 6 of the minute.
+        shared.tat = Instant::now() + Duration::from_secs(54);
+        lease.take(Instant::now(), l);
+        sync(&mut lease, &mut shared, l);
+        go_quiet(std::slice::from_mut(&mut lease), &mut shared, l).await;
+        // Quiet for 8 s: one unit a second refilled. What Redis said was free then, plus the
+        // refill, split three ways, is what this replica may run ahead by.
+        let now = Instant::now();
+        let block = lease.cold_block(now, 3);
+        assert!((1..=5).contains(&block), "{block}");
+        let served = (0..10)
+            .filter(|_| lease.take(now, l) == Admission::Yes)
+            .count() as u32;
+        assert_eq!(served, block);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cold_blocks_keep_three_replicas_within_the_bound() {
+        // The worst case: every replica wakes from a quiet spell into a burst at the same
+        // moment, again and again, for a minute.
+        let l = link(true, 3);
+        let limit = 60;
+        let mut shared = Shared::new(limit);
+        let mut leases: Vec<Lease> = (0..3)
+            .map(|_| Lease::new(Window::Minute, limit, Instant::now()))
+            .collect();
+        let max_block = leases[0].max_block(3);
+        let start = Instant::now();
+        let mut admitted = 0;
+        let mut bursts = 0;
+        while Instant::now() < start + MINUTE {
+            let now = Instant::now();
+            for lease in &mut leases {
+                admitted += (0..1000)
+                    .take_while(|_| lease.take(now, l) == Admission::Yes)
+                    .count() as u32;
+            }
+            bursts += 1;
+            go_quiet(&mut leases, &mut shared, l).await;
+        }
+        assert!(bursts >= 5, "{bursts}");
+        // GCRA allows the burst of the limit and refills the limit in the minute; the leases and
+        // cold blocks add at most `replicas × 2 × max_block`.
+        let bound = 2 * limit + 3 * 2 * max_block;
+        assert!(admitted <= bound, "{admitted} > {bound}");
+        // And the quota was used: each burst got more than the one request a cold lease used to.
+        assert!(admitted > 3 * bursts, "{admitted} in {bursts} bursts");
     }
 
     #[tokio::test(start_paused = true)]

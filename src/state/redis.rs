@@ -20,7 +20,13 @@
 //! Redis keys, under `state.redis.key_prefix` (`P`): `P:replicas` (heartbeats), `P:rpm:<key>:<model>`
 //! and `P:tpm:<key>:<model>` (GCRA arrival times, µs), `P:rpd:<key>:<model>:<day>` (the day's
 //! count), `P:key:<key>` (hash: `disabled`, `invalid`, `rest:<model>`), `P:bind:<resource>`
-//! (a binding, with its expiry), `P:events` (the event stream), `P:epoch`.
+//! (a binding, with its expiry), `P:config:latest` (hash: the latest admin-API config change `e`
+//! and its version `v`, counted by `P:config:version`), `P:events` (the event stream), `P:epoch`.
+//!
+//! Config changes: a replica applies other replicas' changes as they arrive on the stream; one
+//! that was apart reads `P:config:latest` back when it reconnects and applies it when its
+//! version is newer than the last it saw (unless a change of its own is waiting to be written:
+//! that one is newer). At start a replica takes its own config file and only notes the version.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -74,6 +80,8 @@ pub struct RedisStore {
     scrub: Vec<String>,
     /// Where config changes from other replicas go (the gateway).
     config_sink: SinkCell,
+    /// The version of the latest config change seen (`None` before the first read-back).
+    config_seen: Mutex<Option<u64>>,
 }
 
 /// The config sink, set once by the gateway.
@@ -207,15 +215,7 @@ impl RedisStore {
     /// Redis need not be reachable: the store serves from local state and connects when it can.
     pub fn start(config: &RedisStateConfig) -> Arc<Self> {
         let url = config.url().to_owned();
-        let mut scrub = Vec::new();
-        if let Some(parsed) = redis::parse_redis_url(&url) {
-            if let Some(p) = parsed.password().filter(|p| !p.is_empty()) {
-                scrub.push(p.to_owned());
-            }
-            if !parsed.username().is_empty() {
-                scrub.push(parsed.username().to_owned());
-            }
-        }
+        let scrub = secrets_of(&url);
         let store = Arc::new(Self {
             local: MemoryStore::new(),
             leases: Mutex::default(),
@@ -234,6 +234,7 @@ impl RedisStore {
             shown_url: redacted_redis_url(&url).unwrap_or_default(),
             scrub,
             config_sink: SinkCell::default(),
+            config_seen: Mutex::new(None),
         });
         match redis::Client::open(url.as_str()) {
             Ok(client) => {
@@ -275,11 +276,7 @@ impl RedisStore {
     }
 
     fn scrubbed(&self, e: &redis::RedisError) -> String {
-        let mut s = e.to_string();
-        for secret in &self.scrub {
-            s = s.replace(secret.as_str(), "***");
-        }
-        s
+        scrub(e, &self.scrub)
     }
 
     fn set_connected(&self, up: bool, error: Option<&redis::RedisError>) {
@@ -324,6 +321,29 @@ impl RedisStore {
     fn key_name(&self, kind: &str, key: &str) -> String {
         format!("{}:{kind}:{key}", self.prefix)
     }
+}
+
+/// The user and password in a Redis URL, to scrub from error messages before they are logged.
+pub(crate) fn secrets_of(url: &str) -> Vec<String> {
+    let mut secrets = Vec::new();
+    if let Some(parsed) = redis::parse_redis_url(url) {
+        if let Some(p) = parsed.password().filter(|p| !p.is_empty()) {
+            secrets.push(p.to_owned());
+        }
+        if !parsed.username().is_empty() {
+            secrets.push(parsed.username().to_owned());
+        }
+    }
+    secrets
+}
+
+/// A Redis error's message without the user or password of the URL.
+pub(crate) fn scrub(e: &redis::RedisError, secrets: &[String]) -> String {
+    let mut s = e.to_string();
+    for secret in secrets {
+        s = s.replace(secret.as_str(), "***");
+    }
+    s
 }
 
 /// Today's number, counted in Pacific days (the day ends at the next Pacific midnight).
@@ -657,7 +677,9 @@ impl KeyStateStore for RedisStore {
 
 // ---- background: sync -------------------------------------------------------------------------
 
-async fn connect(
+/// A connection manager that reconnects by itself (with short time-outs: a background task
+/// retries rather than waits).
+pub(crate) async fn connect(
     client: &redis::Client,
     response_timeout: Duration,
 ) -> redis::RedisResult<ConnectionManager> {
@@ -897,18 +919,27 @@ impl Leases {
             }
             return;
         }
-        let free_at = match it.what {
-            What::Rpd(_) => (extra == 0).then(|| now + until_pacific_midnight()),
+        let (free, free_at) = match it.what {
+            What::Rpd(_) => (
+                u32::try_from(extra.max(0)).unwrap_or(u32::MAX),
+                (extra == 0).then(|| now + until_pacific_midnight()),
+            ),
             _ => {
                 // Out when the next unit's arrival time is past the window; it frees when that
-                // is one interval inside.
-                let interval = 60_000 / i64::from(it.limit.max(1));
+                // is one interval inside. Free: the units that fit between the arrival time and
+                // the window's end.
+                let limit = i64::from(it.limit.max(1));
+                let interval = 60_000 / limit;
                 let wait = extra + interval - 60_000;
-                (wait > 0).then(|| now + Duration::from_millis(wait as u64))
+                let free = (60_000 - extra.clamp(0, 60_000)) * limit / 60_000;
+                (
+                    u32::try_from(free).unwrap_or(0),
+                    (wait > 0).then(|| now + Duration::from_millis(wait as u64)),
+                )
             }
         };
         if let Some(l) = self.lease_mut(it) {
-            l.answered(granted, free_at, now, link);
+            l.answered(granted, free, free_at, now, link);
         }
     }
 
@@ -946,6 +977,7 @@ async fn flush_events(
         let r: redis::RedisResult<String> = script
             .key(format!("{}:events", s.prefix))
             .key(record)
+            .key(s.key_name("config", "version"))
             .arg(kind)
             .arg(json)
             .arg(field)
@@ -1033,7 +1065,7 @@ impl RedisStore {
             ),
             Event::Config { who, document } => (
                 "config",
-                self.key_name("config", "last"),
+                self.key_name("config", "latest"),
                 String::new(),
                 0,
                 Wire::Config {
@@ -1095,8 +1127,7 @@ impl RedisStore {
                     self.local.bind(&resource, binding.into(), expires);
                 }
             }
-            // Live only (never from the read-back): a replica that was apart keeps its config
-            // file's version; its own changes are not applied twice.
+            // Its own changes are not applied twice.
             Wire::Config {
                 origin,
                 who,
@@ -1108,6 +1139,53 @@ impl RedisStore {
                     sink(&who, document);
                 }
             }
+        }
+    }
+
+    /// Notes a config change's version read live from the stream (applied by [`Self::apply`]).
+    fn saw_config(&self, version: u64) {
+        *self.config_seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(version);
+    }
+
+    /// After (re)connecting: applies the latest config change (`{v, e}` of `P:config:latest`)
+    /// when it is newer than the last one this replica saw. The first read-back of a process
+    /// only notes the version (at start, the replica's own config file wins); after Redis lost
+    /// its data the versions start again.
+    fn catch_up_config(&self, latest: &HashMap<String, String>, lost: bool) {
+        let version = latest
+            .get("v")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let mut seen = self.config_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let missed = match *seen {
+            None => false,
+            Some(_) if lost => version > 0,
+            Some(s) => version > s,
+        };
+        *seen = Some(version);
+        drop(seen);
+        if !missed {
+            return;
+        }
+        let own_waiting = self
+            .outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|e| matches!(e, Event::Config { .. }));
+        if own_waiting {
+            // A change made here while apart is about to be written: it is the newer one.
+            return;
+        }
+        if let Some(wire @ Wire::Config { .. }) = latest
+            .get("e")
+            .and_then(|e| serde_json::from_str::<Wire>(e).ok())
+        {
+            tracing::info!(
+                version,
+                "shared state: applying the config change made on another replica while apart"
+            );
+            self.apply(wire, Instant::now());
         }
     }
 
@@ -1224,6 +1302,9 @@ async fn resync(
             .extend(all);
         s.wake.notify_one();
     }
+    // The latest config change: applied when this replica missed it while apart.
+    let latest: HashMap<String, String> = conn.hgetall(s.key_name("config", "latest")).await?;
+    s.catch_up_config(&latest, lost);
     // Keys: each hash is the whole shared state of a key (a key without one is clean).
     let mut records: HashMap<String, SharedKeyState> = HashMap::new();
     let pattern = format!("{}:key:*", s.prefix);
@@ -1344,6 +1425,9 @@ async fn read_events(
                 .get("e")
                 .and_then(|e| serde_json::from_str::<Wire>(e).ok())
             {
+                if let Some(v) = fields.get("v").and_then(|v| v.parse::<u64>().ok()) {
+                    s.saw_config(v);
+                }
                 s.apply(wire, now);
             }
             last = id;

@@ -59,10 +59,15 @@ return out
 
 /// One event: updates the record it concerns and appends it to the event stream.
 ///
-/// `KEYS[1]` the stream, `KEYS[2]` the record (a key's hash, a binding, the last config change).
-/// `ARGV[1]` the kind (`rest`, `invalid`, `disable`, `enable`, `bind`, `config`), `ARGV[2]` the event (JSON), `ARGV[3]` the
+/// `KEYS[1]` the stream, `KEYS[2]` the record (a key's hash, a binding, the latest config
+/// change), `KEYS[3]` the config changes' version counter. `ARGV[1]` the kind (`rest`,
+/// `invalid`, `disable`, `enable`, `bind`, `config`), `ARGV[2]` the event (JSON), `ARGV[3]` the
 /// hash field (`rest:<model>`, `invalid`, `disabled`), `ARGV[4]` a binding's lifetime (ms),
 /// `ARGV[5]` the stream's approximate length cap.
+///
+/// A config change gets the next version: its record is a hash `{v, e}` (only the latest change
+/// is kept: each carries the whole config), and its stream entry carries `v` too, so a replica
+/// that was apart can tell whether it missed one.
 pub(crate) const EVENT: &str = r#"
 local kind = ARGV[1]
 if kind == 'enable' then
@@ -70,7 +75,9 @@ if kind == 'enable' then
 elseif kind == 'bind' then
   redis.call('SET', KEYS[2], ARGV[2], 'PX', math.max(1, tonumber(ARGV[4])))
 elseif kind == 'config' then
-  redis.call('SET', KEYS[2], ARGV[2])
+  local v = redis.call('INCR', KEYS[3])
+  redis.call('HSET', KEYS[2], 'v', v, 'e', ARGV[2])
+  return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'e', ARGV[2], 'v', v)
 else
   redis.call('HSET', KEYS[2], ARGV[3], ARGV[2])
 end

@@ -7,8 +7,17 @@
 //! answer is only counted once it is over, so requests already under way when the budget runs out
 //! still finish (and may overdraw it a little); the next request is refused until the window
 //! turns.
+//!
+//! With `state.backend: redis` the budgets are shared by the replicas: in the background, every
+//! `state.redis.sync_interval_ms`, each replica writes its own tokens of the current minute and
+//! day per client into Redis and reads the others' back ([`Budgets::own`],
+//! [`Budgets::set_others`]); a request is decided from its own tokens plus the others' as last
+//! read, never waiting for Redis. A client new to a replica is looked up from its first request
+//! on. Overdraft across replicas: what the others spent since the last read (about one sync
+//! interval of the client's traffic), on top of the answers under way.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::auth::Client;
@@ -79,6 +88,9 @@ struct Spent {
     minute_tokens: u64,
     day: i64,
     day_tokens: u64,
+    /// Other replicas' tokens in this minute and day, as last read from Redis.
+    others_minute: u64,
+    others_day: u64,
 }
 
 impl Spent {
@@ -87,10 +99,12 @@ impl Spent {
         if self.minute != minute {
             self.minute = minute;
             self.minute_tokens = 0;
+            self.others_minute = 0;
         }
         if self.day != day {
             self.day = day;
             self.day_tokens = 0;
+            self.others_day = 0;
         }
     }
 }
@@ -109,6 +123,19 @@ impl From<BudgetExceeded> for crate::error::GatewayError {
 #[derive(Debug, Default)]
 pub struct Budgets {
     spent: Mutex<HashMap<Arc<str>, Spent>>,
+    /// Shared with other replicas: a client is remembered from its first check, so its tokens
+    /// elsewhere are read.
+    shared: AtomicBool,
+}
+
+/// One client's own tokens in a minute and a day (to share).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OwnSpent {
+    pub(crate) client: Arc<str>,
+    pub(crate) minute: i64,
+    pub(crate) minute_tokens: u64,
+    pub(crate) day: i64,
+    pub(crate) day_tokens: u64,
 }
 
 impl Budgets {
@@ -120,10 +147,18 @@ impl Budgets {
         now: i64,
     ) -> Result<(), BudgetExceeded> {
         let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+        if !spent.contains_key(client) && self.shared.load(Ordering::Relaxed) {
+            Self::make_room(&mut spent, now);
+            spent.insert(Arc::from(client), Spent::default());
+        }
         let Some(s) = spent.get_mut(client) else {
             return Ok(());
         };
         s.roll(now);
+        let (day_tokens, minute_tokens) = (
+            s.day_tokens + s.others_day,
+            s.minute_tokens + s.others_minute,
+        );
         let exceeded = |budget, limit, used, window: i64| {
             let resets_at = (now.div_euclid(window) + 1) * window;
             BudgetExceeded {
@@ -135,24 +170,76 @@ impl Budgets {
             }
         };
         if let Some(limit) = limits.per_day
-            && s.day_tokens >= limit
+            && day_tokens >= limit
         {
-            return Err(exceeded("tpd", limit, s.day_tokens, DAY));
+            return Err(exceeded("tpd", limit, day_tokens, DAY));
         }
         if let Some(limit) = limits.per_minute
-            && s.minute_tokens >= limit
+            && minute_tokens >= limit
         {
-            return Err(exceeded("tpm", limit, s.minute_tokens, MINUTE));
+            return Err(exceeded("tpm", limit, minute_tokens, MINUTE));
         }
         Ok(())
+    }
+
+    fn make_room(spent: &mut HashMap<Arc<str>, Spent>, now: i64) {
+        if spent.len() >= PRUNE_AT {
+            let today = now.div_euclid(DAY);
+            spent.retain(|_, s| s.day == today);
+        }
+    }
+
+    /// Shares the budgets with other replicas from now on (see the module docs).
+    pub(crate) fn share(&self) {
+        self.shared.store(true, Ordering::Relaxed);
+    }
+
+    /// Every client's own tokens of the current minute and day at `now`.
+    pub(crate) fn own(&self, now: i64) -> Vec<OwnSpent> {
+        let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+        let today = now.div_euclid(DAY);
+        spent.retain(|_, s| s.day == today);
+        spent
+            .iter_mut()
+            .map(|(client, s)| {
+                s.roll(now);
+                OwnSpent {
+                    client: client.clone(),
+                    minute: s.minute,
+                    minute_tokens: s.minute_tokens,
+                    day: s.day,
+                    day_tokens: s.day_tokens,
+                }
+            })
+            .collect()
+    }
+
+    /// The other replicas' tokens of `client` in `minute` and `day` (as [`Budgets::own`] gave
+    /// them); ignored for a window that has turned since.
+    pub(crate) fn set_others(
+        &self,
+        client: &str,
+        minute: i64,
+        minute_tokens: u64,
+        day: i64,
+        day_tokens: u64,
+    ) {
+        let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = spent.get_mut(client) {
+            if s.minute == minute {
+                s.others_minute = minute_tokens;
+            }
+            if s.day == day {
+                s.others_day = day_tokens;
+            }
+        }
     }
 
     /// Counts `tokens` against `client` at `now`.
     pub fn spend(&self, client: &Arc<str>, tokens: u64, now: i64) {
         let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
-        if spent.len() >= PRUNE_AT && !spent.contains_key(client) {
-            let today = now.div_euclid(DAY);
-            spent.retain(|_, s| s.day == today);
+        if !spent.contains_key(client) {
+            Self::make_room(&mut spent, now);
         }
         let s = spent.entry(client.clone()).or_default();
         s.roll(now);
@@ -166,7 +253,7 @@ impl Budgets {
         spent
             .get(client)
             .filter(|s| s.day == now.div_euclid(DAY))
-            .map_or(0, |s| s.day_tokens)
+            .map_or(0, |s| s.day_tokens + s.others_day)
     }
 }
 
@@ -214,6 +301,45 @@ mod tests {
         assert_eq!((e.budget, e.resets_at), ("tpm", DAY_START + 180));
         assert!(b.check("c", limits, DAY_START + 180).is_ok());
         assert_eq!(b.spent_today("c", DAY_START + 180), 10);
+    }
+
+    #[test]
+    fn other_replicas_tokens_count_until_their_window_turns() {
+        let b = Budgets::default();
+        b.share();
+        let limits = BudgetLimits {
+            per_minute: Some(100),
+            per_day: Some(1000),
+        };
+        let now = DAY_START + 30;
+        // A client new here is remembered from its first check, so its tokens elsewhere are read.
+        assert!(b.check("alice", limits, now).is_ok());
+        let own = b.own(now);
+        assert_eq!(own.len(), 1);
+        assert_eq!((own[0].minute_tokens, own[0].day_tokens), (0, 0));
+        b.set_others("alice", own[0].minute, 100, own[0].day, 400);
+        let e = b.check("alice", limits, now).unwrap_err();
+        assert_eq!((e.budget, e.used), ("tpm", 100));
+        // The next minute: the others' minute no longer counts, their day still does.
+        let later = DAY_START + 60;
+        assert!(b.check("alice", limits, later).is_ok());
+        b.spend(&"alice".into(), 600, later);
+        let e = b.check("alice", limits, later).unwrap_err();
+        assert_eq!((e.budget, e.used), ("tpd", 1000));
+        // A read for a minute that has turned is not applied to the new one.
+        b.set_others("alice", own[0].minute, 100, own[0].day, 0);
+        assert_eq!(b.spent_today("alice", later), 600);
+        assert!(
+            b.check(
+                "alice",
+                BudgetLimits {
+                    per_minute: Some(700),
+                    per_day: None
+                },
+                later
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::{Counts, KeyEvent, RowKey};
 pub(crate) const MINUTE: i64 = 60;
 /// Seconds in an hour row.
 pub(crate) const HOUR: i64 = 3600;
-const DAY: i64 = 86_400;
+pub(crate) const DAY: i64 = 86_400;
 
 /// How long a connection waits for another one's lock before it gives up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -327,6 +327,154 @@ pub(crate) fn read_cells(
         });
     }
     Ok(out)
+}
+
+/// One minute row with its replica, as shared with the other replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SharedRow {
+    pub(crate) replica: String,
+    /// Start of the minute, seconds since the epoch.
+    pub(crate) minute: i64,
+    pub(crate) key: String,
+    pub(crate) model: String,
+    pub(crate) client: String,
+    pub(crate) route: String,
+    pub(crate) counts: Counts,
+}
+
+/// `replica`'s minute rows with `bucket >= since`.
+pub(crate) fn read_minute_rows(
+    conn: &Connection,
+    replica: &str,
+    since: i64,
+) -> rusqlite::Result<Vec<SharedRow>> {
+    let cols = COUNT_COLUMNS.join(", ");
+    let mut stmt = conn.prepare(&format!(
+        "SELECT bucket, key, model, client, route, {cols} FROM usage
+         WHERE width = {MINUTE} AND replica = ?1 AND bucket >= ?2"
+    ))?;
+    let rows = stmt.query_map(params![replica, since], |r| {
+        let mut values = [0u64; COUNT_COLUMNS.len()];
+        for (i, v) in values.iter_mut().enumerate() {
+            *v = r.get::<_, i64>(5 + i)?.max(0) as u64;
+        }
+        Ok(SharedRow {
+            replica: replica.to_owned(),
+            minute: r.get(0)?,
+            key: r.get(1)?,
+            model: r.get(2)?,
+            client: r.get(3)?,
+            route: r.get(4)?,
+            counts: Counts::from_values(values),
+        })
+    })?;
+    rows.collect()
+}
+
+/// Stores other replicas' minute rows, replacing what an earlier copy of the same row said
+/// (each copy carries the row's whole counts, so a row copied twice counts once). Rows older than
+/// `not_before` are skipped: the roll-up may already have folded them into hours.
+pub(crate) fn store_shared_rows(
+    conn: &mut Connection,
+    rows: &[SharedRow],
+    not_before: i64,
+) -> rusqlite::Result<usize> {
+    let cols = COUNT_COLUMNS.join(", ");
+    let placeholders: Vec<String> = (8..8 + COUNT_COLUMNS.len())
+        .map(|i| format!("?{i}"))
+        .collect();
+    let sets: Vec<String> = COUNT_COLUMNS
+        .iter()
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    let tx = conn.transaction()?;
+    let mut stored = 0;
+    {
+        let mut replace = tx.prepare(&format!(
+            "INSERT INTO usage (bucket, width, replica, key, model, client, route, {cols})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {})
+             ON CONFLICT (width, bucket, replica, key, model, client, route) DO UPDATE SET {}",
+            placeholders.join(", "),
+            sets.join(", ")
+        ))?;
+        for row in rows.iter().filter(|r| r.minute >= not_before) {
+            let v = row.counts.values().map(|v| v as i64);
+            let mut p: Vec<&dyn rusqlite::ToSql> = vec![
+                &row.minute,
+                &MINUTE,
+                &row.replica,
+                &row.key,
+                &row.model,
+                &row.client,
+                &row.route,
+            ];
+            p.extend(v.iter().map(|v| v as &dyn rusqlite::ToSql));
+            replace.execute(p.as_slice())?;
+            stored += 1;
+        }
+    }
+    tx.commit()?;
+    Ok(stored)
+}
+
+/// `replica`'s key events after `after` (a rowid), oldest first, at most `limit`, each with its
+/// rowid.
+pub(crate) fn read_own_events(
+    conn: &Connection,
+    replica: &str,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<(i64, StoredEvent, String)>> {
+    let mut stmt = conn.prepare(
+        "SELECT rowid, at, kind, model, reason, seconds, key FROM key_events
+         WHERE replica = ?1 AND rowid > ?2 ORDER BY rowid LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![replica, after, limit as i64], |r| {
+        Ok((
+            r.get(0)?,
+            StoredEvent {
+                at: r.get(1)?,
+                replica: replica.to_owned(),
+                kind: r.get(2)?,
+                model: r.get(3)?,
+                reason: r.get(4)?,
+                seconds: r.get::<_, Option<i64>>(5)?.map(|s| s.max(0) as u64),
+            },
+            r.get(6)?,
+        ))
+    })?;
+    rows.collect()
+}
+
+/// Stores other replicas' key events (`(event, key)`), each once: an event already in the file
+/// (the same time, replica, key, kind, model and reason) is not stored again.
+pub(crate) fn store_shared_events(
+    conn: &mut Connection,
+    events: &[(StoredEvent, String)],
+) -> rusqlite::Result<usize> {
+    let tx = conn.transaction()?;
+    let mut stored = 0;
+    {
+        let mut insert = tx.prepare(
+            "INSERT INTO key_events (at, replica, key, kind, model, reason, seconds)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (
+                 SELECT 1 FROM key_events WHERE key = ?3 AND at = ?1 AND replica = ?2
+                 AND kind = ?4 AND model IS ?5 AND reason = ?6)",
+        )?;
+        for (e, key) in events {
+            stored += insert.execute(params![
+                e.at,
+                e.replica,
+                key,
+                e.kind,
+                e.model,
+                e.reason,
+                e.seconds.map(|s| s as i64),
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(stored)
 }
 
 /// The replicas whose rows are in the file.

@@ -24,16 +24,19 @@
 //!
 //! # Replicas
 //! Each process writes its own file and stamps its rows with its replica id (`usage.replica_id`,
-//! else the host name), so a shared view can merge files without counting anything twice. The
-//! admin API reads the local file: with several replicas, each one answers for itself.
+//! else the host name). With `state.backend: redis`, [`shared`] copies every replica's minute
+//! rows into every file through Redis in the background, so the admin API, reading the local
+//! file, answers for all replicas without counting anything twice.
 //!
 //! # Budgets
 //! [`budget`] keeps each client's tokens of the current minute and UTC day in memory, fed by the
-//! same reports, for the `tpm` / `tpd` claims and `auth.default_tokens_per_day`.
+//! same reports, for the `tpm` / `tpd` claims and `auth.default_tokens_per_day`; with
+//! `state.backend: redis`, shared by the replicas.
 
 pub mod budget;
 pub(crate) mod db;
 pub mod query;
+mod shared;
 mod tokens;
 mod writer;
 
@@ -256,6 +259,45 @@ impl Usage {
         tracing::info!(path = %path.display(), replica = %replica, "usage history on");
         let _ = self.recorder.set(Recorder { tx, path, replica });
         Ok(())
+    }
+
+    /// With `state.backend: redis`, starts sharing the token budgets and (when kept) the history
+    /// with the other replicas (see [`shared`]) on the current async runtime. Does nothing with
+    /// the memory backend or outside a runtime.
+    pub fn share(
+        self: &Arc<Self>,
+        config: &UsageConfig,
+        state: &crate::config::state::StateConfig,
+    ) {
+        if state.backend != crate::config::state::StateBackend::Redis
+            || tokio::runtime::Handle::try_current().is_err()
+        {
+            return;
+        }
+        let replica: Arc<str> = match self.recorder.get() {
+            Some(r) => r.replica.clone(),
+            None => config.replica_id.clone().unwrap_or_else(host_name).into(),
+        };
+        self.budgets.share();
+        shared::spawn_budgets(
+            Arc::downgrade(self),
+            &state.redis,
+            replica,
+            state.redis.sync_interval(),
+        );
+        let Some(r) = self.recorder.get() else {
+            return;
+        };
+        shared::spawn(
+            Arc::downgrade(self),
+            &state.redis,
+            shared::ShareOptions {
+                path: r.path.clone(),
+                replica: r.replica.clone(),
+                interval: Duration::from_millis(config.share_interval_milliseconds.max(1)),
+                minute_retention_days: config.minute_retention_days,
+            },
+        );
     }
 
     /// Whether the history is kept.

@@ -315,6 +315,15 @@ try {
   await step("the overview opens with the stored last hour", async () => {
     await page.goto(`${CONSOLE}/`);
     await heading("Overview").waitFor();
+    // The live charts start from the stored minutes, not empty: far more points than the one or
+    // two readings (one every 3 s) taken since the page opened, and the traffic sent earlier.
+    const live = page.locator(".chart", { hasText: "Requests per second" }).locator("svg");
+    await until("the live chart prefilled from the history", async () => {
+      const points = (await live.locator("polyline.series").first().getAttribute("points")) || "";
+      const label = (await live.getAttribute("aria-label")) || "";
+      const peak = Number.parseFloat((label.match(/peak ([\d.]+)/) || [])[1] || "0");
+      return points.trim().split(" ").length >= 20 && peak > 0;
+    }, 5000);
     const chart = page.locator(".chart", { hasText: "Requests per minute" }).locator("svg");
     await until("a stored peak", async () => {
       const label = (await chart.getAttribute("aria-label")) || "";

@@ -27,4 +27,5 @@ mod shutdown;
 mod tls;
 mod token_overrides;
 mod usage;
+mod usage_replicas;
 mod vertex;

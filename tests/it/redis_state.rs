@@ -24,7 +24,7 @@ const ADMIN_TOKEN: &str = "admin-token-for-tests-0123";
 const SYNC_MS: u64 = 50;
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// A `redis-server` of our own (also used by the response cache's tests).
+/// A `redis-server` of our own (also used by the response cache and shared usage tests).
 pub(crate) struct Redis {
     port: u16,
     dir: tempfile::TempDir,
@@ -260,9 +260,10 @@ async fn three_replicas_share_one_keys_requests_per_minute() {
     eprintln!("upstream {upstream} in {elapsed:?}");
     assert_eq!(upstream, ok);
     assert_eq!(ok + limited, 90);
-    // GCRA refills one request every 2 s after the burst of 30; the bound is 3 × (block 5 + 1).
+    // GCRA refills one request every 2 s after the burst of 30; the bound is 3 × 2 × block 5
+    // (a held block and a cold block per replica).
     let refill = elapsed.as_secs() as usize / 2 + 1;
-    let bound = 3 * (5 + 1);
+    let bound = 3 * 2 * 5;
     assert!(
         upstream <= 30 + refill + bound,
         "{upstream} reached the upstream"
@@ -271,6 +272,50 @@ async fn three_replicas_share_one_keys_requests_per_minute() {
         upstream >= 30 - bound,
         "the quota is used, not sat on: {upstream}"
     );
+}
+
+/// A burst that finds a replica's lease cold (nothing granted yet, or given back after a quiet
+/// spell) is served at once from the cold block instead of waiting for Redis's grant: 8
+/// concurrent requests on each of three replicas, one key of 60 rpm (cold block 60 / 3, capped
+/// at the largest block, 10), all answered 200; the same again after a quiet spell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_a_cold_lease_is_served_at_once() {
+    let redis = Redis::start();
+    let r = Replicas::start(&redis, 3, |c| {
+        c.gemini.api_keys.truncate(1);
+        c.gemini.api_keys[0].max_requests_per_minute = Some(60);
+    })
+    .await;
+    r.until_all("three replicas counted", |h| h["state"]["replicas"] == 3)
+        .await;
+    let burst = |round: &'static str| {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..3 {
+            for _ in 0..8 {
+                let req = request(Method::POST, &r.url(i, FLASH), GENERATE_BODY);
+                let client = r.client.clone();
+                set.spawn(async move {
+                    let (status, _, body) = read_all(client.request(req).await.unwrap()).await;
+                    (i, status, body)
+                });
+            }
+        }
+        async move {
+            for (i, status, body) in set.join_all().await {
+                assert_eq!(
+                    status,
+                    200,
+                    "{round}: replica {i}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+        }
+    };
+    burst("first burst").await;
+    // A quiet spell: the leases' units expire (after a second) and go back, the demand decays.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    burst("after a quiet spell").await;
+    assert_eq!(r.keys_seen().len(), 48);
 }
 
 /// A 429 with `RetryInfo` answered to replica A rests the key for that model on B and C too,
@@ -614,7 +659,7 @@ async fn a_clients_rpm_claim_is_shared_by_three_replicas() {
     assert_eq!(upstream, ok);
     assert_eq!(ok + limited, 90);
     let refill = started.elapsed().as_secs() as usize / 2 + 1;
-    let bound = 3 * (5 + 1);
+    let bound = 3 * 2 * 5;
     assert!(
         upstream <= 30 + refill + bound,
         "{upstream} reached the upstream"
@@ -715,4 +760,184 @@ async fn a_token_revoked_on_one_replica_is_refused_by_every_replica() {
     req.headers_mut()
         .insert("x-goog-api-key", other.token.parse().unwrap());
     assert_eq!(read_all(r.client.request(req).await.unwrap()).await.0, 200);
+}
+
+/// A TCP relay between one replica and Redis that the test can cut (existing connections
+/// dropped, new ones refused) and restore: a network partition of that replica alone.
+struct Partition {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    relays: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Partition {
+    async fn start(redis_port: u16) -> Partition {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let relays = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, r) = (cut.clone(), relays.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let relay = tokio::spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                r.lock().unwrap().push(relay.abort_handle());
+            }
+        });
+        Partition {
+            port,
+            cut,
+            relays,
+            accept,
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for relay in self.relays.lock().unwrap().drain(..) {
+            relay.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// A replica cut off from Redis while a token is revoked through another replica's admin API
+/// misses the change at the time (it still accepts the token), and catches up when it can reach
+/// Redis again: it reads the latest config change back and refuses the token too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_apart_when_the_config_changes_catches_up_when_it_reconnects() {
+    const SECRET: &str = "a-test-secret-of-at-least-32-characters";
+    let redis = Redis::start();
+    let partition = Partition::start(redis.port).await;
+    let mock = MockUpstream::start(MockOptions::default()).await.unwrap();
+    let auth_on = |c: &mut Config| {
+        c.auth.enabled = true;
+        c.auth.jwt_secret = gem_proxy::config::Secret::new(SECRET);
+    };
+    let cut_off_url = partition.url();
+    let servers = vec![
+        start_one(&mock, &redis, &auth_on).await,
+        start_one(&mock, &redis, &auth_on).await,
+        start_one(&mock, &redis, &|c: &mut Config| {
+            auth_on(c);
+            c.state.redis.url = Some(gem_proxy::config::Secret::new(cut_off_url.clone()));
+        })
+        .await,
+    ];
+    let r = Replicas {
+        mock,
+        servers,
+        client: http1_client(),
+    };
+    r.until_all("three replicas counted", |h| h["state"]["replicas"] == 3)
+        .await;
+    let auth = gem_proxy::config::AuthConfig {
+        jwt_secret: gem_proxy::config::Secret::new(SECRET),
+        ..Default::default()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token_req = gem_proxy::auth::TokenRequest {
+        sub: "leaver".into(),
+        ttl: Duration::from_secs(600),
+        models: Vec::new(),
+        rpm: None,
+        tpm: None,
+        tpd: None,
+        live_sessions: None,
+        role: gem_proxy::auth::Role::Client,
+    };
+    let issued = gem_proxy::auth::issue(&auth, &token_req, now).unwrap();
+    let call = |i: usize| {
+        let mut req = request(Method::POST, &r.url(i, FLASH), GENERATE_BODY);
+        req.headers_mut()
+            .insert("x-goog-api-key", issued.token.parse().unwrap());
+        let client = r.client.clone();
+        async move { read_all(client.request(req).await.unwrap()).await.0 }
+    };
+    for i in 0..3 {
+        assert_eq!(call(i).await, 200);
+    }
+
+    // C is cut off; it says so.
+    partition.cut();
+    let deadline = Instant::now() + DEADLINE;
+    while connected(&r.health(2).await) != Some(false) {
+        assert!(Instant::now() < deadline, "replica 2 notices it is cut off");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The token is revoked through A: B refuses it soon, C cannot know.
+    let url = format!(
+        "http://{}/api/tokens/revoke",
+        r.servers[0].admin_addr().unwrap()
+    );
+    let revoke = Request::post(url)
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(format!(
+            r#"{{"jti":"{}"}}"#,
+            issued.jti
+        ))))
+        .unwrap();
+    let (status, _, body) = read_all(r.client.request(revoke).await.unwrap()).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let deadline = Instant::now() + DEADLINE;
+    while call(1).await != 401 {
+        assert!(Instant::now() < deadline, "replica 1 refuses the token");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        call(2).await,
+        200,
+        "replica 2 is apart and missed the change"
+    );
+
+    // C can reach Redis again: it reconnects by itself and catches up.
+    partition.restore();
+    let deadline = Instant::now() + DEADLINE;
+    while call(2).await != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "replica 2 still accepts the revoked token after reconnecting"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let url = format!(
+        "http://{}/api/config/history",
+        r.servers[2].admin_addr().unwrap()
+    );
+    let req = Request::get(url)
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, _, body) = read_all(r.client.request(req).await.unwrap()).await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("on another replica"), "{text}");
 }

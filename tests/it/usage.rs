@@ -29,7 +29,7 @@ const KEYS: [(&str, &str); 3] = [
     ("key3", "AIzaUSAGEKEY3"),
 ];
 
-fn config(base_url: &str, db: &Path, extra: &str) -> Config {
+pub(crate) fn config(base_url: &str, db: &Path, extra: &str) -> Config {
     let keys: String = KEYS
         .iter()
         .map(|(id, key)| format!("    - {{ id: \"{id}\", key: \"{key}\" }}\n"))
@@ -60,17 +60,18 @@ usage:
         .expect("test config is valid")
 }
 
-struct Gw {
-    server: Server,
+pub(crate) struct Gw {
+    pub(crate) server: Server,
     client: HttpClient,
 }
 
 impl Gw {
-    async fn start(config: Config) -> Gw {
+    pub(crate) async fn start(config: Config) -> Gw {
         assert!(config.validate().is_empty(), "{:?}", config.validate());
         let usage = config.usage.clone();
         let gateway = Gateway::new(Live::build(config).expect("config builds"));
         gateway.usage().start(&usage, None).expect("usage starts");
+        gateway.usage().share(&usage, &gateway.live().config.state);
         let server = Server::start_gateway(gateway)
             .await
             .expect("gateway starts");
@@ -84,7 +85,7 @@ impl Gw {
         self.server.gateway()
     }
 
-    fn token(&self, sub: &str, tpd: Option<u64>) -> String {
+    pub(crate) fn token(&self, sub: &str, tpd: Option<u64>) -> String {
         gem_proxy::auth::issue(
             &self.gateway().live().config.auth,
             &gem_proxy::auth::TokenRequest {
@@ -104,7 +105,12 @@ impl Gw {
     }
 
     /// One proxied request; the status and body.
-    async fn call(&self, token: &str, path: &str, headers: &[(&str, &str)]) -> (StatusCode, Bytes) {
+    pub(crate) async fn call(
+        &self,
+        token: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Bytes) {
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(format!("http://{}{path}", self.server.proxy_addr()))
@@ -121,7 +127,11 @@ impl Gw {
         (status, body)
     }
 
-    async fn admin(&self, method: Method, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
+    pub(crate) async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> (StatusCode, http::HeaderMap, Bytes) {
         let req = Request::builder()
             .method(method)
             .uri(format!(
@@ -137,7 +147,7 @@ impl Gw {
         within("admin body", read_all(res)).await
     }
 
-    async fn usage(&self, query: &str) -> Value {
+    pub(crate) async fn usage(&self, query: &str) -> Value {
         let (status, _, body) = self
             .admin(Method::GET, &format!("/api/usage?{query}"))
             .await;
@@ -155,7 +165,7 @@ impl Gw {
 
     /// The report once it counts `requests` in all: an answer is reported when its body ends,
     /// which may be just after the client has read it.
-    async fn settle(&self, query: &str, requests: u64) -> Value {
+    pub(crate) async fn settle(&self, query: &str, requests: u64) -> Value {
         within("the usage rows", async {
             loop {
                 // (Refused while the writer's queue is full.)
@@ -170,7 +180,7 @@ impl Gw {
         .await
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         assert!(self.flush().await);
         self.server.shutdown();
         self.server.wait().await;
@@ -178,7 +188,7 @@ impl Gw {
 }
 
 /// `name → (requests, total tokens)` of a report's groups.
-fn by_group(report: &Value) -> BTreeMap<String, (u64, u64)> {
+pub(crate) fn by_group(report: &Value) -> BTreeMap<String, (u64, u64)> {
     report["groups"]
         .as_array()
         .expect("groups")
@@ -196,8 +206,8 @@ fn by_group(report: &Value) -> BTreeMap<String, (u64, u64)> {
         .collect()
 }
 
-const FLASH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
-const PRO: &str = "/v1beta/models/gemini-2.5-pro:generateContent";
+pub(crate) const FLASH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
+pub(crate) const PRO: &str = "/v1beta/models/gemini-2.5-pro:generateContent";
 const PRO_STREAM: &str = "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse";
 
 #[tokio::test]

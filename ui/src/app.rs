@@ -154,6 +154,33 @@ impl Telemetry {
             self.health.set(h);
         }
     }
+
+    /// Fills the charts' past from the usage history (the last ten minutes of stored minutes),
+    /// so they do not open empty: what is older than the first live reading goes in front.
+    async fn prefill(self, api: Api) {
+        let now = (api::now_ms() / 1000.0) as i64;
+        let from = now - (SAMPLES as u64 * POLL.as_secs()) as i64;
+        let path = format!(
+            "/api/usage?from={from}&to={}&step=1m&group_by=route",
+            now + 1
+        );
+        // The history may be off: then the charts fill from the live readings only.
+        let Ok(report) = api.get_json(&path).await else {
+            return;
+        };
+        let stored = crate::history::stored_samples(&report, from, now, POLL.as_secs());
+        self.samples.update(|s| {
+            let first_live = s.front().map_or(f64::INFINITY, |f| f.at_ms);
+            for sample in stored.into_iter().rev() {
+                if sample.at_ms < first_live - POLL.as_millis() as f64 / 2.0 {
+                    s.push_front(sample);
+                }
+            }
+            while s.len() > SAMPLES {
+                s.pop_front();
+            }
+        });
+    }
 }
 
 /// The whole console.
@@ -190,6 +217,9 @@ fn Shell() -> impl IntoView {
     let session = expect_context::<Session>();
     let telemetry = Telemetry::get();
     let api = Api::get();
+    if telemetry.samples.with_untracked(VecDeque::is_empty) {
+        spawn_local(telemetry.prefill(api));
+    }
     spawn_local(telemetry.read(api));
     if let Ok(handle) = set_interval_with_handle(move || spawn_local(telemetry.read(api)), POLL) {
         on_cleanup(move || handle.clear());

@@ -1,8 +1,11 @@
 //! What the Usage page and the key timelines compute from the usage history (`/api/usage`,
-//! `/api/keys/{id}/events`): ranges, the time axis, stacked series, error rates; and the sign-in
-//! link's token. Plain Rust, unit-tested on the host.
+//! `/api/keys/{id}/events`): ranges, the time axis, stacked series, error rates; the overview's
+//! live charts prefilled from it; and the sign-in link's token. Plain Rust, unit-tested on the
+//! host.
 
 use serde_json::Value;
+
+use crate::model::Sample;
 
 /// Groups drawn one by one in a stacked chart; the rest are summed as "other".
 pub(crate) const STACKED_GROUPS: usize = 6;
@@ -102,6 +105,47 @@ pub(crate) fn layers(report: &Value, axis: &[i64], field: &str) -> Vec<(String, 
             }
         }
         out.push(("other".to_owned(), other));
+    }
+    out
+}
+
+/// `field` summed over every group of a report, on `axis`.
+fn summed(report: &Value, axis: &[i64], field: &str) -> Vec<f64> {
+    let mut out = vec![0.0; axis.len()];
+    for g in report["groups"].as_array().into_iter().flatten() {
+        for (o, v) in out.iter_mut().zip(values(g, axis, field)) {
+            *o += v;
+        }
+    }
+    out
+}
+
+/// Samples for the overview's live charts from the stored minutes of a report (`step=1m`)
+/// covering `from..now` (seconds): one every `poll` seconds, each carrying its minute's request
+/// rate, success rate and tokens per minute (the current minute's rate over its elapsed part).
+/// Latency, time to first byte and requests in flight are not stored: those stay gaps.
+pub(crate) fn stored_samples(report: &Value, from: i64, now: i64, poll: u64) -> Vec<Sample> {
+    let poll = poll.max(1) as i64;
+    let axis = axis(from, now, 60);
+    let requests = summed(report, &axis, "requests");
+    let successes = summed(report, &axis, "successes");
+    let tokens = summed(report, &axis, "total_tokens");
+    let mut out = Vec::new();
+    for (i, minute) in axis.iter().enumerate() {
+        let seconds = (now - minute).clamp(1, 60) as f64;
+        let (req, ok) = (requests[i], successes[i]);
+        let mut t = (*minute).max(from);
+        while t < minute + 60 && t < now {
+            out.push(Sample {
+                at_ms: t as f64 * 1000.0,
+                qps: req / seconds,
+                requests_1m: req as u64,
+                success_rate: (req > 0.0).then(|| ok / req),
+                tokens_per_minute: Some(tokens[i] * 60.0 / seconds),
+                ..Sample::default()
+            });
+            t += poll;
+        }
     }
     out
 }
@@ -241,6 +285,44 @@ mod tests {
         // k2 sits on top of k1: its top at the first step is the full height.
         assert!(p[1].starts_with("0.0,0.0 "), "{}", p[1]);
         assert!(p[0].starts_with("0.0,5.0 "), "{}", p[0]);
+    }
+
+    #[test]
+    fn stored_minutes_become_live_samples() {
+        // Two groups in two minutes: 30 + 30 requests (54 ok, 6000 tokens) at 600, 6 at 660.
+        let report = serde_json::json!({"groups": [
+            {"name": "generate", "points": [
+                {"t": 600, "requests": 30, "successes": 27, "total_tokens": 3000},
+                {"t": 660, "requests": 6, "successes": 6, "total_tokens": 600}
+            ]},
+            {"name": "stream", "points": [
+                {"t": 600, "requests": 30, "successes": 27, "total_tokens": 3000}
+            ]}
+        ]});
+        // Now is 30 s into the second minute; a sample every 3 s.
+        let samples = stored_samples(&report, 600, 690, 3);
+        assert_eq!(samples.len(), 20 + 10);
+        let first = &samples[0];
+        assert_eq!(first.at_ms, 600_000.0);
+        assert_eq!(first.qps, 1.0);
+        assert_eq!(first.requests_1m, 60);
+        assert_eq!(first.success_rate, Some(0.9));
+        assert_eq!(first.tokens_per_minute, Some(6000.0));
+        assert_eq!(first.p50_ms, None, "latency is not stored");
+        // The current minute's rate is over its 30 elapsed seconds.
+        let last = samples.last().unwrap();
+        assert_eq!(last.at_ms, 687_000.0);
+        assert_eq!(last.qps, 0.2);
+        assert_eq!(last.tokens_per_minute, Some(1200.0));
+        assert!(samples.windows(2).all(|w| w[0].at_ms < w[1].at_ms));
+        // Nothing stored: quiet samples, not gaps (the gateway was idle).
+        let empty = stored_samples(&serde_json::json!({"groups": []}), 600, 660, 3);
+        assert_eq!(empty.len(), 20);
+        assert!(
+            empty
+                .iter()
+                .all(|s| s.qps == 0.0 && s.success_rate.is_none())
+        );
     }
 
     #[test]
