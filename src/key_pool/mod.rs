@@ -1,17 +1,25 @@
 //! The upstream API keys, and which one carries the next request.
 //!
-//! [`KeyPool::pick`] runs smooth weighted round-robin (nginx's algorithm) over the keys that can
-//! take the request *now*: enabled, not invalid, not resting for the request's model, and with
-//! headroom under their per-minute, per-day and token limits for that model. With weights 2:1 the
-//! split is 2:1 and evenly interleaved. State lives in a [`KeyStateStore`]; the pool itself is
-//! rebuilt from config on reload (the store, keyed by key id, survives it). Every header value a key
-//! needs is built once, so a pick allocates nothing.
+//! [`KeyPool::pick`] runs weighted round-robin over the keys that can take the request *now*:
+//! enabled, not invalid, not resting for the request's model, and with headroom under their
+//! per-minute, per-day and token limits for that model. With weights 2:1 the split is 2:1 and
+//! evenly interleaved. State lives in a [`KeyStateStore`]; the pool itself is rebuilt from config on
+//! reload (the store, keyed by key id, survives it). Every header value a key needs is built once,
+//! so a pick allocates nothing.
+//!
+//! The pick costs the same with 3 keys or 1,000 (see [`queue`]): per model, the keys believed
+//! to have headroom wait in a priority queue ordered by their next turn (stride scheduling: a key
+//! of weight `w` advances by `1/w` each time it serves), and a key found without headroom moves to
+//! a queue ordered by when it has some again, so a pick looks at one or two keys, not all.
 
+mod queue;
 mod reconcile;
 pub mod store;
 pub mod verdict;
 
 use std::sync::{Arc, Mutex, OnceLock};
+
+use queue::Queues;
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -101,9 +109,8 @@ pub struct KeyPool {
     keys: Vec<PoolKey>,
     /// Each key's state slot and limits, in key order.
     slots: OnceLock<Vec<(Slot, KeyLimits)>>,
-    /// Smooth weighted round-robin's current weights, one per key, and a scratch buffer for the
-    /// admissions of one pick (kept to avoid an allocation per pick).
-    current: Mutex<(Vec<i64>, Vec<Admission>)>,
+    /// Per model, the keys in turn order (see [`queue`]).
+    queues: Mutex<Queues>,
 }
 
 impl KeyPool {
@@ -138,11 +145,15 @@ impl KeyPool {
                 })
             })
             .collect::<Result<_, _>>()?;
-        let current = Mutex::new((vec![0; keys.len()], Vec::with_capacity(keys.len())));
+        let queues = Mutex::new(Queues::new(
+            keys.iter()
+                .map(|k| (k.enabled, u64::try_from(k.weight).unwrap_or(1)))
+                .collect(),
+        ));
         Ok(Self {
             keys,
             slots: OnceLock::new(),
-            current,
+            queues,
         })
     }
 
@@ -178,53 +189,16 @@ impl KeyPool {
         exclude: &[Arc<str>],
         now: Instant,
     ) -> Result<Arc<UpstreamKey>, PickError> {
-        let slots = self.attach(store);
-        let mut guard = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let (current, admissions) = &mut *guard;
-        // Another replica (or thread) may take the last slot between check and take: try again.
-        for _ in 0..4 {
-            store.admit_all(slots, model, now, admissions);
-            let mut total = 0;
-            let mut best: Option<usize> = None;
-            let mut earliest: Option<Instant> = None;
-            for (i, k) in self.keys.iter().enumerate() {
-                if !k.enabled
-                    || exclude.contains(&k.key.id)
-                    || (route.is_some() && !k.key.can_serve(route, now))
-                {
-                    continue;
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        queues
+            .pick(model, store.generation(), now, |i, now| {
+                let k = &self.keys[i].key;
+                if exclude.contains(&k.id) || (route.is_some() && !k.can_serve(route, now)) {
+                    return None;
                 }
-                match admissions[i] {
-                    Admission::Yes => {
-                        current[i] += k.weight;
-                        total += k.weight;
-                        if best.is_none_or(|b| current[i] > current[b]) {
-                            best = Some(i);
-                        }
-                    }
-                    Admission::NotUntil(t) => earliest = Some(earliest.map_or(t, |e| e.min(t))),
-                    Admission::Never => {}
-                }
-            }
-            match (best, earliest) {
-                (Some(b), _) => {
-                    current[b] -= total;
-                    let k = &self.keys[b];
-                    if store.admit(&k.key.id, model, &k.key.limits, now, true) == Admission::Yes {
-                        return Ok(k.key.clone());
-                    }
-                }
-                (None, Some(t)) => {
-                    return Err(PickError::Exhausted {
-                        retry_after: t.saturating_duration_since(now),
-                    });
-                }
-                (None, None) => return Err(PickError::NoUsableKey),
-            }
-        }
-        Err(PickError::Exhausted {
-            retry_after: Duration::from_secs(1),
-        })
+                Some(store.admit(&k.id, model, &k.limits, now, true))
+            })
+            .map(|i| self.keys[i].key.clone())
     }
 
     /// Takes the key with this id for a request (a file or cache bound to it), if it can take one.

@@ -161,6 +161,12 @@ pub trait KeyStateStore: Send + Sync + fmt::Debug {
         now: Instant,
         take: bool,
     ) -> Admission;
+    /// A number that changes whenever a key may have become usable sooner than the store last
+    /// said (re-enabled, state from another replica, new leases); pools rebuild their turn order
+    /// when it does. `None` (the default): unknown, so every pick asks about every key.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
     /// Counts the tokens of an answer against the key's tokens-per-minute and its counters.
     fn add_tokens(&self, key: &str, model: &str, limits: &KeyLimits, tokens: Tokens, now: Instant);
     /// Rests `key` for `model` until `until`.
@@ -297,6 +303,8 @@ pub enum Admission {
 #[derive(Debug)]
 pub struct MemoryStore {
     keys: Mutex<Keys>,
+    /// See [`KeyStateStore::generation`].
+    generation: AtomicU64,
     bindings: Mutex<LruCache<Box<str>, (Binding, Instant)>>,
     bindings_evicted: AtomicU64,
 }
@@ -433,7 +441,13 @@ impl MemoryStore {
             }),
             bindings: Mutex::new(LruCache::new(max_bindings.max(1))),
             bindings_evicted: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// A key may be usable sooner than the store said: see [`KeyStateStore::generation`].
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     fn keys(&self) -> MutexGuard<'_, Keys> {
@@ -469,6 +483,7 @@ impl MemoryStore {
 
     /// Replaces `key`'s disabled flag, invalid reason and rests (counters and limits stay).
     pub fn set_shared_state(&self, key: &str, shared: SharedKeyState) {
+        self.bump();
         let mut keys = self.keys();
         let models: Vec<u32> = shared.rests.iter().map(|(m, ..)| keys.model(m)).collect();
         let k = keys.state(key);
@@ -651,6 +666,10 @@ impl KeyStateStore for MemoryStore {
         }
     }
 
+    fn generation(&self) -> Option<u64> {
+        Some(self.generation.load(Ordering::Acquire))
+    }
+
     fn admit(
         &self,
         key: &str,
@@ -699,6 +718,7 @@ impl KeyStateStore for MemoryStore {
     }
 
     fn set_disabled(&self, key: &str, disabled: bool) {
+        self.bump();
         self.with_key(key, |k| {
             k.disabled = disabled;
             if !disabled {
@@ -765,6 +785,7 @@ impl KeyStateStore for MemoryStore {
     }
 
     fn retain_keys(&self, keep: &[&str]) {
+        self.bump();
         // Slots stay (pools built earlier may still use them); only the state is forgotten.
         let mut keys = self.keys();
         let Keys { slots, states, .. } = &mut *keys;

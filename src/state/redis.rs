@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -82,6 +82,9 @@ pub struct RedisStore {
     config_sink: SinkCell,
     /// The version of the latest config change seen (`None` before the first read-back).
     config_seen: Mutex<Option<u64>>,
+    /// Sync rounds run (leases and the link change with each): part of
+    /// [`KeyStateStore::generation`].
+    rounds: AtomicU64,
 }
 
 /// The config sink, set once by the gateway.
@@ -235,6 +238,7 @@ impl RedisStore {
             scrub,
             config_sink: SinkCell::default(),
             config_seen: Mutex::new(None),
+            rounds: AtomicU64::new(0),
         });
         match redis::Client::open(url.as_str()) {
             Ok(client) => {
@@ -517,6 +521,11 @@ impl KeyStateStore for RedisStore {
         }
     }
 
+    fn generation(&self) -> Option<u64> {
+        let local = self.local.generation()?;
+        Some(local.wrapping_add(self.rounds.load(Ordering::Acquire)))
+    }
+
     fn admit(
         &self,
         key: &str,
@@ -699,6 +708,7 @@ async fn sync_task(store: Weak<RedisStore>, client: redis::Client) {
     loop {
         let Some(s) = store.upgrade() else { return };
         let interval = s.sync_interval;
+        s.rounds.fetch_add(1, Ordering::Release);
         if conn.is_none() {
             match connect(&client, Duration::from_secs(1).max(interval * 5)).await {
                 Ok(c) => conn = Some(c),
@@ -718,7 +728,9 @@ async fn sync_task(store: Weak<RedisStore>, client: redis::Client) {
             }
         }
         let c = conn.as_mut().expect("connected above");
-        match sync_once(&s, c, &sync).await {
+        let synced = sync_once(&s, c, &sync).await;
+        s.rounds.fetch_add(1, Ordering::Release);
+        match synced {
             Ok(()) => {
                 s.set_connected(true, None);
                 if let Err(e) = flush_events(&s, c, &event).await {
