@@ -87,14 +87,22 @@ fn at_boundary(tail: &[u8]) -> bool {
         || tail.ends_with(b"\r\n\r\n")
 }
 
-/// `tail` (its first `len` bytes) followed by `data`, cut to its last 4 bytes.
+/// `tail` (its first `len` bytes) followed by `data`, cut to its last 4 bytes (no allocation:
+/// this runs on every frame of every answer).
 fn push_tail(tail: &mut [u8; 4], len: &mut u8, data: &[u8]) {
-    let mut all = Vec::with_capacity(4 + data.len().min(4));
-    all.extend_from_slice(&tail[..*len as usize]);
-    all.extend_from_slice(&data[data.len().saturating_sub(4)..]);
-    let keep = &all[all.len().saturating_sub(4)..];
-    tail[..keep.len()].copy_from_slice(keep);
-    *len = keep.len() as u8;
+    if data.len() >= 4 {
+        tail.copy_from_slice(&data[data.len() - 4..]);
+        *len = 4;
+        return;
+    }
+    let old = *len as usize;
+    let total = old + data.len();
+    let keep_old = old.min(4 - data.len());
+    let mut out = [0u8; 4];
+    out[..keep_old].copy_from_slice(&tail[old - keep_old..old]);
+    out[keep_old..keep_old + data.len()].copy_from_slice(data);
+    *tail = out;
+    *len = total.min(4) as u8;
 }
 
 impl<B> Body for Heartbeat<B>

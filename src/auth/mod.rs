@@ -18,6 +18,7 @@
 //!
 //! The [`AuthLayer`](crate::layers::auth::AuthLayer) applies all of this per request.
 
+mod cache;
 pub mod capability;
 mod claims;
 mod extract;

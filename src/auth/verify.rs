@@ -9,6 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
+use super::cache::TokenCache;
 use super::claims::Claims;
 use super::keys::{Jwks, PublicKey, load_public_key};
 use super::{Client, ModelPolicy, Role, TokenOverrides};
@@ -142,6 +143,8 @@ pub struct Verifier {
     audience: Option<String>,
     leeway: u64,
     revoked: HashSet<String>,
+    /// HMAC-signed tokens already verified (see [`super::cache`]).
+    verified: TokenCache,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -191,6 +194,7 @@ impl Verifier {
             audience: config.audience.clone(),
             leeway: config.leeway_seconds,
             revoked: config.revoked_token_ids.iter().cloned().collect(),
+            verified: TokenCache::default(),
         })
     }
 
@@ -204,16 +208,38 @@ impl Verifier {
         if token.len() > MAX_TOKEN_BYTES || token.bytes().filter(|&b| b == b'.').count() != 2 {
             return Err(AuthFailure::Malformed);
         }
+        if let Some(client) = self.verified.get(token, now) {
+            return Ok(client);
+        }
         let header = Header::parse(token)?;
         let alg = header.algorithm()?;
-        let claims = match alg.family() {
+        match alg.family() {
             AlgorithmFamily::Hmac => {
                 let key = self.hmac.as_ref().ok_or(AuthFailure::NoKeyFor(alg))?;
-                decode(token, key, alg)?
+                let claims = decode(token, key, alg)?;
+                let window = self.window(&claims);
+                let client = self.check_claims(claims, now)?;
+                if let Some((from, until)) = window {
+                    self.verified.put(token, &client, from, until);
+                }
+                Ok(client)
             }
-            _ => self.decode_public(token, alg, header.kid.as_deref())?,
-        };
-        self.check_claims(claims, now)
+            _ => {
+                let claims = self.decode_public(token, alg, header.kid.as_deref())?;
+                self.check_claims(claims, now)
+            }
+        }
+    }
+
+    /// The seconds between which a token with these claims passes the time checks of
+    /// [`Self::check_claims`] (`None` without `exp`: it never does).
+    fn window(&self, c: &Claims) -> Option<(u64, u64)> {
+        let until = c.exp.as_ref()?.0.saturating_add(self.leeway);
+        let from = c
+            .nbf
+            .as_ref()
+            .map_or(0, |nbf| nbf.0.saturating_sub(self.leeway));
+        Some((from, until))
     }
 
     /// Verifies with the public key file or the JWKS: by `kid` when the token names one, else
@@ -433,6 +459,33 @@ mod tests {
             URL_SAFE_NO_PAD.encode(header),
             URL_SAFE_NO_PAD.encode(payload)
         )
+    }
+
+    #[test]
+    fn a_token_verified_before_is_still_held_to_its_time_window() {
+        let v = Verifier::new(&config(), None).unwrap();
+        let mut c = claims();
+        c.nbf = Some(NumericDate(NOW + 100));
+        let token = hs(Algorithm::HS256, &c, SECRET);
+        // Not yet valid (nbf beyond the 30 s leeway): refused, and not remembered.
+        assert_eq!(v.verify(&token, NOW).unwrap_err(), AuthFailure::NotYetValid);
+        assert_eq!(&*v.verify(&token, NOW + 70).unwrap().id, "alice");
+        // The second time comes from the cache, with the same answer.
+        assert_eq!(v.verify(&token, NOW + 70), v.verify(&token, NOW + 71));
+        assert_eq!(
+            v.verify(&token, NOW + 69).unwrap_err(),
+            AuthFailure::NotYetValid
+        );
+        // Past exp + leeway: expired, although it passed a moment before.
+        assert!(v.verify(&token, NOW + 3629).is_ok());
+        assert_eq!(
+            v.verify(&token, NOW + 3630).unwrap_err(),
+            AuthFailure::Expired
+        );
+        // A token with a forged signature never passes, even with a verified one's claims.
+        let last = if token.ends_with('A') { 'B' } else { 'A' };
+        let forged = format!("{}{last}", &token[..token.len() - 1]);
+        assert!(v.verify(&forged, NOW + 70).is_err());
     }
 
     #[test]

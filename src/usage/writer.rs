@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -17,6 +17,9 @@ use crate::time::now_unix as unix_now;
 
 /// How often old minute rows are rolled up and expired rows deleted.
 const ROLL_UP_EVERY: Duration = Duration::from_secs(600);
+/// How often the writer looks at its channel: at most this late for a flush request, and a
+/// channel of `usage.queue_capacity` rows takes this long at most to drain.
+const TICK: Duration = Duration::from_millis(10);
 /// Rows summed in memory at most while the database cannot be written; further ones are dropped.
 const MAX_PENDING_ROWS: usize = 100_000;
 
@@ -63,19 +66,22 @@ fn run(options: WriterOptions, rx: Receiver<Record>) {
     w.roll_up();
     let mut next_flush = Instant::now() + w.options.flush_interval;
     loop {
-        let wait = next_flush.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(Record::Row(key, counts)) => w.add(key, counts),
-            Ok(Record::Event(e)) => w.events.push(e),
-            Ok(Record::Flush(done)) => {
-                // Everything sent before the flush request is in the channel ahead of it.
-                w.flush();
-                let _ = done.try_send(());
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                w.flush();
-                return;
+        // Drain what arrived, then sleep a tick: the request path's `try_send` then never has a
+        // parked thread to wake (a wake-up per request cost two context switches each).
+        loop {
+            match rx.try_recv() {
+                Ok(Record::Row(key, counts)) => w.add(key, counts),
+                Ok(Record::Event(e)) => w.events.push(e),
+                Ok(Record::Flush(done)) => {
+                    // Everything sent before the flush request is in the channel ahead of it.
+                    w.flush();
+                    let _ = done.try_send(());
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    w.flush();
+                    return;
+                }
             }
         }
         if Instant::now() >= next_flush {
@@ -85,6 +91,8 @@ fn run(options: WriterOptions, rx: Receiver<Record>) {
             }
             next_flush = Instant::now() + w.options.flush_interval;
         }
+        let wait = next_flush.saturating_duration_since(Instant::now());
+        std::thread::sleep(wait.min(TICK));
     }
 }
 
