@@ -74,11 +74,9 @@ pub struct Route {
 pub struct AmbiguousPath(pub &'static str);
 
 impl Route {
-    /// Why the path cannot be classified with certainty, if it cannot: dot segments (also
-    /// percent-encoded), encoded slashes or backslashes, empty segments, control characters, or
-    /// a model name with characters no model has. Such a path might be read by Google (or a
-    /// proxy before it) as another model than the one a token's policy was checked against.
-    pub fn ambiguity(path: &str) -> Option<AmbiguousPath> {
+    /// [`Self::ambiguity`]'s checks that need percent-decoding (a path with `%`, `\\` or bytes
+    /// outside printable ASCII).
+    fn ambiguity_decoded(path: &str) -> Option<AmbiguousPath> {
         let why = |s| Some(AmbiguousPath(s));
         // The JS SDK dials the Live API at `//ws/…` (its base URL's slash, then its own).
         let path = live_path(path).unwrap_or(path);
@@ -120,6 +118,33 @@ impl Route {
             if segment.chars().any(char::is_control) {
                 return why("the path contains control characters");
             }
+        }
+        None
+    }
+
+    /// Why the path cannot be classified with certainty, if it cannot: dot segments (also
+    /// percent-encoded), encoded slashes or backslashes, empty segments, control characters, or
+    /// a model name with characters no model has. Such a path might be read by Google (or a
+    /// proxy before it) as another model than the one a token's policy was checked against.
+    pub fn ambiguity(path: &str) -> Option<AmbiguousPath> {
+        let why = |s| Some(AmbiguousPath(s));
+        // The common case, checked in one pass: printable ASCII without `%` or `\\`, so there is
+        // nothing to decode and no control character; only the segments' shapes are left.
+        let plain = path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'%' && b != b'\\');
+        if plain {
+            let mut segments = path.split('/').skip(1).peekable();
+            while let Some(segment) = segments.next() {
+                if segment == "." || segment == ".." {
+                    return why("the path contains a dot segment (. or ..)");
+                }
+                if segment.is_empty() && segments.peek().is_some() {
+                    return why("the path contains an empty segment (//)");
+                }
+            }
+        } else if let Some(why) = Self::ambiguity_decoded(path) {
+            return Some(why);
         }
         if let Some(segment) = Self::model_segment(path) {
             let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();

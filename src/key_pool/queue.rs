@@ -34,7 +34,7 @@ const MAX_MODELS: usize = 256;
 pub(super) struct Queues {
     /// Per key, in pool order: enabled in the config, and its stride.
     keys: Vec<(bool, u128)>,
-    by_model: HashMap<Box<str>, ModelQueue>,
+    by_model: HashMap<Box<str>, ModelQueue, foldhash::fast::RandomState>,
     /// Keys set aside during one pick (excluded by the caller), put back at its end.
     skipped: Vec<(u128, usize)>,
 }
@@ -59,7 +59,7 @@ impl Queues {
                 .into_iter()
                 .map(|(enabled, w)| (enabled, STRIDE / u128::from(w.max(1))))
                 .collect(),
-            by_model: HashMap::new(),
+            by_model: HashMap::default(),
             skipped: Vec::new(),
         }
     }

@@ -324,10 +324,10 @@ pub const MAX_BINDINGS: usize = 100_000;
 /// Key states by slot; slots are never reused, so a pool built before a reload stays valid.
 #[derive(Debug, Default)]
 struct Keys {
-    slots: HashMap<Arc<str>, usize>,
+    slots: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
     states: Vec<KeyState>,
     /// Model names interned to small numbers, so a pick compares numbers, not strings.
-    models: HashMap<Arc<str>, u32>,
+    models: HashMap<Arc<str>, u32, foldhash::fast::RandomState>,
     /// By model number: its name and when it was last used (a tick of `clock`).
     model_names: Vec<(Arc<str>, u64)>,
     /// Numbers of evicted models, for reuse.
