@@ -644,8 +644,21 @@ def main() -> int:
     ap.add_argument("--tools", required=True, help="JSON object: binary paths")
     ap.add_argument("--results", default=str(HERE / "results"))
     ap.add_argument("--command", default="benches/load/run.sh", help="the command line, for the report")
+    ap.add_argument("--rig", choices=["mock", "nginx-upstream"], default="mock",
+                    help="mock: the standard run; nginx-upstream: every proxy in front of a fixed-answer nginx")
     args = ap.parse_args()
     tools = json.loads(args.tools)
+    if args.rig == "nginx-upstream":
+        import rig_nginx
+        if args.dry_run:
+            rig_nginx.dry_run(tools)
+            log("dry run: nginx-upstream rig configs checked, self-test passed")
+            return 0
+        try:
+            os.sched_setaffinity(0, {LOAD_CPU})
+        except OSError:
+            pass
+        return rig_nginx.run(args, tools, Path(args.results))
 
     try:
         os.sched_setaffinity(0, {LOAD_CPU})
@@ -684,7 +697,9 @@ def main() -> int:
             log("dry run: configs written and checked: " + ", ".join(sorted(p.name for p in run_dir.iterdir())))
             import report
             report.selftest()
-            log("dry run: report self-test passed")
+            import rig_nginx
+            rig_nginx.selftest()
+            log("dry run: report self-tests passed (standard run and nginx-upstream rig)")
             shutil.rmtree(run_dir, ignore_errors=True)
             return 0
         for t in targets.values():

@@ -3,6 +3,11 @@
 #
 #   benches/load/run.sh [--quick] [--with-litellm] [--dry-run] [--no-install]
 #                       [--repeats N] [--seconds S] [--rate R] [--targets direct,nginx,...]
+#                       [--rig nginx-upstream]
+#
+# --rig nginx-upstream runs the "nginx as upstream" scenario instead (rig_nginx.py): every proxy in
+# front of an nginx with a fixed answer, HTTP and HTTPS, 1,000 keys, the 401 path; CPU per request
+# and a one-line summary of ratios.
 #
 # From a clean checkout (Debian, root, 2+ cores) it:
 #   1. installs what it needs with apt-get when missing: nginx-light, wrk, cmake (Pingora's zlib-ng),
@@ -26,7 +31,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 
-quick=0 litellm=0 dry=0 install=1
+quick=0 litellm=0 dry=0 install=1 rig=mock targets=""
 pass=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -34,8 +39,10 @@ while [ $# -gt 0 ]; do
         --with-litellm) litellm=1; pass+=(--with-litellm) ;;
         --dry-run) dry=1; pass+=(--dry-run) ;;
         --no-install) install=0 ;;
-        --repeats|--seconds|--rate|--targets) pass+=("$1" "$2"); shift ;;
-        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --repeats|--seconds|--rate) pass+=("$1" "$2"); shift ;;
+        --targets) targets="$2"; pass+=("$1" "$2"); shift ;;
+        --rig) rig="$2"; pass+=("$1" "$2"); shift ;;
+        -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -43,6 +50,7 @@ done
 
 say() { printf '\n==> %s\n' "$*" >&2; }
 
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 TOOLS_DIR="$ROOT/target/bench-tools"
 # Pinned. Later releases' `proxy` extra needs a `litellm-proxy` package this registry doesn't have,
 # and 1.107.0 was a compromised release.
@@ -71,15 +79,21 @@ NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 if [ "$dry" -eq 0 ]; then
     say "building gem-proxy and gem-proxy-mock (release)"
     cargo build --release --locked -p gem-proxy -p gem-proxy-mock --bins
-    say "building benches/pingora-ref and benches/load/driver (release, own target dir)"
-    CARGO_TARGET_DIR="$TOOLS_DIR" cargo build --release --locked --manifest-path benches/pingora-ref/Cargo.toml
-    CARGO_TARGET_DIR="$TOOLS_DIR" cargo build --release --locked --manifest-path benches/load/driver/Cargo.toml
-    GEM_PROXY="$ROOT/target/release/gem-proxy"
+    # Pingora only when it is a target; the driver only for the standard run (the rig uses wrk).
+    if [ -z "$targets" ] || [[ ",$targets," == *",pingora,"* ]]; then
+        say "building benches/pingora-ref (release, own target dir)"
+        CARGO_TARGET_DIR="$TOOLS_DIR" cargo build --release --locked --manifest-path benches/pingora-ref/Cargo.toml
+    fi
+    if [ "$rig" = mock ]; then
+        say "building benches/load/driver (release, own target dir)"
+        CARGO_TARGET_DIR="$TOOLS_DIR" cargo build --release --locked --manifest-path benches/load/driver/Cargo.toml
+    fi
+    GEM_PROXY="$TARGET_DIR/release/gem-proxy"
 else
     # The newer of the two builds: CI has a debug one, a developer often an older release one too.
     GEM_PROXY="$ROOT/target/debug/gem-proxy"
-    if [ -x "$ROOT/target/release/gem-proxy" ] && { [ ! -x "$GEM_PROXY" ] || [ "$ROOT/target/release/gem-proxy" -nt "$GEM_PROXY" ]; }; then
-        GEM_PROXY="$ROOT/target/release/gem-proxy"
+    if [ -x "$TARGET_DIR/release/gem-proxy" ] && { [ ! -x "$GEM_PROXY" ] || [ "$TARGET_DIR/release/gem-proxy" -nt "$GEM_PROXY" ]; }; then
+        GEM_PROXY="$TARGET_DIR/release/gem-proxy"
     fi
     if [ ! -x "$GEM_PROXY" ]; then
         echo "run.sh --dry-run: no gem-proxy binary (cargo build first)" >&2
@@ -112,7 +126,7 @@ if [ "$dry" -eq 1 ] && ! [ -x "$NGINX" ]; then
 fi
 
 tools=$(printf '{"gem-proxy":"%s","mock":"%s","pingora":"%s","driver":"%s","wrk":"%s","nginx":"%s","litellm":"%s","redis":"%s"}' \
-    "$GEM_PROXY" "$ROOT/target/release/gem-proxy-mock" "$TOOLS_DIR/release/pingora-ref" \
+    "$GEM_PROXY" "$TARGET_DIR/release/gem-proxy-mock" "$TOOLS_DIR/release/pingora-ref" \
     "$TOOLS_DIR/release/bench-driver" "$(command -v wrk || true)" "$NGINX" "$LITELLM" "$(command -v redis-server || true)")
 
 command_line="benches/load/run.sh${pass[*]:+ ${pass[*]}}"
