@@ -62,18 +62,18 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let start = Instant::now();
-        let method = req.method().clone();
-        let uri = req.uri().clone();
-        let request_id = req.headers().get("x-request-id").cloned();
+        // Nothing to gather when the line would not be written (`log.level` above info for this
+        // target, the default in production); asked per request, so a reload takes effect.
+        let pending =
+            tracing::enabled!(target: "gem_proxy::access", tracing::Level::INFO).then(|| Pending {
+                start: Instant::now(),
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                request_id: req.headers().get("x-request-id").cloned(),
+            });
         ResponseFuture {
             future: self.inner.call(req),
-            pending: Some(Pending {
-                start,
-                method,
-                uri,
-                request_id,
-            }),
+            pending,
         }
     }
 }
@@ -104,7 +104,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let res = ready!(this.future.poll(cx))?;
-        let p = this.pending.take().expect("polled after completion");
+        let Some(p) = this.pending.take() else {
+            return Poll::Ready(Ok(res.map(|inner| Observed::new(inner, None))));
+        };
         let record = AccessLine {
             start: p.start,
             method: p.method,
