@@ -335,6 +335,13 @@ data: {\"usageMetadata\":{\"promptTokenCount\":8,\"candidatesTokenCount\":3,\"to
             find_usage(b"{\"usageMetadata\":{\"promptTokenCount\":"),
             None
         );
+        // Cut inside a string, right after a backslash.
+        assert_eq!(find_usage(b"{\"usageMetadata\":{\"a\\"), None);
+        // Braces and escaped quotes inside strings do not count.
+        assert_eq!(
+            find_usage(br#"{"usageMetadata":{"x":"}\"{","totalTokenCount":3}}"#).map(|t| t.total),
+            Some(3)
+        );
     }
 
     mod properties {

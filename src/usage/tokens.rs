@@ -66,23 +66,32 @@ fn object_after<'a>(text: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
         return None;
     }
     let obj = &rest[open..];
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for (i, &c) in obj.iter().enumerate() {
-        match (in_string, escaped, c) {
-            (true, true, _) => escaped = false,
-            (true, false, b'\\') => escaped = true,
-            (true, false, b'"') => in_string = false,
-            (true, false, _) => {}
-            (false, _, b'"') => in_string = true,
-            (false, _, b'{') => depth += 1,
-            (false, _, b'}') => {
+    // Jumps from one brace or quote to the next (memchr) rather than matching every byte; inside
+    // a string, from one quote or backslash to the next.
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(at) = memchr::memchr3(b'"', b'{', b'}', &obj[i..]) {
+        i += at;
+        match obj[i] {
+            b'{' => depth += 1,
+            b'}' => {
                 depth -= 1;
                 if depth == 0 {
                     return Some(&obj[..=i]);
                 }
             }
-            _ => {}
+            _ => loop {
+                // In a string: find its closing quote, skipping escaped characters.
+                i += 1;
+                let at = memchr::memchr2(b'"', b'\\', obj.get(i..)?)?;
+                i += at;
+                if obj[i] == b'"' {
+                    break;
+                }
+                i += 1;
+            },
         }
+        i += 1;
     }
     None
 }
