@@ -351,20 +351,23 @@ async fn serve<S, B>(
             })
         };
         let (tls, builder, shutdown) = (tls.clone(), builder.clone(), shutdown.clone());
+        // The handshake and the connection are boxed: the task's own future stays small (it is
+        // moved several times while spawned: a connection's state inline cost ~80 KB of copies
+        // per connection), and a plain connection does not carry room for a TLS one.
         let task = tokio::spawn(async move {
             let result = match tls {
                 // The handshake happens in the connection's task, never in the accept loop.
-                Some(tls) => match tls.accept(stream, peer).await {
+                Some(tls) => match Box::pin(tls.accept(stream, peer)).await {
                     Some(stream) => {
                         let conn = builder
                             .serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
-                        connection::drive(
+                        Box::pin(connection::drive(
                             conn,
                             |c| c.graceful_shutdown(),
                             &activity,
                             idle_timeout,
                             shutdown,
-                        )
+                        ))
                         .await
                     }
                     None => Ok(()),
@@ -372,13 +375,13 @@ async fn serve<S, B>(
                 None => {
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
-                    connection::drive(
+                    Box::pin(connection::drive(
                         conn,
                         |c| c.graceful_shutdown(),
                         &activity,
                         idle_timeout,
                         shutdown,
-                    )
+                    ))
                     .await
                 }
             };
