@@ -243,7 +243,7 @@ mod tests {
         let mut q = Queues::new(vec![(true, 1), (true, 1)]);
         let now = Instant::now();
         let mut invalid = true;
-        let mut pick = |q: &mut Queues, generation, invalid: bool| {
+        let pick = |q: &mut Queues, generation, invalid: bool| {
             q.pick("m", Some(generation), now, |i, _| {
                 Some(if i == 0 && invalid {
                     Admission::Never
