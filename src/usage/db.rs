@@ -101,10 +101,10 @@ pub(crate) fn open_for_reading(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 /// Adds one batch of minute rows and key events, in one transaction.
-pub(crate) fn write_batch(
+pub(crate) fn write_batch<S: std::hash::BuildHasher>(
     conn: &mut Connection,
     replica: &str,
-    rows: &HashMap<RowKey, Counts>,
+    rows: &HashMap<RowKey, Counts, S>,
     events: &[KeyEvent],
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;

@@ -49,7 +49,9 @@ pub(super) fn spawn(options: WriterOptions) -> std::io::Result<SyncSender<Record
 struct Writer {
     options: WriterOptions,
     conn: Option<Connection>,
-    rows: HashMap<RowKey, Counts>,
+    /// Summed per row (a row per key, model, client and route each minute: with a big pool, a
+    /// row per request or so).
+    rows: HashMap<RowKey, Counts, foldhash::fast::RandomState>,
     events: Vec<KeyEvent>,
     last_roll_up: Option<Instant>,
 }
@@ -58,7 +60,7 @@ fn run(options: WriterOptions, rx: Receiver<Record>) {
     let mut w = Writer {
         options,
         conn: None,
-        rows: HashMap::new(),
+        rows: HashMap::default(),
         events: Vec::new(),
         last_roll_up: None,
     };
