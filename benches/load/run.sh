@@ -61,8 +61,10 @@ PYTHON="${PYTHON:-python3}"
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v cmake >/dev/null 2>&1 || need+=(cmake)
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+want_pingora=0
+if [ -z "$targets" ] || [[ ",$targets," == *",pingora,"* ]]; then want_pingora=1; fi
+[ "$want_pingora" -eq 0 ] || command -v cmake >/dev/null 2>&1 || need+=(cmake)
+[ "$rig" != mock ] || command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 if [ "$dry" -eq 0 ] && [ "${#need[@]}" -gt 0 ]; then
     if [ "$install" -eq 0 ]; then
@@ -80,7 +82,7 @@ if [ "$dry" -eq 0 ]; then
     say "building gem-proxy and gem-proxy-mock (release)"
     cargo build --release --locked -p gem-proxy -p gem-proxy-mock --bins
     # Pingora only when it is a target; the driver only for the standard run (the rig uses wrk).
-    if [ -z "$targets" ] || [[ ",$targets," == *",pingora,"* ]]; then
+    if [ "$want_pingora" -eq 1 ]; then
         say "building benches/pingora-ref (release, own target dir)"
         CARGO_TARGET_DIR="$TOOLS_DIR" cargo build --release --locked --manifest-path benches/pingora-ref/Cargo.toml
     fi
