@@ -128,6 +128,8 @@ impl Route {
     /// proxy before it) as another model than the one a token's policy was checked against.
     pub fn ambiguity(path: &str) -> Option<AmbiguousPath> {
         let why = |s| Some(AmbiguousPath(s));
+        // The JS SDK dials the Live API at `//ws/…` (its base URL's slash, then its own).
+        let path = live_path(path).unwrap_or(path);
         // The common case, checked in one pass: printable ASCII without `%` or `\\`, so there is
         // nothing to decode and no control character; only the segments' shapes are left.
         let plain = path

@@ -99,6 +99,7 @@ mod tests {
             tpm: None,
             tpd: None,
             overrides: None,
+            live_sessions: None,
         }
     }
 
