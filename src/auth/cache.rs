@@ -68,7 +68,15 @@ impl TokenCache {
     pub(super) fn get(&self, token: &str, now: u64) -> Option<Client> {
         let slot = self.slot(token).lock().unwrap_or_else(|e| e.into_inner());
         let e = slot.as_ref()?;
-        (&*e.token == token && e.from <= now && now < e.until).then(|| e.client.clone())
+        // Constant time: how long the comparison takes says nothing of how much of a guess
+        // matched a cached token.
+        let same = e.token.len() == token.len()
+            && aws_lc_rs::constant_time::verify_slices_are_equal(
+                e.token.as_bytes(),
+                token.as_bytes(),
+            )
+            .is_ok();
+        (same && e.from <= now && now < e.until).then(|| e.client.clone())
     }
 
     /// Remembers that `token` (whose signature and claims were just checked) is `client`
