@@ -189,9 +189,20 @@ impl KeyPool {
         exclude: &[Arc<str>],
         now: Instant,
     ) -> Result<Arc<UpstreamKey>, PickError> {
+        // Only a replay or a Live session names keys to exclude: a scan then is no cost.
+        let excluded: Vec<usize> = if exclude.is_empty() {
+            Vec::new()
+        } else {
+            self.keys
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| exclude.contains(&k.key.id))
+                .map(|(i, _)| i)
+                .collect()
+        };
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         queues
-            .pick(model, store.generation(), now, |i, now| {
+            .pick(model, store.generation(), now, &excluded, |i, now| {
                 let k = &self.keys[i].key;
                 if exclude.contains(&k.id) || (route.is_some() && !k.can_serve(route, now)) {
                     return None;

@@ -13,6 +13,11 @@
 //!   [`generation`](super::KeyStateStore::generation) changes (an operator enabled a key, another
 //!   replica's state arrived), which rebuilds the model's queues from every enabled key.
 //!
+//! A replay's pick (keys already tried excluded) moves the excluded keys back by the step of
+//! the key it picked, so relative to them that turn was free (as in smooth weighted round robin,
+//! where excluded keys sit out the round): a key that keeps failing is tried first only for its
+//! share of requests.
+//!
 //! So a pick looks at one key when it has headroom, and each key without headroom is looked at
 //! once per time it runs out, however many keys the pool has.
 
@@ -72,6 +77,7 @@ impl Queues {
         model: &str,
         generation: Option<u64>,
         now: Instant,
+        excluded: &[usize],
         mut admit: impl FnMut(usize, Instant) -> Option<Admission>,
     ) -> Result<usize, PickError> {
         if !self.by_model.contains_key(model) && self.by_model.len() >= MAX_MODELS {
@@ -98,12 +104,25 @@ impl Queues {
         }
         let mut picked = None;
         while let Some(Reverse((pass, i))) = q.ready.pop() {
+            if pass < q.pass[i] {
+                // Moved back by a replay's pick (below) since it was queued.
+                q.ready.push(Reverse((q.pass[i], i)));
+                continue;
+            }
             match admit(i, now) {
                 None => self.skipped.push((pass, i)),
                 Some(Admission::Yes) => {
                     q.now = pass;
                     q.pass[i] = pass + keys[i].1;
                     q.ready.push(Reverse((q.pass[i], i)));
+                    // A replay (the caller excluded keys already tried) moves those keys back
+                    // by the same step: relative to them the turn was free, so a failing key is
+                    // still tried first for only its share of requests.
+                    for &e in excluded {
+                        if e != i && e < q.pass.len() {
+                            q.pass[e] += keys[i].1;
+                        }
+                    }
                     picked = Some(i);
                     break;
                 }
@@ -195,7 +214,7 @@ mod tests {
             for round in 0..(3 * n) {
                 let now = start + Duration::from_millis(round as u64);
                 let i = q
-                    .pick("m", Some(1), now, |i, now| {
+                    .pick("m", Some(1), now, &[], |i, now| {
                         asked += 1;
                         Some(if i == 0 && now < back {
                             Admission::NotUntil(back)
@@ -223,7 +242,7 @@ mod tests {
         for s in 0..20u64 {
             let now = start + Duration::from_millis(100 * s);
             picks.push(
-                q.pick("m", Some(1), now, |i, now| {
+                q.pick("m", Some(1), now, &[], |i, now| {
                     Some(if i == 0 && now < back {
                         Admission::NotUntil(back)
                     } else {
@@ -244,7 +263,7 @@ mod tests {
         let now = Instant::now();
         let mut invalid = true;
         let pick = |q: &mut Queues, generation, invalid: bool| {
-            q.pick("m", Some(generation), now, |i, _| {
+            q.pick("m", Some(generation), now, &[], |i, _| {
                 Some(if i == 0 && invalid {
                     Admission::Never
                 } else {
@@ -268,7 +287,7 @@ mod tests {
     fn no_key_without_headroom_says_when_the_first_one_has_some() {
         let mut q = Queues::new(vec![(true, 1), (true, 1), (false, 1)]);
         let now = Instant::now();
-        let got = q.pick("m", None, now, |i, now| {
+        let got = q.pick("m", None, now, &[], |i, now| {
             Some(Admission::NotUntil(
                 now + Duration::from_secs(10 + i as u64),
             ))
@@ -280,7 +299,7 @@ mod tests {
             })
         );
         // Key 0 skipped (already tried): key 1's time.
-        let got = q.pick("m", None, now, |i, now| {
+        let got = q.pick("m", None, now, &[], |i, now| {
             (i != 0).then(|| Admission::NotUntil(now + Duration::from_secs(10 + i as u64)))
         });
         assert_eq!(
@@ -289,7 +308,31 @@ mod tests {
                 retry_after: Duration::from_secs(11)
             })
         );
-        let got = q.pick("m", None, now, |_, _| Some(Admission::Never));
+        let got = q.pick("m", None, now, &[], |_, _| Some(Admission::Never));
         assert_eq!(got, Err(PickError::NoUsableKey));
+    }
+
+    #[test]
+    fn a_key_that_keeps_failing_is_tried_first_for_only_its_share_of_requests() {
+        // Two keys of weight 1; key 0 fails every time, so each request it gets first is
+        // replayed with key 0 excluded.
+        let mut q = Queues::new(vec![(true, 1), (true, 1)]);
+        let now = Instant::now();
+        let mut first_on_key0 = 0;
+        for _ in 0..10 {
+            let i = q
+                .pick("m", None, now, &[], |_, _| Some(Admission::Yes))
+                .unwrap();
+            if i == 0 {
+                first_on_key0 += 1;
+                let j = q
+                    .pick("m", None, now, &[0], |i, _| {
+                        (i != 0).then_some(Admission::Yes)
+                    })
+                    .unwrap();
+                assert_eq!(j, 1);
+            }
+        }
+        assert_eq!(first_on_key0, 5, "every other request, as without failures");
     }
 }
