@@ -11,11 +11,12 @@
 //! Units spent without a lease:
 //! - *cold start*: requests that find the lease empty — after a quiet spell, before Redis ever
 //!   answered, or when a burst outran the top-ups — unless Redis said the quota is out. An empty
-//!   lease with nothing uncounted runs ahead by its *cold block*:
+//!   lease runs ahead by its *cold block*:
 //!   this replica's share of the quota Redis last said was free (`free / replicas`, refilled at
 //!   the limit's pace since; the whole limit before Redis ever answered), at least one request and
 //!   at most `max_block`. The spell ends with Redis's next answer; the syncs charge what it
-//!   spent, and the lease runs ahead again only once that is counted. A quiet lease holds
+//!   spent, and until they have, those units count against the next spell's block, so no more
+//!   than one block is ever spent and not yet charged. A quiet lease holds
 //!   nothing, so idle keys and clients cost Redis nothing, and the first burst after a pause (or
 //!   one faster than the top-ups) is still served at once;
 //! - *fallback share*: while Redis is unreachable, `limit / replicas` per window (the replicas
@@ -215,14 +216,15 @@ impl Lease {
         if link.connected {
             // Empty (quiet until now, never granted yet, or outrun by a burst) with nothing
             // uncounted: run ahead by the cold block, counted at the next syncs.
+            // What is spent but not yet charged counts against the block too, so a new spell
+            // may start before the last one's units are charged without more than one block
+            // ever being uncounted (a burst that outruns a small first grant is not refused).
             let block = if self.ahead > 0 {
                 self.ahead
-            } else if self.debt == 0 {
-                self.cold_block(now, link.replicas)
             } else {
-                0
+                self.cold_block(now, link.replicas)
             };
-            if self.spent_ahead < block {
+            if self.spent_ahead < block && self.debt < block {
                 return Ok(Spend::Cold(block));
             }
             return Err(now + link.sync_interval);
@@ -475,6 +477,38 @@ mod tests {
         let (g, free, next) = shared.grant(ask, now);
         lease.answered(g, free, next, now, link);
         ask
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_that_outruns_a_small_first_grant_is_not_refused() {
+        // A limit far above the traffic (a client's `auth.rate_limit_per_minute`): the first
+        // request's early sync is answered with a small block while the burst goes on.
+        let l1 = link(true, 1);
+        let mut shared = Shared::new(1_000_000);
+        let mut lease = Lease::new(Window::Minute, 1_000_000, Instant::now());
+        let now = Instant::now();
+        assert_eq!(lease.take(now, l1), Admission::Yes);
+        // The answer ends the cold spell; its unit is charged with the next sync.
+        let (g, free, next) = shared.grant(
+            Ask {
+                want: 2,
+                give_back: 0,
+                charge: 0,
+            },
+            now,
+        );
+        lease.answered(g, free, next, now, l1);
+        for i in 0..64 {
+            assert_eq!(
+                lease.take(now, l1),
+                Admission::Yes,
+                "request {i} of the burst"
+            );
+        }
+        // Never more than one block uncounted: the next sync charges everything spent ahead.
+        let ask = sync(&mut lease, &mut shared, l1);
+        assert_eq!(ask.charge, 1 + 64 - 2);
+        assert!(ask.charge <= lease.max_block(1));
     }
 
     #[tokio::test(start_paused = true)]
