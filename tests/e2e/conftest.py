@@ -182,12 +182,17 @@ log: {{ format: "text" }}
 
 
 def start_gateway(
-    tmp: Path, upstream: str, config_text: str | Callable[[int, int], str] | None = None, extra: str = ""
+    tmp: Path,
+    upstream: str,
+    config_text: str | Callable[[int, int], str] | None = None,
+    extra: str = "",
+    env: dict[str, str] | None = None,
 ) -> Gateway:
     """Starts gem-proxy with a config pointing at `upstream`; waits for /health == 200.
 
     `extra` is YAML appended to the standard config (sections it does not already have).
-    `config_text` replaces it: the YAML, or a function of the proxy and admin ports giving it."""
+    `config_text` replaces it: the YAML, or a function of the proxy and admin ports giving it.
+    `env` is added to the process's environment (e.g. `GEM_PROXY__…` overrides)."""
     binary = _binary("GEM_PROXY_BIN", "gem-proxy")
     port, admin_port = free_port(), free_port()
     while admin_port == port:
@@ -203,16 +208,17 @@ def start_gateway(
         + extra
     )
     log = tmp / "gem-proxy.stderr.log"
-    env = dict(os.environ)
-    env.setdefault("RUST_LOG", "info")
-    env.setdefault("NO_COLOR", "1")  # the log goes to a file read by people
+    child_env = dict(os.environ)
+    child_env.update(env or {})
+    child_env.setdefault("RUST_LOG", "info")
+    child_env.setdefault("NO_COLOR", "1")  # the log goes to a file read by people
     with open(log, "wb") as err:
         proc = subprocess.Popen(
             [str(binary), "serve", "--config", str(config)],
             stdout=err,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env=child_env,
         )
     gw = Gateway(
         url=f"http://127.0.0.1:{port}", admin_url=f"http://127.0.0.1:{admin_port}", proc=proc, config=config, log=log

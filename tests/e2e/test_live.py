@@ -40,16 +40,7 @@ def live_gateway(mock: Mock, tmp_path_factory: pytest.TempPathFactory):
         "GEM_PROXY__AUTH__ENABLED": "true",
         "GEM_PROXY__AUTH__JWT_SECRET": SECRET,
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        gw = start_gateway(tmp, mock.url)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    gw = start_gateway(tmp, mock.url, env=env)
     gw.url = gw.url.replace("http://", "https://").replace("127.0.0.1", "localhost")
     try:
         yield gw, cert, env

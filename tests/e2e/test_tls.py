@@ -9,7 +9,6 @@ refuse the connection.
 
 from __future__ import annotations
 
-import os
 import ssl
 import stat
 from pathlib import Path
@@ -34,16 +33,7 @@ def tls_gateway(mock: Mock, tmp_path_factory: pytest.TempPathFactory):
         "GEM_PROXY__SERVER__TLS__CERT_PATH": str(cert),
         "GEM_PROXY__SERVER__TLS__KEY_PATH": str(key),
     }
-    saved = {k: os.environ.get(k) for k in overrides}
-    os.environ.update(overrides)
-    try:
-        gw = start_gateway(tmp, mock.url)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    gw = start_gateway(tmp, mock.url, env=overrides)
     gw.url = gw.url.replace("http://", "https://").replace("127.0.0.1", "localhost")
     try:
         yield gw, cert, key
