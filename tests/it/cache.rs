@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::redis_state::Redis;
 use crate::support::*;
-use gem_proxy::auth::{Role, TokenRequest, issue, unix_now};
-use gem_proxy::config::{AuthConfig, Config, Secret};
+
+use gem_proxy::config::{Config, Secret};
 use gem_proxy::gateway::Live;
 use gem_proxy::server::Server;
 use gem_proxy_mock::{Failure, MockOptions};
@@ -29,21 +29,7 @@ fn with_auth(c: &mut Config) {
 }
 
 fn token_for(sub: &str) -> String {
-    let auth = AuthConfig {
-        jwt_secret: Secret::new(SECRET),
-        ..Default::default()
-    };
-    let req = TokenRequest {
-        sub: sub.into(),
-        ttl: Duration::from_secs(3600),
-        models: Vec::new(),
-        rpm: None,
-        tpm: None,
-        tpd: None,
-        live_sessions: None,
-        role: Role::Client,
-    };
-    issue(&auth, &req, unix_now()).unwrap().token
+    client_token(SECRET, sub, &[])
 }
 
 /// Sends `body` to `path` with extra headers.

@@ -2,11 +2,10 @@
 //! token's policy and the per-model key limits) and fallbacks when every key rests for a model.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use crate::support::*;
-use gem_proxy::auth::{Role, TokenRequest, issue, unix_now};
-use gem_proxy::config::{AuthConfig, Config, ModelsConfig, OverrideRule, Secret};
+use gem_proxy::auth::unix_now;
+use gem_proxy::config::{Config, ModelsConfig, OverrideRule, Secret};
 use gem_proxy_mock::MockOptions;
 use http::{Method, StatusCode};
 
@@ -47,21 +46,7 @@ fn token(models: &[&str]) -> String {
 }
 
 fn token_for(sub: &str, models: &[&str]) -> String {
-    let auth = AuthConfig {
-        jwt_secret: Secret::new(SECRET),
-        ..Default::default()
-    };
-    let req = TokenRequest {
-        sub: sub.into(),
-        ttl: Duration::from_secs(3600),
-        models: models.iter().map(|m| m.to_string()).collect(),
-        rpm: None,
-        tpm: None,
-        tpd: None,
-        live_sessions: None,
-        role: Role::Client,
-    };
-    issue(&auth, &req, unix_now()).unwrap().token
+    client_token(SECRET, sub, models)
 }
 
 async fn post_as(

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use crate::support::*;
 use bytes::Bytes;
-use gem_proxy::auth::{Role, TokenRequest, issue, unix_now};
+use gem_proxy::auth::unix_now;
 use gem_proxy::config::document::ConfigDocument;
-use gem_proxy::config::{AuthConfig, Config, ConfigLoader, Secret};
+use gem_proxy::config::{Config, ConfigLoader, Secret};
 use gem_proxy::gateway::{Gateway, Live};
 use gem_proxy::server::Server;
 use gem_proxy_mock::{MockOptions, MockUpstream};
@@ -37,21 +37,7 @@ fn self_signed_admin_jwt(secret: &str) -> String {
 
 /// A client token signed with [`SECRET`].
 fn token(sub: &str, models: &[&str]) -> String {
-    let auth = AuthConfig {
-        jwt_secret: Secret::new(SECRET),
-        ..Default::default()
-    };
-    let req = TokenRequest {
-        sub: sub.into(),
-        ttl: Duration::from_secs(3600),
-        models: models.iter().map(|m| m.to_string()).collect(),
-        rpm: None,
-        tpm: None,
-        tpd: None,
-        live_sessions: None,
-        role: Role::Client,
-    };
-    issue(&auth, &req, unix_now()).unwrap().token
+    client_token(SECRET, sub, models)
 }
 
 fn with_auth(c: &mut Config) {

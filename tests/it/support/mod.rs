@@ -218,3 +218,25 @@ pub fn keys_seen(h: &Harness) -> Vec<String> {
         .filter_map(|r| r.key)
         .collect()
 }
+
+/// A client token for `sub` (limited to `models`; empty: any), signed with `secret`, valid an
+/// hour.
+pub fn client_token(secret: &str, sub: &str, models: &[&str]) -> String {
+    let auth = gem_proxy::config::AuthConfig {
+        jwt_secret: gem_proxy::config::Secret::new(secret),
+        ..Default::default()
+    };
+    let req = gem_proxy::auth::TokenRequest {
+        sub: sub.into(),
+        ttl: Duration::from_secs(3600),
+        models: models.iter().map(|m| m.to_string()).collect(),
+        rpm: None,
+        tpm: None,
+        tpd: None,
+        live_sessions: None,
+        role: gem_proxy::auth::Role::Client,
+    };
+    gem_proxy::auth::issue(&auth, &req, gem_proxy::auth::unix_now())
+        .unwrap()
+        .token
+}
