@@ -267,7 +267,7 @@ def summary_table(s: dict) -> list[str]:
 def markdown(s: dict) -> str:
     st, m = s["settings"], s["machine"]
     names = list(s["targets"])
-    L = [f"## Load test: {', '.join(LABEL[n].split(' ')[0] for n in names)}", ""]
+    L = [f"## Load test: {', '.join(LABEL[n].split(' ')[0].rstrip(',') if n != 'gem-proxy-redis' else 'gem-proxy (redis state)' for n in names)}", ""]
     L.append(f"Run {s['started']} ({s['duration_s'] // 60} min), `{s['command']}`: {st['repeats']} repeat(s) of "
              f"{st['seconds']:g} s per scenario, targets interleaved; each cell is the median over repeats "
              "(min–max). Plain HTTP/1.1 on 127.0.0.1; each proxy on one core (CPU 0), mock + load generators on CPU 1.")
