@@ -69,6 +69,15 @@ pub struct Route {
     pub label: RouteLabel,
 }
 
+/// `s` percent-decoded (invalid UTF-8 replaced), borrowed when it has no `%` to decode: every
+/// request's path passes here, and nearly none has one.
+pub fn percent_decoded(s: &str) -> std::borrow::Cow<'_, str> {
+    if memchr::memchr(b'%', s.as_bytes()).is_none() {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy()
+}
+
 /// Why [`Route::ambiguity`] refuses a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AmbiguousPath(pub &'static str);
@@ -149,7 +158,7 @@ impl Route {
             return Some(why);
         }
         if let Some(segment) = Self::model_segment(path) {
-            let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+            let decoded = percent_decoded(segment);
             let model = decoded.split(':').next().unwrap_or_default();
             if model.is_empty()
                 || !model
@@ -216,7 +225,7 @@ impl Route {
         let model = rest
             .strip_prefix("models/")
             .map(|m| m.split('/').next().unwrap_or(m))
-            .map(|m| percent_encoding::percent_decode_str(m).decode_utf8_lossy())
+            .map(percent_decoded)
             .map(|m| m.split(':').next().unwrap_or_default().to_owned())
             .filter(|m| !m.is_empty())
             .map(Arc::from);

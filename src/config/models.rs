@@ -33,7 +33,13 @@ impl ModelsConfig {
         &'a self,
         name: &'a str,
     ) -> Option<(&'a str, Option<super::ModelSuffix>)> {
-        let (base, suffix) = match super::ModelSuffix::split(name).filter(|_| self.suffixes) {
+        // Suffixes are looked for only when they are on (every request with a model passes here).
+        let split = if self.suffixes {
+            super::ModelSuffix::split(name)
+        } else {
+            None
+        };
+        let (base, suffix) = match split {
             Some((base, s)) => (base, Some(s)),
             None => (name, None),
         };

@@ -1,5 +1,8 @@
 //! Token counts read from an answer: Gemini's `usageMetadata` or the OpenAI-compatible `usage`.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 use serde::Deserialize;
 
 use crate::key_pool::Tokens;
@@ -32,7 +35,7 @@ struct OpenAiUsage {
 /// The usage reported last in `text`: Gemini's `"usageMetadata": {...}` or OpenAI's
 /// `"usage": {...}`.
 pub fn find_usage(text: &[u8]) -> Option<Tokens> {
-    if let Some(obj) = object_after(text, b"\"usageMetadata\"") {
+    if let Some(obj) = object_after(text, &USAGE_METADATA) {
         let u: UsageMetadata = serde_json::from_slice(obj).ok()?;
         return Some(Tokens {
             prompt: u.prompt_token_count,
@@ -42,7 +45,7 @@ pub fn find_usage(text: &[u8]) -> Option<Tokens> {
             total: u.total_token_count,
         });
     }
-    let obj = object_after(text, b"\"usage\"")?;
+    let obj = object_after(text, &USAGE)?;
     let u: OpenAiUsage = serde_json::from_slice(obj).ok()?;
     Some(Tokens {
         prompt: u.prompt_tokens,
@@ -52,9 +55,16 @@ pub fn find_usage(text: &[u8]) -> Option<Tokens> {
     })
 }
 
-/// The JSON object that follows the last `name:` in `text`.
-fn object_after<'a>(text: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let at = memchr::memmem::rfind(text, name)? + name.len();
+/// `"usageMetadata"` and `"usage"`, built once (a searcher's set-up costs more than searching
+/// an answer's tail).
+static USAGE_METADATA: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"usageMetadata\""));
+static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+
+/// The JSON object that follows the last `name:` in `text` (the texts searched are an answer's
+/// last few KiB: a forward search that keeps its last match beats a reverse one).
+fn object_after<'a>(text: &'a [u8], name: &Finder<'static>) -> Option<&'a [u8]> {
+    let at = name.find_iter(text).last()? + name.needle().len();
     let rest = &text[at..];
     let colon = rest.iter().position(|&c| !c.is_ascii_whitespace())?;
     if rest[colon] != b':' {

@@ -26,18 +26,6 @@ const KINDS: [&str; 8] = [
     "generatedFiles/",
 ];
 
-/// `/files/`, `/batches/`, …: the kinds as they appear in a path.
-const PATH_NEEDLES: [&str; 8] = [
-    "/files/",
-    "/cachedContents/",
-    "/batches/",
-    "/tunedModels/",
-    "/fileSearchStores/",
-    "/corpora/",
-    "/interactions/",
-    "/generatedFiles/",
-];
-
 /// Bodies are searched in one pass for `s/`, the end of every collection name but one; what
 /// precedes it says which (bodies can be megabytes of inline data, so not one pass per kind).
 /// Files are found in both spellings, a URL (`https://…/files/x`) and a name (`"files/x"`,
@@ -75,7 +63,7 @@ pub(super) fn referenced_resources(req: &Request<Bytes>) -> Vec<Reference> {
     let mut found = Vec::new();
     // Decoded: the OpenAI SDK sends `openai/batches/batches%2Fx` (the route layer lets an
     // encoded slash through only there).
-    let path = percent_encoding::percent_decode_str(req.uri().path()).decode_utf8_lossy();
+    let path = crate::route::percent_decoded(req.uri().path());
     let path = &*path;
     let mut in_path = |resource: String| {
         found.push(Reference {
@@ -83,14 +71,23 @@ pub(super) fn referenced_resources(req: &Request<Bytes>) -> Vec<Reference> {
             in_path: true,
         })
     };
-    for (needle, kind) in PATH_NEEDLES.iter().zip(KINDS) {
-        // The last occurrence: the OpenAI-compatible surface repeats the collection
-        // (`/openai/batches/batches/x`).
-        if let Some(at) = path.rfind(needle) {
-            let id = resource_id(&path.as_bytes()[at + needle.len()..]);
-            if !id.is_empty() {
-                in_path(format!("{kind}{id}"));
-            }
+    // One pass over the segments: for each kind, the segment after its last occurrence (the
+    // OpenAI-compatible surface repeats the collection: `/openai/batches/batches/x`).
+    let mut after: [Option<&str>; KINDS.len()] = [None; KINDS.len()];
+    let mut segments = path.split('/').skip(1).peekable();
+    while let Some(segment) = segments.next() {
+        if let Some(next) = segments.peek()
+            && let Some(kind) = KINDS
+                .iter()
+                .position(|k| k.len() == segment.len() + 1 && k.starts_with(segment))
+        {
+            after[kind] = Some(next);
+        }
+    }
+    for (kind, next) in KINDS.iter().zip(after) {
+        let id = next.map_or("", |n| resource_id(n.as_bytes()));
+        if !id.is_empty() {
+            in_path(format!("{kind}{id}"));
         }
     }
     if let Some(operation) = model_operation(path) {
