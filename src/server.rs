@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -40,6 +41,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
+use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
 use crate::body::BoxError;
@@ -220,6 +222,23 @@ impl Server {
     }
 }
 
+/// Calls a clone of `service` with `req`. The stack's layers never apply backpressure (every
+/// `poll_ready` is ready at once), so the clone is called right away and dropped: the request's
+/// future then holds neither the stack nor a second copy of the request (tower's `oneshot`
+/// keeps both until the service is ready, and moves them with the future). A service that is
+/// not ready is waited for like `oneshot` does.
+fn call_ready<S, R>(service: &S, req: R) -> Either<S::Future, Oneshot<S, R>>
+where
+    S: Service<R> + Clone,
+{
+    let mut svc = service.clone();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match svc.poll_ready(&mut cx) {
+        std::task::Poll::Ready(Ok(())) => Either::Left(svc.call(req)),
+        _ => Either::Right(svc.oneshot(req)),
+    }
+}
+
 /// Checks the config file for edits made on disk every `interval` until shutdown.
 async fn watch_config_file(
     gateway: Arc<Gateway>,
@@ -343,7 +362,7 @@ async fn serve<S, B>(
                 let request = activity.begin();
                 req.extensions_mut().insert(ClientAddr(peer));
                 req.extensions_mut().insert(held.clone());
-                let call = service.clone().oneshot(req);
+                let call = call_ready(&service, req);
                 async move {
                     let res = call.await?;
                     Ok::<_, Infallible>(res.map(|body| Tracked::new(body, request)))

@@ -33,6 +33,8 @@ use crate::usage::{RequestUsage, find_usage};
 
 /// How much of an answer's end is kept to find its usage in.
 const TAIL_BYTES: usize = 16 * 1024;
+/// Frames up to this size are kept as copies, larger ones by reference (see `on_data`).
+const COPIED_FRAME_BYTES: usize = 2 * 1024;
 
 /// Applies [`Usage`].
 #[derive(Debug, Clone)]
@@ -125,8 +127,13 @@ where
                 this.tap.take(),
             )
         {
-            res.body_mut()
-                .tap(Box::new(UsageTap::new(store, key, model, sink, history)));
+            let streamed = res
+                .extensions()
+                .get::<crate::upstream::StreamedAnswer>()
+                .is_some();
+            let mut tap = UsageTap::new(store, key, model, sink, history);
+            tap.streamed = streamed;
+            res.body_mut().tap(Box::new(tap));
         }
         Poll::Ready(Ok(res))
     }
@@ -139,6 +146,8 @@ pub struct UsageTap {
     model: Arc<str>,
     tail: VecDeque<Bytes>,
     tail_len: usize,
+    /// A stream: its frames are kept as copies (see `on_data`).
+    streamed: bool,
     /// Metrics and the request's span, when on.
     sink: Option<TokenSink>,
     /// The usage history and the client's budget, when on; taken when the answer is reported.
@@ -168,6 +177,7 @@ impl UsageTap {
             model,
             tail: VecDeque::new(),
             tail_len: 0,
+            streamed: false,
             sink,
             history,
         }
@@ -185,8 +195,16 @@ impl Drop for UsageTap {
 
 impl BodyObserver for UsageTap {
     fn on_data(&mut self, data: &Bytes) {
-        // A reference-counted clone: no copy of the answer.
-        self.tail.push_back(data.clone());
+        // A frame is a slice of the connection's read buffer: keeping a reference-counted clone
+        // keeps that whole buffer (8 KiB or more) alive, and the connection reads into a new
+        // one. A stream lives long and its events are small: their copies cost less than the
+        // buffers they would pin. A plain answer ends at once: kept by reference.
+        let kept = if self.streamed && data.len() <= COPIED_FRAME_BYTES {
+            Bytes::copy_from_slice(data)
+        } else {
+            data.clone()
+        };
+        self.tail.push_back(kept);
         self.tail_len += data.len();
         while self.tail.len() > 1 && self.tail_len - self.tail[0].len() >= TAIL_BYTES {
             let dropped = self.tail.pop_front().map_or(0, |b| b.len());
@@ -381,6 +399,11 @@ data: {\"usageMetadata\":{\"promptTokenCount\":8,\"candidatesTokenCount\":3,\"to
 
         /// Feeds `body` to a fresh tap in pieces cut at `cuts`; the tokens counted on the key.
         fn tapped(body: &[u8], cuts: &[usize]) -> u64 {
+            tapped_as(body, cuts, false)
+        }
+
+        /// A fresh tap on key `k` of a one-key pool, and its store.
+        fn fresh_tap(streamed: bool) -> (UsageTap, Arc<MemoryStore>) {
             let store = Arc::new(MemoryStore::new());
             let pool = KeyPool::new(&[ApiKeyConfig {
                 id: "k".into(),
@@ -399,6 +422,13 @@ data: {\"usageMetadata\":{\"promptTokenCount\":8,\"candidatesTokenCount\":3,\"to
             .unwrap();
             let key = SelectedKey(pool.pick(&*store, "m", &[], Instant::now()).unwrap());
             let mut tap = UsageTap::new(store.clone(), key, Arc::from("m"), None, None);
+            tap.streamed = streamed;
+            (tap, store)
+        }
+
+        /// [`tapped`], for a plain answer or a stream.
+        fn tapped_as(body: &[u8], cuts: &[usize], streamed: bool) -> u64 {
+            let (mut tap, store) = fresh_tap(streamed);
             let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
             cuts.sort_unstable();
             let mut at = 0;
@@ -408,6 +438,26 @@ data: {\"usageMetadata\":{\"promptTokenCount\":8,\"candidatesTokenCount\":3,\"to
             }
             tap.on_end(BodyEnd::Complete);
             store.status("k", Instant::now()).tokens.total
+        }
+
+        #[test]
+        fn a_streams_small_events_are_kept_as_copies_never_pinning_the_read_buffer() {
+            let event = Bytes::from(b"data: {\"candidates\":[]}\n\n".to_vec());
+            let (mut stream, _) = fresh_tap(true);
+            stream.on_data(&event);
+            assert!(
+                event.is_unique(),
+                "the stream's tap holds the frame's buffer"
+            );
+            // A plain answer ends at once: kept by reference, not copied.
+            let (mut plain, _) = fresh_tap(false);
+            plain.on_data(&event);
+            assert!(!event.is_unique());
+            // A large frame of a stream is kept by reference too (it fills its buffer anyway).
+            let big = Bytes::from(vec![b' '; COPIED_FRAME_BYTES + 1]);
+            let (mut stream, _) = fresh_tap(true);
+            stream.on_data(&big);
+            assert!(!big.is_unique());
         }
 
         proptest! {
@@ -427,6 +477,7 @@ data: {\"usageMetadata\":{\"promptTokenCount\":8,\"candidatesTokenCount\":3,\"to
                 let whole = tapped(&body, &[]);
                 prop_assert_eq!(whole, u64::from(tokens.0) + u64::from(tokens.1));
                 prop_assert_eq!(tapped(&body, &cuts), whole);
+                prop_assert_eq!(tapped_as(&body, &cuts, true), whole);
             }
 
             /// Arbitrary bytes in arbitrary frames never panic the tap.
