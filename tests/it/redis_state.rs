@@ -247,24 +247,6 @@ impl Replicas {
     }
 }
 
-/// A client token for `sub` signed with `secret`, valid ten minutes, with its id for revoking.
-fn issued_token(secret: &str, sub: &str) -> gem_proxy::auth::Issued {
-    let auth = gem_proxy::config::AuthConfig {
-        jwt_secret: gem_proxy::config::Secret::new(secret),
-        ..Default::default()
-    };
-    let req = gem_proxy::auth::TokenRequest {
-        sub: sub.into(),
-        ttl: Duration::from_secs(600),
-        models: Vec::new(),
-        rpm: None,
-        tpm: None,
-        tpd: None,
-        live_sessions: None,
-        role: gem_proxy::auth::Role::Client,
-    };
-    gem_proxy::auth::issue(&auth, &req, gem_proxy::auth::unix_now()).unwrap()
-}
 
 async fn start_one(mock: &MockUpstream, redis: &Redis, edit: &impl Fn(&mut Config)) -> Server {
     let mut c = config(&mock.base_url(), redis, None);
@@ -524,7 +506,7 @@ async fn an_upload_url_dies_on_every_replica_with_the_token_revoked_on_one() {
     .await;
     r.until_all("connected", |h| connected(h) == Some(true))
         .await;
-    let issued = issued_token(SECRET, "leaver");
+    let issued = issued_client_token(SECRET, "leaver", &[]);
     let url = r.start_upload(0, Some(&issued.token)).await;
     r.until_bindings(1).await;
     let via_b = url.replace(
@@ -777,7 +759,7 @@ async fn a_token_revoked_on_one_replica_is_refused_by_every_replica() {
     .await;
     r.until_all("connected", |h| connected(h) == Some(true))
         .await;
-    let issued = issued_token(SECRET, "leaver");
+    let issued = issued_client_token(SECRET, "leaver", &[]);
     let call = |i: usize| {
         let mut req = request(Method::POST, &r.url(i, FLASH), GENERATE_BODY);
         req.headers_mut()
@@ -812,7 +794,7 @@ async fn a_token_revoked_on_one_replica_is_refused_by_every_replica() {
     assert_eq!(status, 200);
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("on another replica"), "{text}");
-    let other = issued_token(SECRET, "stayer");
+    let other = issued_client_token(SECRET, "stayer", &[]);
     let mut req = request(Method::POST, &r.url(1, FLASH), GENERATE_BODY);
     req.headers_mut()
         .insert("x-goog-api-key", other.token.parse().unwrap());
@@ -912,7 +894,7 @@ async fn a_replica_apart_when_the_config_changes_catches_up_when_it_reconnects()
     };
     r.until_all("three replicas counted", |h| h["state"]["replicas"] == 3)
         .await;
-    let issued = issued_token(SECRET, "leaver");
+    let issued = issued_client_token(SECRET, "leaver", &[]);
     let call = |i: usize| {
         let mut req = request(Method::POST, &r.url(i, FLASH), GENERATE_BODY);
         req.headers_mut()

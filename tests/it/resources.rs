@@ -3,16 +3,15 @@
 //! follow-up must reach the key that created the resource (the mock refuses the others, and its
 //! log shows the key), and another client must see none of it.
 
-use std::time::Duration;
 
 use bytes::Bytes;
-use gem_proxy::auth::{Role, TokenRequest, capability, issue, unix_now};
+use gem_proxy::auth::{capability, unix_now};
 use gem_proxy::config::{AuthConfig, Config, Secret};
 use gem_proxy_mock::MockOptions;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 
-use crate::support::{Harness, assert_google_error, json};
+use crate::support::{Harness, assert_google_error, client_token, issued_client_token, json};
 
 const SECRET: &str = "resources-test-secret-0123456789abcdef";
 const KEY3: &str = "AIzaTESTKEY3";
@@ -26,17 +25,7 @@ fn auth() -> AuthConfig {
 }
 
 fn token(sub: &str) -> String {
-    let req = TokenRequest {
-        sub: sub.into(),
-        ttl: Duration::from_secs(3600),
-        models: Vec::new(),
-        rpm: None,
-        tpm: None,
-        tpd: None,
-        live_sessions: None,
-        role: Role::Client,
-    };
-    issue(&auth(), &req, unix_now()).unwrap().token
+    client_token(SECRET, sub, &[])
 }
 
 fn three_keys_with_auth(c: &mut Config) {
@@ -468,20 +457,10 @@ async fn revoking_a_token_revokes_the_upload_urls_it_earned() {
         c.admin.token = Secret::new(ADMIN_TOKEN);
     })
     .await;
-    let issue_for_alice = || {
-        let req = TokenRequest {
-            sub: "alice".into(),
-            ttl: Duration::from_secs(3600),
-            models: Vec::new(),
-            rpm: None,
-            tpm: None,
-            tpd: None,
-            live_sessions: None,
-            role: Role::Client,
-        };
-        issue(&auth(), &req, unix_now()).unwrap()
-    };
-    let (laptop, phone) = (issue_for_alice(), issue_for_alice());
+    let (laptop, phone) = (
+        issued_client_token(SECRET, "alice", &[]),
+        issued_client_token(SECRET, "alice", &[]),
+    );
     let url = start_upload(&h, &laptop.token).await;
     let other = start_upload(&h, &phone.token).await;
     let (status, body) = send_bytes(&h, &url, None, "upload", 0, b"hel").await;
