@@ -876,9 +876,18 @@ mod tests {
             none
         );
         assert_eq!(fields(serde_json::json!({"live_sessions": null})), none);
-        assert_eq!(fields(serde_json::json!({"live_sessions": -1})), ["live_sessions"]);
-        assert_eq!(fields(serde_json::json!({"live_sessions": "two"})), ["live_sessions"]);
-        assert_eq!(fields(serde_json::json!({"live_sessions": 1.5})), ["live_sessions"]);
+        assert_eq!(
+            fields(serde_json::json!({"live_sessions": -1})),
+            ["live_sessions"]
+        );
+        assert_eq!(
+            fields(serde_json::json!({"live_sessions": "two"})),
+            ["live_sessions"]
+        );
+        assert_eq!(
+            fields(serde_json::json!({"live_sessions": 1.5})),
+            ["live_sessions"]
+        );
         assert_eq!(
             fields(serde_json::json!({"rpm": 4_294_967_296_u64, "tpm": -3})),
             ["rpm", "tpm"]

@@ -182,7 +182,10 @@ fn authenticate<B>(live: &Live, req: &Request<B>) -> Result<Client, GatewayError
         None => None,
     };
     if let Some(cap) = &link
-        && cap.jti.as_deref().is_some_and(|jti| verifier.is_revoked(jti))
+        && cap
+            .jti
+            .as_deref()
+            .is_some_and(|jti| verifier.is_revoked(jti))
     {
         return Err(refused(AuthFailure::CapabilityRevoked));
     }

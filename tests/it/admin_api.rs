@@ -567,10 +567,11 @@ async fn a_token_issued_with_live_sessions_carries_the_claim_and_bounds_the_clie
         a.server.proxy_addr()
     );
     let open = || async {
-        let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-            live.as_str(),
-        )
-        .unwrap();
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                live.as_str(),
+            )
+            .unwrap();
         req.headers_mut()
             .insert("x-goog-api-key", token.parse().unwrap());
         let tcp = tokio::net::TcpStream::connect(a.server.proxy_addr())

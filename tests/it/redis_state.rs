@@ -247,7 +247,6 @@ impl Replicas {
     }
 }
 
-
 async fn start_one(mock: &MockUpstream, redis: &Redis, edit: &impl Fn(&mut Config)) -> Server {
     let mut c = config(&mock.base_url(), redis, None);
     edit(&mut c);

@@ -3,7 +3,6 @@
 //! follow-up must reach the key that created the resource (the mock refuses the others, and its
 //! log shows the key), and another client must see none of it.
 
-
 use bytes::Bytes;
 use gem_proxy::auth::{capability, unix_now};
 use gem_proxy::config::{AuthConfig, Config, Secret};
@@ -482,8 +481,7 @@ async fn revoking_a_token_revokes_the_upload_urls_it_earned() {
     assert_google_error(status, body.to_string().as_bytes(), 401, "UNAUTHENTICATED");
     assert!(body.to_string().contains("revoked"), "{body}");
     // With the client's other (valid) token beside it, the revoked token's link is still refused.
-    let (status, _) =
-        send_bytes(&h, &url, Some(&phone.token), "upload, finalize", 3, b"lo").await;
+    let (status, _) = send_bytes(&h, &url, Some(&phone.token), "upload, finalize", 3, b"lo").await;
     assert_eq!(status, 401);
     assert_eq!(h.mock.requests().len(), before, "nothing reached Google");
 

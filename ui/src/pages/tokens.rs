@@ -27,7 +27,10 @@ impl Issued {
     fn live_sessions_text(&self) -> String {
         match self.live_sessions {
             Some(0) => " · Live sessions unlimited".to_owned(),
-            Some(n) => format!(" · {n} Live session{} at once", if n == 1 { "" } else { "s" }),
+            Some(n) => format!(
+                " · {n} Live session{} at once",
+                if n == 1 { "" } else { "s" }
+            ),
             None => String::new(),
         }
     }
