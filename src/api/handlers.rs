@@ -588,6 +588,10 @@ pub(crate) struct NewToken {
     /// The client's tokens per UTC day (`tpd`; `0` = none; unset: `auth.default_tokens_per_day`).
     #[serde(default)]
     tpd: Option<u64>,
+    /// Live API sessions the client may hold open at once (`live_sessions`; `0` or unset: no
+    /// limit).
+    #[serde(default)]
+    live_sessions: Option<u32>,
     /// `admin` for an admin token; anything else is a client.
     #[serde(default)]
     role: Option<String>,
@@ -611,7 +615,20 @@ pub(crate) struct IssuedToken {
 
 /// `POST /api/tokens`.
 pub(super) fn issue_token(ctx: &Ctx<'_>) -> Answer {
-    let new: NewToken = match serde_json::from_slice(ctx.body) {
+    let body: Value = match serde_json::from_slice(ctx.body) {
+        Ok(v) => v,
+        Err(e) => {
+            return invalid(
+                "no token issued",
+                &[Problem::new("", format!("not valid JSON: {e}"))],
+            );
+        }
+    };
+    let problems = numeric_claim_problems(&body);
+    if !problems.is_empty() {
+        return invalid("no token issued", &problems);
+    }
+    let new: NewToken = match serde_json::from_value(body) {
         Ok(n) => n,
         Err(e) => {
             return invalid(
@@ -644,7 +661,7 @@ pub(super) fn issue_token(ctx: &Ctx<'_>) -> Answer {
         rpm: new.rpm,
         tpm: new.tpm,
         tpd: new.tpd,
-        live_sessions: None,
+        live_sessions: new.live_sessions,
         role,
     };
     let live = ctx.gateway.live();
@@ -676,6 +693,32 @@ pub(super) fn issue_token(ctx: &Ctx<'_>) -> Answer {
             &[Problem::new("auth.jwt_secret", e.to_string())],
         ),
     }
+}
+
+/// The numeric claims `POST /api/tokens` takes, with the largest value each may have.
+const NUMERIC_CLAIMS: [(&str, u64); 4] = [
+    ("rpm", u32::MAX as u64),
+    ("tpm", u64::MAX),
+    ("tpd", u64::MAX),
+    ("live_sessions", u32::MAX as u64),
+];
+
+/// A numeric claim that is negative, fractional or no number at all, by its field (serde's own
+/// message would name a type and a column, not the field).
+fn numeric_claim_problems(body: &Value) -> Vec<Problem> {
+    NUMERIC_CLAIMS
+        .iter()
+        .filter_map(|&(field, max)| {
+            let value = body.get(field).filter(|v| !v.is_null())?;
+            match value.as_u64() {
+                Some(n) if n <= max => None,
+                _ => Some(Problem::new(
+                    field,
+                    format!("must be a whole number from 0 to {max}"),
+                )),
+            }
+        })
+        .collect()
 }
 
 /// What `POST /api/tokens/revoke` takes.
@@ -817,5 +860,37 @@ mod tests {
         assert!(!constant_time_eq(b"secret-token", b"secret-tokem"));
         assert!(!constant_time_eq(b"secret", b"secret-token"));
         assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn numeric_claims_are_whole_numbers_named_by_their_field() {
+        let fields = |body: Value| -> Vec<String> {
+            numeric_claim_problems(&body)
+                .into_iter()
+                .map(|p| p.path)
+                .collect()
+        };
+        let none: Vec<String> = Vec::new();
+        assert_eq!(
+            fields(serde_json::json!({"sub": "a", "rpm": 0, "tpd": 5, "live_sessions": 4})),
+            none
+        );
+        assert_eq!(fields(serde_json::json!({"live_sessions": null})), none);
+        assert_eq!(
+            fields(serde_json::json!({"live_sessions": -1})),
+            ["live_sessions"]
+        );
+        assert_eq!(
+            fields(serde_json::json!({"live_sessions": "two"})),
+            ["live_sessions"]
+        );
+        assert_eq!(
+            fields(serde_json::json!({"live_sessions": 1.5})),
+            ["live_sessions"]
+        );
+        assert_eq!(
+            fields(serde_json::json!({"rpm": 4_294_967_296_u64, "tpm": -3})),
+            ["rpm", "tpm"]
+        );
     }
 }

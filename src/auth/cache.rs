@@ -108,6 +108,7 @@ mod tests {
             tpd: None,
             overrides: None,
             live_sessions: None,
+            token_id: None,
         }
     }
 

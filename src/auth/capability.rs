@@ -4,9 +4,14 @@
 //! `X-Goog-Upload-URL` with no credential, and a downloaded video's URI is fetched the same way.
 //! With `auth.enabled` the gateway therefore puts a capability in the `key` parameter of every
 //! such URL it hands out: `gpcap1.<claims>.<mac>`, the claims (client `sub`, the resource —
-//! `upload:<id>` or `files/<id>` — the expiry and the client's limits) in base64url JSON, the MAC
-//! an HMAC-SHA256 over them. It never holds a pool key or the client's token; the upstream client
-//! strips `key=` like every client credential.
+//! `upload:<id>` or `files/<id>` — the expiry, the client's limits and the id (`jti`) of the
+//! token it was earned with) in base64url JSON, the MAC an HMAC-SHA256 over them. It never holds
+//! a pool key or the client's token; the upstream client strips `key=` like every client
+//! credential.
+//!
+//! A capability dies with its token: the auth layer refuses one whose `jti` is in
+//! `auth.revoked_token_ids` ([`super::Verifier::is_revoked`]). One made before capabilities
+//! carried the id, or for a token without one, has none and lives until it expires.
 //!
 //! The MAC key is `auth.capability_secret` when set, else derived from `auth.jwt_secret` (which
 //! auth requires), so every replica sharing the secret accepts the links of the others. Links live
@@ -44,6 +49,9 @@ pub struct Capability {
     /// The client's `tpd` claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpd: Option<u64>,
+    /// The id (`jti`) of the token the client earned it with: revoking that token revokes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 impl Capability {
@@ -59,6 +67,8 @@ impl Capability {
             tpd: self.tpd,
             live_sessions: None,
             overrides: None,
+            // A capability earned on a request made with a capability carries the same id.
+            token_id: self.jti.as_deref().map(Arc::from),
         }
     }
 }
@@ -104,6 +114,7 @@ pub fn mint(auth: &AuthConfig, client: &Client, resource: &str, now: u64) -> Str
         rpm: client.rpm,
         tpm: client.tpm,
         tpd: client.tpd,
+        jti: client.token_id.as_deref().map(str::to_owned),
     };
     let json = serde_json::to_vec(&claims).unwrap_or_default();
     let body = URL_SAFE_NO_PAD.encode(json);
@@ -168,6 +179,7 @@ mod tests {
             rpm: Some(7),
             tpm: None,
             tpd: None,
+            jti: None,
         }
         .client()
     }
@@ -182,6 +194,22 @@ mod tests {
         assert_eq!(got.client().rpm, Some(7));
         // Nothing of the secret in the link.
         assert!(!cap.contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn a_capability_carries_the_id_of_the_token_it_was_earned_with() {
+        let a = auth("0123456789abcdef0123456789abcdef");
+        let mut client = alice();
+        client.token_id = Some(Arc::from("jti-1"));
+        let got = verify(&a, &mint(&a, &client, "upload:U1", 1_000), 1_001).unwrap();
+        assert_eq!(got.jti.as_deref(), Some("jti-1"));
+        // A capability used as the credential hands the id on to the links it earns.
+        let again = verify(&a, &mint(&a, &got.client(), "files/f1", 1_000), 1_001).unwrap();
+        assert_eq!(again.jti.as_deref(), Some("jti-1"));
+        // One made without an id (before capabilities carried it) still verifies, without one.
+        let old = verify(&a, &mint(&a, &alice(), "files/f1", 1_000), 1_001).unwrap();
+        assert_eq!(old.jti, None);
+        assert_eq!(old.client().token_id, None);
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct Client {
     pub live_sessions: Option<u32>,
     /// The token's own request overrides (`overrides` claim), applied after `gemini.overrides`.
     pub overrides: Option<TokenOverrides>,
+    /// The id (`jti`) of the token the client presented, when it has one: the upload and
+    /// download capabilities the client earns carry it, so revoking the token revokes them.
+    pub token_id: Option<Arc<str>>,
 }
 
 /// The rules of a token's `overrides` claim.

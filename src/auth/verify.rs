@@ -88,6 +88,9 @@ pub enum AuthFailure {
     /// `jti` is in `auth.revoked_token_ids`.
     #[error("the token has been revoked")]
     Revoked,
+    /// The capability was made for a token whose `jti` is in `auth.revoked_token_ids`.
+    #[error("the link's capability belongs to a token that has been revoked")]
+    CapabilityRevoked,
     /// An upload or download link's capability (`key=gpcap1.…`) is not one the gateway made.
     #[error("the link's capability is invalid; ask the gateway for a new upload or download URL")]
     CapabilityInvalid,
@@ -118,6 +121,7 @@ impl AuthFailure {
             AuthFailure::Revoked => "revoked",
             AuthFailure::CapabilityInvalid => "capability_invalid",
             AuthFailure::CapabilityExpired => "capability_expired",
+            AuthFailure::CapabilityRevoked => "capability_revoked",
         }
     }
 }
@@ -196,6 +200,12 @@ impl Verifier {
             revoked: config.revoked_token_ids.iter().cloned().collect(),
             verified: TokenCache::default(),
         })
+    }
+
+    /// Whether the token id `jti` is in `auth.revoked_token_ids` (as this verifier's config
+    /// had it: a reload, also one shared by another replica, builds a new verifier).
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.revoked.contains(jti)
     }
 
     /// The JWKS set, when `auth.jwks_url` is configured.
@@ -314,7 +324,7 @@ impl Verifier {
         {
             return Err(AuthFailure::WrongAudience);
         }
-        if c.jti.as_ref().is_some_and(|jti| self.revoked.contains(jti)) {
+        if c.jti.as_deref().is_some_and(|jti| self.is_revoked(jti)) {
             return Err(AuthFailure::Revoked);
         }
         let sub = c
@@ -342,6 +352,7 @@ impl Verifier {
                 Some(rules) if !rules.is_empty() => Some(TokenOverrides(rules.into())),
                 _ => None,
             },
+            token_id: c.jti.filter(|j| !j.is_empty()).map(Arc::from),
         })
     }
 }

@@ -12,7 +12,10 @@
 //! - **Capabilities:** an upload or download URL the gateway handed out carries a signed
 //!   capability in `key=` ([`crate::auth::capability`]); it stands in for a token on exactly
 //!   the upload or download it names (`auth.capability_secret`, `auth.capability_ttl_seconds`).
-//!   A token sent beside it (the Node SDK does) must be the same client's.
+//!   A token sent beside it (the Node SDK does) must be the same client's. A capability dies
+//!   with the token it was earned with: once that token's `jti` is in `auth.revoked_token_ids`
+//!   (revoked here or on another replica, which shares the change as a config reload) the
+//!   capability is refused too.
 //! - **Errors:** 401 `UNAUTHENTICATED` saying what is wrong with the token or capability (never
 //!   repeating it); 403 `PERMISSION_DENIED` when the token's `models` claim does not allow the
 //!   model in the path, or a capability is used for another resource or beside another client's
@@ -154,6 +157,7 @@ fn ephemeral_client<B>(gateway: &Gateway, req: &Request<B>) -> Option<Client> {
         tpd: None,
         live_sessions: None,
         overrides: None,
+        token_id: None,
     })
 }
 
@@ -177,6 +181,14 @@ fn authenticate<B>(live: &Live, req: &Request<B>) -> Result<Client, GatewayError
         Some(cap) => Some(capability::verify(&live.config.auth, cap, now).map_err(refused)?),
         None => None,
     };
+    if let Some(cap) = &link
+        && cap
+            .jti
+            .as_deref()
+            .is_some_and(|jti| verifier.is_revoked(jti))
+    {
+        return Err(refused(AuthFailure::CapabilityRevoked));
+    }
     if let Some(cap) = &link
         && capability::opens(req.uri()).as_deref() != Some(cap.res.as_str())
     {
@@ -377,6 +389,41 @@ mod tests {
         config.auth.enabled = false;
         gw.reload(config).unwrap();
         assert!(call(&layer).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_capability_dies_with_the_token_it_was_earned_with() {
+        let gw = gateway(&format!(
+            "{{ enabled: true, jwt_secret: \"{SECRET}\", revoked_token_ids: [gone] }}"
+        ));
+        let t = token(&gw, &[]);
+        let client = run(&gw, get("/v1beta/models", &[("x-goog-api-key", &t)]))
+            .await
+            .unwrap()
+            .expect("a client");
+        assert_eq!(client.token_id.as_deref().map(str::len), Some(32));
+        let upload = |token_id: Option<&str>| {
+            let mut earner = client.clone();
+            earner.token_id = token_id.map(Arc::from);
+            let cap = capability::mint(&gw.live().config.auth, &earner, "upload:U1", unix_now());
+            get(
+                &format!("/upload/v1beta/files?upload_id=U1&upload_protocol=resumable&key={cap}"),
+                &[],
+            )
+        };
+        let err = run(&gw, upload(Some("gone"))).await.unwrap_err();
+        assert_eq!(err.status(), 401);
+        assert_eq!(err.google_status(), "UNAUTHENTICATED");
+        assert_eq!(
+            err.to_string(),
+            "the link's capability belongs to a token that has been revoked"
+        );
+        // Another token of the same client, and a capability from before they carried an id.
+        for other in [Some("kept"), None] {
+            let got = run(&gw, upload(other)).await.unwrap().expect("a client");
+            assert_eq!(&*got.id, "alice");
+            assert_eq!(got.token_id.as_deref(), other);
+        }
     }
 
     #[tokio::test]

@@ -514,6 +514,7 @@ mod tests {
                 tpd: None,
                 live_sessions: None,
                 overrides: None,
+                token_id: None,
             }
         }
 

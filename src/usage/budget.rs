@@ -353,6 +353,7 @@ mod tests {
             tpd: None,
             live_sessions: None,
             overrides: None,
+            token_id: None,
         };
         assert_eq!(BudgetLimits::of(&client, 0), None);
         assert_eq!(

@@ -465,11 +465,20 @@ try {
     await page.getByLabel("Subject (who it is for)").fill("console-client");
     await page.getByLabel("Lifetime").fill("1h");
     await page.getByLabel(/^Models/).fill("gemini-2.5-*");
+    // Not a whole number: refused in the form, nothing issued.
+    await page.getByLabel("Live sessions at once").fill("-1");
+    await button("Issue token").click();
+    await page.locator("#tok-live-sessions-err", { hasText: "must be a whole number" }).waitFor();
+    assert((await page.getByLabel("Live sessions at once").getAttribute("aria-invalid")) === "true", "the field is marked invalid");
+    await page.getByLabel("Live sessions at once").fill("2");
     await button("Issue token").click();
     const tokenField = page.getByLabel("The new token");
     await tokenField.waitFor();
     const token = await tokenField.inputValue();
     assert(token.split(".").length === 3, "a JWT");
+    const claims = JSON.parse(Buffer.from(token.split(".")[1], "base64url").toString());
+    assert(claims.live_sessions === 2, `the token carries live_sessions: ${JSON.stringify(claims)}`);
+    assert(((await page.locator(".once .muted").textContent()) || "").includes("2 Live sessions at once"), "the claim is shown");
     await button("Copy").click();
     await notice("Copied the token to the clipboard").waitFor();
     const copied = await page.evaluate(() => navigator.clipboard.readText());

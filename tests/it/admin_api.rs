@@ -125,6 +125,17 @@ admin: {{ token: "{ADMIN_TOKEN}", config_watch_interval_seconds: {watch_seconds}
             .filter_map(|r| r.key)
             .collect()
     }
+
+    /// Turns client auth on through the API; a request without a token is then refused.
+    async fn require_client_tokens(&self) {
+        let (_, mut config, _) = self.admin(Method::GET, "/api/config", "").await;
+        config["auth"]["enabled"] = true.into();
+        let (status, _, text) = self
+            .admin(Method::PUT, "/api/config", &config.to_string())
+            .await;
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(self.generate().await, 401);
+    }
 }
 
 fn client_jwt(role: &str) -> String {
@@ -466,14 +477,7 @@ async fn keys_can_be_added_disabled_enabled_tested_and_deleted() {
 #[tokio::test]
 async fn tokens_are_issued_and_revoked_end_to_end() {
     let a = Admin::start_with("", 2).await;
-    // Turn client auth on through the API.
-    let (_, mut config, _) = a.admin(Method::GET, "/api/config", "").await;
-    config["auth"]["enabled"] = true.into();
-    let (status, _, text) = a
-        .admin(Method::PUT, "/api/config", &config.to_string())
-        .await;
-    assert_eq!(status, 200, "{text}");
-    assert_eq!(a.generate().await, 401);
+    a.require_client_tokens().await;
 
     let (status, issued, _) = a
         .admin(
@@ -512,6 +516,93 @@ async fn tokens_are_issued_and_revoked_end_to_end() {
         .admin(Method::POST, "/api/tokens", r#"{"sub":"x","role":"root"}"#)
         .await;
     assert_eq!(status, 400);
+}
+
+/// The claims of a JWT, read without checking it.
+fn claims_of(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+#[tokio::test]
+async fn a_token_issued_with_live_sessions_carries_the_claim_and_bounds_the_client() {
+    let a = Admin::start().await;
+    a.require_client_tokens().await;
+    for (bad, why) in [
+        ("-1", "negative"),
+        (r#""two""#, "not a number"),
+        ("1.5", "not whole"),
+    ] {
+        let body = format!(r#"{{"sub":"live-app","live_sessions":{bad}}}"#);
+        let (status, err, text) = a.admin(Method::POST, "/api/tokens", &body).await;
+        assert_google_error(status, text.as_bytes(), 400, "INVALID_ARGUMENT");
+        let violations = err["error"]["details"][0]["fieldViolations"].clone();
+        assert_eq!(violations[0]["field"], "live_sessions", "{why}: {err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("live_sessions"),
+            "{why}: {err}"
+        );
+    }
+
+    let (status, issued, text) = a
+        .admin(
+            Method::POST,
+            "/api/tokens",
+            r#"{"sub":"live-app","ttl":"1h","live_sessions":1}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let token = issued["token"].as_str().unwrap().to_owned();
+    assert_eq!(claims_of(&token)["live_sessions"], 1);
+
+    let live = format!(
+        "ws://{}/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent",
+        a.server.proxy_addr()
+    );
+    let open = || async {
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                live.as_str(),
+            )
+            .unwrap();
+        req.headers_mut()
+            .insert("x-goog-api-key", token.parse().unwrap());
+        let tcp = tokio::net::TcpStream::connect(a.server.proxy_addr())
+            .await
+            .unwrap();
+        tcp.set_nodelay(true).unwrap();
+        within("handshake", tokio_tungstenite::client_async(req, tcp)).await
+    };
+    let (mut first, res) = open().await.expect("the first session opens");
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let setup = r#"{"setup":{"model":"models/gemini-live-2.5-flash"}}"#;
+        first.send(Message::text(setup)).await.unwrap();
+        let reply = match within("setupComplete", first.next()).await {
+            Some(Ok(Message::Binary(b))) => json(&b),
+            Some(Ok(Message::Text(t))) => json(t.as_bytes()),
+            other => panic!("expected setupComplete, got {other:?}"),
+        };
+        assert_eq!(reply, serde_json::json!({"setupComplete": {}}));
+    }
+    match open().await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            let status = res.status();
+            let body = res.into_body().unwrap_or_default();
+            assert_google_error(status, &body, 429, "RESOURCE_EXHAUSTED");
+        }
+        Ok(_) => panic!("a second session over the token's live_sessions was accepted"),
+        Err(e) => panic!("unexpected error {e}"),
+    }
 }
 
 #[tokio::test]

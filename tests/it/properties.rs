@@ -7,7 +7,7 @@
 //! `proptest-regressions/` and replayed first from then on; the cases found so far are also
 //! written out as plain regression tests below.
 
-use gem_proxy::auth::{Role, TokenRequest, Verifier, issue, token_from_request, unix_now};
+use gem_proxy::auth::{Role, Verifier, token_from_request, unix_now};
 use gem_proxy::config::{AuthConfig, ConfigLoader, Secret};
 use gem_proxy::route::Route;
 use http::{HeaderMap, HeaderValue, Uri};
@@ -41,24 +41,6 @@ fn verifier() -> Verifier {
         None,
     )
     .unwrap()
-}
-
-fn token(sub: &str, role: Role) -> String {
-    let auth = AuthConfig {
-        jwt_secret: Secret::new(SECRET),
-        ..Default::default()
-    };
-    let req = TokenRequest {
-        sub: sub.into(),
-        ttl: std::time::Duration::from_secs(3600),
-        models: vec!["gemini-2.5-flash".into()],
-        rpm: None,
-        tpm: None,
-        tpd: None,
-        live_sessions: None,
-        role,
-    };
-    issue(&auth, &req, unix_now()).unwrap().token
 }
 
 proptest! {
@@ -155,7 +137,7 @@ proptest! {
             "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.".chars().collect::<Vec<_>>()
         ),
     ) {
-        let good = token("team-a", Role::Client);
+        let good = crate::support::client_token(SECRET, "team-a", &["gemini-2.5-flash"]);
         let mut chars: Vec<char> = good.chars().collect();
         let i = at.index(chars.len());
         chars[i] = with;

@@ -208,6 +208,43 @@ impl Replicas {
             .filter_map(|r| r.key)
             .collect()
     }
+
+    /// Starts a five-byte resumable upload on replica `i` (as the holder of `token`, if any);
+    /// the upload URL it hands back.
+    async fn start_upload(&self, i: usize, token: Option<&str>) -> String {
+        let mut start = Request::post(self.url(i, "/upload/v1beta/files"))
+            .header("x-goog-upload-protocol", "resumable")
+            .header("x-goog-upload-command", "start")
+            .header("x-goog-upload-header-content-length", "5")
+            .header("x-goog-upload-header-content-type", "text/plain")
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            start = start.header("x-goog-api-key", t);
+        }
+        let start = start
+            .body(Full::new(Bytes::from_static(
+                br#"{"file":{"display_name":"hello"}}"#,
+            )))
+            .unwrap();
+        let (status, headers, body) = read_all(self.client.request(start).await.unwrap()).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        headers["x-goog-upload-url"].to_str().unwrap().to_owned()
+    }
+
+    /// Revokes the token id `jti` through replica `i`'s admin API.
+    async fn revoke(&self, i: usize, jti: &str) {
+        let url = format!(
+            "http://{}/api/tokens/revoke",
+            self.servers[i].admin_addr().unwrap()
+        );
+        let revoke = Request::post(url)
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(format!(r#"{{"jti":"{jti}"}}"#))))
+            .unwrap();
+        let (status, _, body) = read_all(self.client.request(revoke).await.unwrap()).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
 }
 
 async fn start_one(mock: &MockUpstream, redis: &Redis, edit: &impl Fn(&mut Config)) -> Server {
@@ -421,20 +458,8 @@ async fn an_upload_started_on_one_replica_is_finished_and_used_through_the_other
         assert_eq!(r.post(i, FLASH, GENERATE_BODY).await.0, 200);
     }
     r.mock.clear();
-    let start = Request::post(r.url(0, "/upload/v1beta/files"))
-        .header("x-goog-upload-protocol", "resumable")
-        .header("x-goog-upload-command", "start")
-        .header("x-goog-upload-header-content-length", "5")
-        .header("x-goog-upload-header-content-type", "text/plain")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(
-            br#"{"file":{"display_name":"hello"}}"#,
-        )))
-        .unwrap();
-    let (status, headers, _) = read_all(r.client.request(start).await.unwrap()).await;
-    assert_eq!(status, 200);
+    let url = r.start_upload(0, None).await;
     let creator = r.keys_seen()[0].clone();
-    let url = headers["x-goog-upload-url"].to_str().unwrap().to_owned();
     // B learns the upload session's binding (a Redis round trip after A's answer).
     r.until_bindings(1).await;
     let a = r.servers[0].proxy_addr().to_string();
@@ -464,6 +489,58 @@ async fn an_upload_started_on_one_replica_is_finished_and_used_through_the_other
     let keys = r.keys_seen();
     assert_eq!(keys.len(), 1 + 1 + 1 + 2, "{keys:?}");
     assert!(keys.iter().all(|k| *k == creator), "{keys:?}");
+}
+
+/// An upload URL that A handed out for a token then revoked through A's admin API: B learns the
+/// revocation as a shared config change and refuses the URL's capability from then on, as it
+/// refuses the token, although the capability itself has not expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_url_dies_on_every_replica_with_the_token_revoked_on_one() {
+    const SECRET: &str = "a-test-secret-of-at-least-32-characters";
+    let redis = Redis::start();
+    let r = Replicas::start(&redis, 2, |c| {
+        c.auth.enabled = true;
+        c.auth.jwt_secret = gem_proxy::config::Secret::new(SECRET);
+    })
+    .await;
+    r.until_all("connected", |h| connected(h) == Some(true))
+        .await;
+    let issued = issued_client_token(SECRET, "leaver", &[]);
+    let url = r.start_upload(0, Some(&issued.token)).await;
+    r.until_bindings(1).await;
+    let via_b = url.replace(
+        &r.servers[0].proxy_addr().to_string(),
+        &r.servers[1].proxy_addr().to_string(),
+    );
+    let chunk = |command: &'static str, offset: &'static str, bytes: &'static [u8]| {
+        let req = Request::post(&via_b)
+            .header("x-goog-upload-command", command)
+            .header("x-goog-upload-offset", offset)
+            .body(Full::new(Bytes::from_static(bytes)))
+            .unwrap();
+        let client = r.client.clone();
+        async move { read_all(client.request(req).await.unwrap()).await }
+    };
+    let (status, _, body) = chunk("upload", "0", b"hel").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+
+    r.revoke(0, &issued.jti).await;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut req = request(Method::POST, &r.url(1, FLASH), GENERATE_BODY);
+        req.headers_mut()
+            .insert("x-goog-api-key", issued.token.parse().unwrap());
+        if read_all(r.client.request(req).await.unwrap()).await.0 == 401 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica 1 refuses the token");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = r.mock.requests().len();
+    let (status, _, body) = chunk("upload, finalize", "3", b"lo").await;
+    assert_google_error(status, &body, 401, "UNAUTHENTICATED");
+    assert!(String::from_utf8_lossy(&body).contains("revoked"));
+    assert_eq!(r.mock.requests().len(), before, "nothing reached Google");
 }
 
 /// Redis SIGKILLed under steady load: no request fails because of it, `/health` says
@@ -681,25 +758,7 @@ async fn a_token_revoked_on_one_replica_is_refused_by_every_replica() {
     .await;
     r.until_all("connected", |h| connected(h) == Some(true))
         .await;
-    let auth = gem_proxy::config::AuthConfig {
-        jwt_secret: gem_proxy::config::Secret::new(SECRET),
-        ..Default::default()
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let token_req = gem_proxy::auth::TokenRequest {
-        sub: "leaver".into(),
-        ttl: Duration::from_secs(600),
-        models: Vec::new(),
-        rpm: None,
-        tpm: None,
-        tpd: None,
-        live_sessions: None,
-        role: gem_proxy::auth::Role::Client,
-    };
-    let issued = gem_proxy::auth::issue(&auth, &token_req, now).unwrap();
+    let issued = issued_client_token(SECRET, "leaver", &[]);
     let call = |i: usize| {
         let mut req = request(Method::POST, &r.url(i, FLASH), GENERATE_BODY);
         req.headers_mut()
@@ -710,20 +769,7 @@ async fn a_token_revoked_on_one_replica_is_refused_by_every_replica() {
     for i in 0..3 {
         assert_eq!(call(i).await, 200);
     }
-    let url = format!(
-        "http://{}/api/tokens/revoke",
-        r.servers[0].admin_addr().unwrap()
-    );
-    let revoke = Request::post(url)
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(format!(
-            r#"{{"jti":"{}"}}"#,
-            issued.jti
-        ))))
-        .unwrap();
-    let (status, _, body) = read_all(r.client.request(revoke).await.unwrap()).await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    r.revoke(0, &issued.jti).await;
     for i in 0..3 {
         let deadline = Instant::now() + DEADLINE;
         while call(i).await != 401 {
@@ -747,15 +793,7 @@ async fn a_token_revoked_on_one_replica_is_refused_by_every_replica() {
     assert_eq!(status, 200);
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("on another replica"), "{text}");
-    let other = gem_proxy::auth::issue(
-        &auth,
-        &gem_proxy::auth::TokenRequest {
-            sub: "stayer".into(),
-            ..token_req
-        },
-        now,
-    )
-    .unwrap();
+    let other = issued_client_token(SECRET, "stayer", &[]);
     let mut req = request(Method::POST, &r.url(1, FLASH), GENERATE_BODY);
     req.headers_mut()
         .insert("x-goog-api-key", other.token.parse().unwrap());
@@ -855,25 +893,7 @@ async fn a_replica_apart_when_the_config_changes_catches_up_when_it_reconnects()
     };
     r.until_all("three replicas counted", |h| h["state"]["replicas"] == 3)
         .await;
-    let auth = gem_proxy::config::AuthConfig {
-        jwt_secret: gem_proxy::config::Secret::new(SECRET),
-        ..Default::default()
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let token_req = gem_proxy::auth::TokenRequest {
-        sub: "leaver".into(),
-        ttl: Duration::from_secs(600),
-        models: Vec::new(),
-        rpm: None,
-        tpm: None,
-        tpd: None,
-        live_sessions: None,
-        role: gem_proxy::auth::Role::Client,
-    };
-    let issued = gem_proxy::auth::issue(&auth, &token_req, now).unwrap();
+    let issued = issued_client_token(SECRET, "leaver", &[]);
     let call = |i: usize| {
         let mut req = request(Method::POST, &r.url(i, FLASH), GENERATE_BODY);
         req.headers_mut()
@@ -893,20 +913,7 @@ async fn a_replica_apart_when_the_config_changes_catches_up_when_it_reconnects()
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The token is revoked through A: B refuses it soon, C cannot know.
-    let url = format!(
-        "http://{}/api/tokens/revoke",
-        r.servers[0].admin_addr().unwrap()
-    );
-    let revoke = Request::post(url)
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(format!(
-            r#"{{"jti":"{}"}}"#,
-            issued.jti
-        ))))
-        .unwrap();
-    let (status, _, body) = read_all(r.client.request(revoke).await.unwrap()).await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    r.revoke(0, &issued.jti).await;
     let deadline = Instant::now() + DEADLINE;
     while call(1).await != 401 {
         assert!(Instant::now() < deadline, "replica 1 refuses the token");

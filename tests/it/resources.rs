@@ -3,16 +3,14 @@
 //! follow-up must reach the key that created the resource (the mock refuses the others, and its
 //! log shows the key), and another client must see none of it.
 
-use std::time::Duration;
-
 use bytes::Bytes;
-use gem_proxy::auth::{Role, TokenRequest, capability, issue, unix_now};
+use gem_proxy::auth::{capability, unix_now};
 use gem_proxy::config::{AuthConfig, Config, Secret};
 use gem_proxy_mock::MockOptions;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 
-use crate::support::{Harness, assert_google_error, json};
+use crate::support::{Harness, assert_google_error, client_token, issued_client_token, json};
 
 const SECRET: &str = "resources-test-secret-0123456789abcdef";
 const KEY3: &str = "AIzaTESTKEY3";
@@ -26,17 +24,7 @@ fn auth() -> AuthConfig {
 }
 
 fn token(sub: &str) -> String {
-    let req = TokenRequest {
-        sub: sub.into(),
-        ttl: Duration::from_secs(3600),
-        models: Vec::new(),
-        rpm: None,
-        tpm: None,
-        tpd: None,
-        live_sessions: None,
-        role: Role::Client,
-    };
-    issue(&auth(), &req, unix_now()).unwrap().token
+    client_token(SECRET, sub, &[])
 }
 
 fn three_keys_with_auth(c: &mut Config) {
@@ -427,16 +415,80 @@ async fn finish_upload(
     url: &str,
     token: Option<&str>,
 ) -> (StatusCode, serde_json::Value) {
+    send_bytes(h, url, token, "upload, finalize", 0, b"hello").await
+}
+
+/// Sends `bytes` at `offset` to an upload URL with `command` (`upload`, `upload, finalize`).
+async fn send_bytes(
+    h: &Harness,
+    url: &str,
+    token: Option<&str>,
+    command: &str,
+    offset: usize,
+    bytes: &'static [u8],
+) -> (StatusCode, serde_json::Value) {
     let mut req = Request::post(url)
-        .header("x-goog-upload-command", "upload, finalize")
-        .header("x-goog-upload-offset", "0");
+        .header("x-goog-upload-command", command)
+        .header("x-goog-upload-offset", offset.to_string());
     if let Some(t) = token {
         req = req.header("x-goog-api-key", t);
     }
     let (status, _, body) = h
-        .call(req.body(Full::new(Bytes::from_static(b"hello"))).unwrap())
+        .call(req.body(Full::new(Bytes::from_static(bytes))).unwrap())
         .await;
-    (status, json(&body))
+    // A chunk that does not finalize is answered with an empty body.
+    let value = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json(&body)
+    };
+    (status, value)
+}
+
+/// An upload started with a token that is then revoked through the admin API: its next chunk
+/// is refused, although the upload URL's capability has not expired; an upload of the same
+/// client started with another token goes on.
+#[tokio::test]
+async fn revoking_a_token_revokes_the_upload_urls_it_earned() {
+    const ADMIN_TOKEN: &str = "resources-admin-token-0123456789";
+    let h = Harness::start_with(MockOptions::default(), |c| {
+        three_keys_with_auth(c);
+        c.admin.token = Secret::new(ADMIN_TOKEN);
+    })
+    .await;
+    let (laptop, phone) = (
+        issued_client_token(SECRET, "alice", &[]),
+        issued_client_token(SECRET, "alice", &[]),
+    );
+    let url = start_upload(&h, &laptop.token).await;
+    let other = start_upload(&h, &phone.token).await;
+    let (status, body) = send_bytes(&h, &url, None, "upload", 0, b"hel").await;
+    assert_eq!(status, 200, "{body}");
+
+    let revoke = Request::post(h.admin_url("/api/tokens/revoke"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(format!(
+            r#"{{"jti":"{}"}}"#,
+            laptop.jti
+        ))))
+        .unwrap();
+    let (status, _, body) = h.call(revoke).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+
+    let before = h.mock.requests().len();
+    let (status, body) = send_bytes(&h, &url, None, "upload, finalize", 3, b"lo").await;
+    assert_google_error(status, body.to_string().as_bytes(), 401, "UNAUTHENTICATED");
+    assert!(body.to_string().contains("revoked"), "{body}");
+    // With the client's other (valid) token beside it, the revoked token's link is still refused.
+    let (status, _) = send_bytes(&h, &url, Some(&phone.token), "upload, finalize", 3, b"lo").await;
+    assert_eq!(status, 401);
+    assert_eq!(h.mock.requests().len(), before, "nothing reached Google");
+
+    // The upload alice started with her other token is finished with its link alone.
+    let (status, file) = finish_upload(&h, &other, None).await;
+    assert_eq!(status, 200, "{file}");
+    assert!(file["file"]["name"].as_str().is_some(), "{file}");
 }
 
 #[tokio::test]
@@ -470,6 +522,7 @@ async fn with_auth_on_the_upload_url_is_its_own_credential_for_exactly_that_uplo
         rpm: None,
         tpm: None,
         tpd: None,
+        jti: None,
     }
     .client();
     let old = capability::mint(

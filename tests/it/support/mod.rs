@@ -222,6 +222,11 @@ pub fn keys_seen(h: &Harness) -> Vec<String> {
 /// A client token for `sub` (limited to `models`; empty: any), signed with `secret`, valid an
 /// hour.
 pub fn client_token(secret: &str, sub: &str, models: &[&str]) -> String {
+    issued_client_token(secret, sub, models).token
+}
+
+/// [`client_token`], with the token's id (`jti`) for revoking it.
+pub fn issued_client_token(secret: &str, sub: &str, models: &[&str]) -> gem_proxy::auth::Issued {
     let auth = gem_proxy::config::AuthConfig {
         jwt_secret: gem_proxy::config::Secret::new(secret),
         ..Default::default()
@@ -236,7 +241,5 @@ pub fn client_token(secret: &str, sub: &str, models: &[&str]) -> String {
         live_sessions: None,
         role: gem_proxy::auth::Role::Client,
     };
-    gem_proxy::auth::issue(&auth, &req, gem_proxy::auth::unix_now())
-        .unwrap()
-        .token
+    gem_proxy::auth::issue(&auth, &req, gem_proxy::auth::unix_now()).unwrap()
 }

@@ -1,5 +1,5 @@
 //! Client tokens: whether the gateway requires them (`auth.enabled`), issuing one (subject,
-//! lifetime, models, rpm, role, request overrides) shown once with a copy button, and revoking by id.
+//! lifetime, models, rpm, Live sessions, role, request overrides) shown once with a copy button, and revoking by id.
 
 use leptos::ev::SubmitEvent;
 use leptos::html;
@@ -16,8 +16,33 @@ use crate::pages::Tasks;
 struct Issued {
     sub: String,
     role: String,
+    /// The `live_sessions` claim, when one was set.
+    live_sessions: Option<u32>,
     jti: String,
     expires_at: String,
+}
+
+impl Issued {
+    /// ` · 2 Live sessions at once`, or nothing without the claim.
+    fn live_sessions_text(&self) -> String {
+        match self.live_sessions {
+            Some(0) => " · Live sessions unlimited".to_owned(),
+            Some(n) => format!(
+                " · {n} Live session{} at once",
+                if n == 1 { "" } else { "s" }
+            ),
+            None => String::new(),
+        }
+    }
+}
+
+/// An optional whole number typed into a form field: `Ok(None)` when empty.
+fn optional_whole(text: &str) -> Result<Option<u32>, ()> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse::<u32>().map(Some).map_err(|_| ())
 }
 
 /// 48 characters from the browser's CSPRNG, for `auth.jwt_secret`.
@@ -109,6 +134,7 @@ pub(crate) fn Tokens() -> impl IntoView {
     let ttl = RwSignal::new("30d".to_owned());
     let models = RwSignal::new(String::new());
     let rpm = RwSignal::new(String::new());
+    let live_sessions = RwSignal::new(String::new());
     let role = RwSignal::new("client".to_owned());
     let overrides = RwSignal::new(String::new());
     let errors = RwSignal::new(std::collections::BTreeMap::<String, String>::new());
@@ -128,18 +154,14 @@ pub(crate) fn Tokens() -> impl IntoView {
                 "a subject (who the token is for) is required".to_owned(),
             );
         }
-        let rpm_v = rpm.get_untracked().trim().to_owned();
-        let rpm_n = if rpm_v.is_empty() {
-            None
-        } else {
-            match rpm_v.parse::<u32>() {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    e.insert("rpm".to_owned(), "must be a whole number".to_owned());
-                    None
-                }
-            }
+        let mut whole = |field: &str, text: String| {
+            optional_whole(&text).unwrap_or_else(|()| {
+                e.insert(field.to_owned(), "must be a whole number".to_owned());
+                None
+            })
         };
+        let rpm_n = whole("rpm", rpm.get_untracked());
+        let live_n = whole("live_sessions", live_sessions.get_untracked());
         let overrides_v = overrides.get_untracked().trim().to_owned();
         let overrides_json = if overrides_v.is_empty() {
             None
@@ -172,6 +194,9 @@ pub(crate) fn Tokens() -> impl IntoView {
         if let Some(n) = rpm_n {
             body["rpm"] = n.into();
         }
+        if let Some(n) = live_n {
+            body["live_sessions"] = n.into();
+        }
         if let Some(o) = overrides_json {
             body["overrides"] = o;
         }
@@ -182,6 +207,7 @@ pub(crate) fn Tokens() -> impl IntoView {
                     let info = Issued {
                         sub: s.clone(),
                         role: role.get_untracked(),
+                        live_sessions: live_n,
                         jti: v["jti"].as_str().unwrap_or_default().to_owned(),
                         expires_at: v["expires_at"].as_str().unwrap_or_default().to_owned(),
                     };
@@ -207,6 +233,7 @@ pub(crate) fn Tokens() -> impl IntoView {
                         "ttl".into(),
                         "models".into(),
                         "rpm".into(),
+                        "live_sessions".into(),
                         "role".into(),
                         "overrides".into(),
                     ]);
@@ -331,6 +358,12 @@ pub(crate) fn Tokens() -> impl IntoView {
                             <FieldError id="tok-rpm-err".into() error=err("rpm")/>
                         </div>
                         <div class="field">
+                            <label for="tok-live-sessions">"Live sessions at once"</label>
+                            <input id="tok-live-sessions" type="number" min="0" step="1" bind:value=live_sessions placeholder="no limit"
+                                aria-describedby="tok-live-sessions-err" aria-invalid=invalid("live_sessions")/>
+                            <FieldError id="tok-live-sessions-err".into() error=err("live_sessions")/>
+                        </div>
+                        <div class="field">
                             <label for="tok-role">"Role"</label>
                             <select id="tok-role" on:change=move |ev| role.set(event_target_value(&ev))>
                                 <option value="client" selected=move || role.get() == "client">"client"</option>
@@ -363,7 +396,7 @@ pub(crate) fn Tokens() -> impl IntoView {
                             <input id="issued-token" node_ref=token_field readonly value=token spellcheck="false"/>
                             <button class="primary" on:click=copy>"Copy"</button>
                         </div>
-                        <p class="muted small">{format!("id (jti) {} · role {} · expires {}", info.jti, info.role, info.expires_at)}</p>
+                        <p class="muted small">{format!("id (jti) {} · role {} · expires {}{}", info.jti, info.role, info.expires_at, info.live_sessions_text())}</p>
                         <button on:click=move |_| shown.set(None)>"Done"</button>
                     </div>
                 })}
@@ -395,7 +428,7 @@ pub(crate) fn Tokens() -> impl IntoView {
                             };
                             view! {
                                 <li>
-                                    <span>{format!("{} ({}) · {} · expires {}", t.sub, t.role, t.jti, t.expires_at)}</span>
+                                    <span>{format!("{} ({}) · {} · expires {}{}", t.sub, t.role, t.jti, t.expires_at, t.live_sessions_text())}</span>
                                     <Show when=is_revoked.clone() fallback=move || {
                                         let id = id.clone();
                                         view! {
