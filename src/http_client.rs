@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Uri;
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
@@ -76,6 +76,9 @@ pub struct UpstreamTarget {
     authority: Authority,
     /// Path prefix of the base URL without a trailing slash (usually empty).
     prefix: String,
+    /// The `Host` header of every request to it: its host, and its port unless the scheme's
+    /// default (what the pooled client would write for each request otherwise).
+    host: HeaderValue,
 }
 
 impl UpstreamTarget {
@@ -83,14 +86,27 @@ impl UpstreamTarget {
     pub fn parse(base_url: &str) -> Option<Self> {
         let uri: Uri = base_url.parse().ok()?;
         let parts = uri.into_parts();
+        let scheme = parts.scheme?;
+        let authority = parts.authority?;
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let host = match authority.port_u16() {
+            Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+            _ => authority.host().to_owned(),
+        };
         Some(Self {
-            scheme: parts.scheme?,
-            authority: parts.authority?,
+            host: HeaderValue::try_from(host).ok()?,
+            scheme,
+            authority,
             prefix: parts
                 .path_and_query
                 .map(|pq| pq.path().trim_end_matches('/').to_owned())
                 .unwrap_or_default(),
         })
+    }
+
+    /// The `Host` header for requests to it.
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host
     }
 
     /// The path prefix of the base URL, without a trailing slash (usually empty).
