@@ -18,7 +18,7 @@
 //! | `gem_proxy_model_fallbacks_total` | counter: requests served by a fallback model (`gemini.models.fallbacks`) | — |
 //! | `gem_proxy_stream_heartbeats_total` | counter: heartbeats written into silent event streams (`gemini.stream_heartbeat_seconds`) | — |
 //! | `gem_proxy_live_sessions_open` | gauge: Live API sessions (WebSocket) open now | — |
-//! | `gem_proxy_live_sessions_closed_total` | counter: Live sessions ended | `reason` (`client`, `upstream`, `quota`, `going_away`, `refused`, `broken`) |
+//! | `gem_proxy_live_sessions_closed_total` | counter: Live sessions ended | `reason` (`client`, `upstream`, `quota`, `going_away`, `refused`, `broken`, `no_key`) |
 //! | `gem_proxy_live_session_duration_seconds` | histogram (1 s … 1 h): Live sessions, upgrade to close | — |
 //! | `gem_proxy_live_frames_total`, `gem_proxy_live_payload_bytes_total` | counters: Live messages and their payload bytes relayed | `direction` (`to_upstream`, `to_client`) |
 //! | `gem_proxy_overridden_requests_total` | counter: request bodies changed by `gemini.overrides` | — |
