@@ -141,9 +141,6 @@ pub enum GatewayError {
     /// token's `live_sessions`; the message says which.
     #[error("{0}")]
     TooManySessions(&'static str),
-    /// A Live API session cannot be carried by the key it must use (the message says why).
-    #[error("{0}")]
-    LiveUnavailable(&'static str),
     /// A bug: the request could not be handled.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -173,7 +170,6 @@ impl GatewayError {
             }
             GatewayError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::TooManySessions(_) => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::LiveUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -193,8 +189,7 @@ impl GatewayError {
             | GatewayError::UpstreamUnavailable { .. }
             | GatewayError::UpstreamConnect { .. }
             | GatewayError::BodyBudgetExhausted { .. }
-            | GatewayError::AuthUnavailable(_)
-            | GatewayError::LiveUnavailable(_) => "UNAVAILABLE",
+            | GatewayError::AuthUnavailable(_) => "UNAVAILABLE",
             GatewayError::Unauthenticated(_) => "UNAUTHENTICATED",
             GatewayError::PermissionDenied(_) => "PERMISSION_DENIED",
             GatewayError::RateLimited { .. }
@@ -228,7 +223,6 @@ impl GatewayError {
             GatewayError::TokenBudget { .. } => "token_budget",
             GatewayError::AuthUnavailable(_) => "auth_unavailable",
             GatewayError::TooManySessions(_) => "live_sessions",
-            GatewayError::LiveUnavailable(_) => "live_unavailable",
             GatewayError::Internal(_) => "internal",
         }
     }

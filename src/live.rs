@@ -13,7 +13,7 @@
 //! - **Then the key,** picked for that model exactly as for an HTTP request: keys resting for
 //!   it, at their limit for it, invalid or disabled are skipped, and the session counts as one
 //!   request for the model on the key it gets; keys that carry
-//!   `gemini.live.max_sessions_per_key` sessions and keys behind an egress proxy are left out.
+//!   `gemini.live.max_sessions_per_key` sessions are left out.
 //!   The ephemeral-token endpoint (`…Constrained`) uses the key that minted the token.
 //! - **Then Google:** the WebSocket is opened with the key in `x-goog-api-key` and every client
 //!   credential removed (for the ephemeral-token endpoint the token goes as `access_token=`),
@@ -24,7 +24,9 @@
 //!   Google's own: 1013 `RESOURCE_EXHAUSTED: no upstream key has quota for MODEL`, 1011 for an
 //!   upstream failure, 1008 with Google's message when Google refused the session itself.
 //!   Own TCP (`TCP_NODELAY`) and TLS (rustls, aws-lc-rs, ALPN `http/1.1` only: a WebSocket
-//!   cannot ride the pooled client's HTTP/2 connections) per session.
+//!   cannot ride the pooled client's HTTP/2 connections) per session; a key with an egress
+//!   proxy (`gemini.api_keys[].proxy`) opens its own tunnel through it
+//!   ([`EgressClient::tunnel`]), and an unreachable proxy rests the key as for a request.
 //! - **Relay:** every message is sent on as it arrives, both ways (text, binary, ping, pong;
 //!   close frames with their code and reason). A message is flushed on its own; nothing is held
 //!   back.
@@ -67,6 +69,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 use crate::auth::Client;
 use crate::body::GatewayBody;
+use crate::egress::EgressClient;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::http_client::X_GOOG_API_KEY;
@@ -454,13 +457,6 @@ impl Opening {
         let sessions = self.gateway.live_sessions();
         let store = self.gateway.store();
         let route = self.ctx.extensions().get::<Route>().cloned();
-        // Keys that must leave through an egress proxy never carry a session (see the Live layer).
-        let proxied: Vec<Arc<str>> = live
-            .keys
-            .ids()
-            .filter(|id| live.egress.for_key(id).is_some())
-            .map(Arc::from)
-            .collect();
         let mut tried: Vec<Arc<str>> = Vec::new();
         let mut failed: Option<Failed> = None;
         for _ in 0..attempts {
@@ -469,7 +465,6 @@ impl Opening {
                 Some(id) => live.keys.pick_bound(store, id, &model, now),
                 None => {
                     let mut exclude = sessions.full_keys(max_per_key);
-                    exclude.extend(proxied.iter().cloned());
                     exclude.extend(tried.iter().cloned());
                     live.keys
                         .pick_for(store, route.as_ref(), &model, &exclude, now)
@@ -571,14 +566,15 @@ impl Opening {
                 h.attempt(&key.id, KeyOutcome::ServerError);
             }
         };
-        let mut upstream = match connect(
+        let via = live.egress.for_key(&key.id);
+        let connecting = connect(
             &self.uri,
             headers,
+            via.map(|v| &**v),
             gemini.connect_timeout(),
             gemini.timeout(),
-        )
-        .await
-        {
+        );
+        let mut upstream = match connecting.await {
             Ok(ws) => ws,
             Err(Failure::Refused(res)) => {
                 let status = res.status();
@@ -617,8 +613,18 @@ impl Opening {
                 return unavailable("the upstream did not answer in time");
             }
             Err(Failure::Connect(e)) => {
-                tracing::warn!(key_id = %key.id, error = %e, "Live upstream connect failed");
+                tracing::warn!(
+                    key_id = %key.id,
+                    via_proxy = via.is_some(),
+                    error = %e,
+                    "Live upstream connect failed"
+                );
                 broke(AttemptResult::Unreachable);
+                if via.is_some() {
+                    // The key's own way out is down: it rests, the others serve.
+                    let rest = Duration::from_secs(gemini.proxy_unreachable_rest_seconds);
+                    gateway.rest_key(&key.id, model, rest, RestReason::ProxyUnreachable);
+                }
                 return unavailable("the upstream could not be reached");
             }
             Err(Failure::Other(e)) => {
@@ -815,10 +821,12 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
         .clone()
 }
 
-/// Opens the WebSocket at `uri` (`http`/`https`: the base URL's scheme) with `headers`.
+/// Opens the WebSocket at `uri` (`http`/`https`: the base URL's scheme) with `headers`, directly
+/// or through the key's egress proxy (`via`: a `CONNECT` or SOCKS5 tunnel, TLS inside it).
 async fn connect(
     uri: &Uri,
     headers: HeaderMap,
+    via: Option<&EgressClient>,
     connect_timeout: Duration,
     timeout: Duration,
 ) -> Result<Upstream, Failure> {
@@ -826,14 +834,25 @@ async fn connect(
     let host = uri.host().ok_or(Failure::Other("no host".into()))?;
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let host_bracketless = host.trim_start_matches('[').trim_end_matches(']');
-    let tcp = tokio::time::timeout(
-        connect_timeout,
-        TcpStream::connect((host_bracketless, port)),
-    )
-    .await
-    .map_err(|_| Failure::TimedOut)?
-    .map_err(Failure::Connect)?;
-    let _ = tcp.set_nodelay(true);
+    let tcp: Box<dyn Io> = match via {
+        Some(proxy) => Box::new(
+            tokio::time::timeout(connect_timeout, proxy.tunnel(host_bracketless, port))
+                .await
+                .map_err(|_| Failure::TimedOut)?
+                .map_err(Failure::Connect)?,
+        ),
+        None => {
+            let tcp = tokio::time::timeout(
+                connect_timeout,
+                TcpStream::connect((host_bracketless, port)),
+            )
+            .await
+            .map_err(|_| Failure::TimedOut)?
+            .map_err(Failure::Connect)?;
+            let _ = tcp.set_nodelay(true);
+            Box::new(tcp)
+        }
+    };
     let io: Box<dyn Io> = if tls {
         let name = rustls::pki_types::ServerName::try_from(host_bracketless.to_owned())
             .map_err(|e| Failure::Other(e.to_string()))?;

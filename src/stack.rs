@@ -41,7 +41,7 @@
 //! 14. **live** ([`LiveLayer`]) — Live API sessions (WebSocket): 400 for a Live route that is
 //!     not an upgrade, 429 over the token's `live_sessions` or when every key carries
 //!     `gemini.live.max_sessions_per_key` sessions, 503 when no key could carry one (invalid,
-//!     disabled, behind an egress proxy); then it answers the upgrade itself and hands the
+//!     disabled); then it answers the upgrade itself and hands the
 //!     session to [`crate::live`], which picks the key once the `setup` names the model (the
 //!     layers below never see a session); and binds tokens minted through `POST …/auth_tokens`
 //!     to their key. Inside client limit, so a session counts as one request there first.

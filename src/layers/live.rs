@@ -12,11 +12,10 @@
 //! - not a WebSocket upgrade (`GET`, `Upgrade: websocket`, version 13, a key): 400;
 //! - the token's `live_sessions` claim: that many sessions of the client at once, the next one
 //!   429 `RESOURCE_EXHAUSTED` (a [`ClientSlot`] extension holds the place for the session);
-//! - no key that could carry a session at all (every key invalid, disabled, or behind an egress
-//!   proxy: Live sessions are opened directly): 503;
+//! - no key that could carry a session at all (every key invalid or disabled): 503;
 //! - `gemini.live.max_sessions_per_key`: 429 when every such key carries that many sessions;
 //! - the ephemeral-token endpoint (`…Constrained`): a token the gateway saw minted goes to the
-//!   key that minted it ([`BoundKey`]); 503 when that key is unusable or behind an egress proxy.
+//!   key that minted it ([`BoundKey`]); 503 when that key is unusable.
 //!
 //! `POST /v1alpha/auth_tokens` (minting an ephemeral token): a successful answer's `name`
 //! (`auth_tokens/…`) is bound ([`KeyStateStore::bind`](crate::key_pool::KeyStateStore::bind))
@@ -154,9 +153,6 @@ impl<S> LiveSessionLimit<S> {
         let store = self.gateway.store();
         let now = tokio::time::Instant::now();
         let route = req.extensions().get::<Route>();
-        // A Live session's WebSocket is opened directly, never through an egress proxy: keys
-        // that must leave through one are not used for it.
-        let proxied = |id: &str| live.egress.for_key(id).is_some();
         let usable = |k: &UpstreamKey| {
             live.keys.is_enabled(&k.id)
                 && k.can_serve(route, now)
@@ -167,30 +163,14 @@ impl<S> LiveSessionLimit<S> {
             && let Some(binding) = store.bound(token, now)
         {
             // A token the gateway saw minted goes to the key that minted it, or nowhere.
-            if proxied(&binding.key) {
-                return Err(GatewayError::LiveUnavailable(
-                    "the key that minted this ephemeral token leaves through an egress proxy, \
-                     and Live sessions are opened directly: mint tokens with a key that does not",
-                ));
-            }
             if !live.keys.keys().any(|k| k.id == binding.key && usable(k)) {
                 return Err(GatewayError::NoKey);
             }
             req.extensions_mut().insert(BoundKey(binding.key));
             return Ok(());
         }
-        let candidates: Vec<&Arc<UpstreamKey>> = live
-            .keys
-            .keys()
-            .filter(|k| !proxied(&k.id) && usable(k))
-            .collect();
+        let candidates: Vec<&Arc<UpstreamKey>> = live.keys.keys().filter(|k| usable(k)).collect();
         if candidates.is_empty() {
-            if live.keys.ids().all(proxied) {
-                tracing::warn!(
-                    "a Live session was refused: every upstream key leaves through an egress \
-                     proxy, and Live sessions are opened directly"
-                );
-            }
             return Err(GatewayError::NoKey);
         }
         let max = live.config.gemini.live.max_sessions_per_key;

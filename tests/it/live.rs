@@ -585,9 +585,9 @@ async fn live_metrics_count_sessions_frames_and_close_reasons() {
 }
 
 #[tokio::test]
-async fn a_key_that_leaves_through_an_egress_proxy_never_carries_a_live_session() {
-    // key1 must leave through a proxy (nobody listens there); Live sessions are opened directly,
-    // so they all go to key2.
+async fn a_key_whose_egress_proxy_is_down_rests_and_sessions_go_to_the_other_key() {
+    // key1 must leave through a proxy nobody listens at: its session attempt fails before
+    // anything is sent, key1 rests (proxy_unreachable) and every session opens on key2.
     let h = Harness::start_with(MockOptions::default(), |c| {
         c.gemini.api_keys[0].proxy = Some(Secret::new("http://127.0.0.1:9"));
     })
@@ -603,15 +603,24 @@ async fn a_key_that_leaves_through_an_egress_proxy_never_carries_a_live_session(
         .filter_map(|r| r.key)
         .collect();
     assert_eq!(keys, vec![KEY2.to_owned(); 4]);
+    let health = health(&h).await;
+    let rests = &key_state(&health, "key1")["resting"];
+    assert_eq!(rests[0]["reason"], "proxy_unreachable", "{health}");
 
-    // With every key behind a proxy, a session is refused before the upgrade.
+    // With every key's proxy down, the client gets Google's "try later" kind of close: 1011.
     let h = Harness::start_with(MockOptions::default(), |c| {
         for k in &mut c.gemini.api_keys {
             k.proxy = Some(Secret::new("http://127.0.0.1:9"));
         }
     })
     .await;
-    let (status, body) = refused(&h, LIVE, &[]).await;
-    assert_google_error(status, &body, 503, "UNAVAILABLE");
+    let mut ws = connect(&h, LIVE, &[]).await.unwrap();
+    ws.send(Message::text(SETUP)).await.unwrap();
+    let frame = close_frame(&mut ws).await.expect("a close frame");
+    assert_eq!(frame.code, CloseCode::Error);
+    assert_eq!(
+        frame.reason,
+        "UNAVAILABLE: the upstream could not be reached"
+    );
     assert!(live_requests(&h).is_empty());
 }
