@@ -321,7 +321,7 @@ struct Started {
 /// What one attempt on a key ended with.
 enum Attempt {
     /// The session runs: the upstream socket and Google's first message.
-    Open(Upstream, Message),
+    Open(Box<Upstream>, Message),
     /// Try the next key (after this failure), or stop when `retry` is false.
     Failed { failed: Failed, retry: bool },
 }
@@ -510,7 +510,7 @@ impl Opening {
                         slots: (key_slot, client_slot),
                         history,
                         sink,
-                        upstream,
+                        upstream: *upstream,
                         first,
                         setup_len: setup.len(),
                     });
@@ -671,7 +671,7 @@ impl Opening {
                     AttemptResult::Status(StatusCode::SWITCHING_PROTOCOLS),
                     started.elapsed(),
                 );
-                Attempt::Open(upstream, msg)
+                Attempt::Open(Box::new(upstream), msg)
             }
             Ok(Some(Err(_)) | None) => {
                 broke(AttemptResult::Unreachable);
@@ -922,7 +922,7 @@ impl Session {
     {
         let going_away = going_away(self.hold.clone());
         tokio::pin!(going_away);
-        let mut end = self.from_upstream(first, &mut client, &mut upstream).await;
+        let mut end = self.on_upstream(first, &mut client, &mut upstream).await;
         let end = loop {
             if let Some(end) = end.take() {
                 break end;
@@ -945,7 +945,7 @@ impl Session {
                     Some(Err(_)) | None => break End::Broken,
                 },
                 msg = upstream.next() => match msg {
-                    Some(Ok(msg)) => end = self.from_upstream(msg, &mut client, &mut upstream).await,
+                    Some(Ok(msg)) => end = self.on_upstream(msg, &mut client, &mut upstream).await,
                     Some(Err(_)) | None => break End::Broken,
                 },
                 () = &mut going_away => break End::ByGateway(CloseReason::GoingAway, CloseFrame {
@@ -987,7 +987,7 @@ impl Session {
     }
 
     /// Relays one message from Google; what ended the session, if it did.
-    async fn from_upstream<C>(
+    async fn on_upstream<C>(
         &self,
         msg: Message,
         client: &mut WebSocketStream<C>,
