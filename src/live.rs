@@ -389,7 +389,10 @@ impl Opening {
                 return Err(Refusal::new(
                     CloseReason::Refused,
                     CloseCode::Policy,
-                    "no setup message within 30 seconds",
+                    &format!(
+                        "no setup message within {} seconds",
+                        SETUP_TIMEOUT.as_secs()
+                    ),
                 ));
             }
             Ok(None) => {
@@ -1218,6 +1221,44 @@ mod tests {
             0,
             "the key's place is back"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_sends_no_setup_is_closed_1008_when_the_setup_time_runs_out() {
+        let config = ConfigLoader::default()
+            .load_str("gemini: { api_keys: [{ id: a, key: k }] }")
+            .unwrap();
+        let gateway = Gateway::new(Live::build(config).unwrap());
+        let opening = Opening {
+            gateway: gateway.clone(),
+            uri: "http://127.0.0.1:9/ws".parse().unwrap(),
+            headers: HeaderMap::new(),
+            ctx: Request::new(()),
+            request_id: None,
+        };
+        let (client_end, relay_client) = tokio::io::duplex(64 * 1024);
+        let server = WebSocketStream::from_raw_socket(relay_client, Role::Server, None).await;
+        tokio::spawn(opening.run(server));
+        let mut client = WebSocketStream::from_raw_socket(client_end, Role::Client, None).await;
+        // Pings do not count as the setup.
+        client.send(Message::Ping(Bytes::new())).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let frame = loop {
+            match client.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => break frame,
+                Some(Ok(Message::Pong(_))) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        };
+        assert_eq!(started.elapsed(), SETUP_TIMEOUT);
+        assert_eq!(frame.code, CloseCode::Policy);
+        assert_eq!(frame.reason, "no setup message within 30 seconds");
+        drop(client);
+        while gateway.live_sessions().totals().open != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let t = gateway.live_sessions().totals();
+        assert_eq!(t.closes[CloseReason::Refused as usize], 1);
     }
 
     #[tokio::test(start_paused = true)]
