@@ -76,7 +76,7 @@ use crate::http_client::X_GOOG_API_KEY;
 use crate::key_pool::verdict::{RestFor, Verdict, classify};
 use crate::key_pool::{BoundKey, KeyOutcome, PickError, RestReason, UpstreamKey};
 use crate::live_sessions::{ClientSlot, CloseReason, Direction, OpenSession, SessionHold, Slot};
-use crate::metrics::AttemptResult;
+use crate::metrics::{AttemptResult, RetryReason};
 use crate::route::Route;
 use crate::usage::{RequestUsage, TokenSink, find_usage};
 
@@ -322,8 +322,11 @@ struct Started {
 enum Attempt {
     /// The session runs: the upstream socket and Google's first message.
     Open(Box<Upstream>, Message),
-    /// Try the next key (after this failure), or stop when `retry` is false.
-    Failed { failed: Failed, retry: bool },
+    /// Try the next key after this failure (for `retry`), or stop when there is none.
+    Failed {
+        failed: Failed,
+        retry: Option<RetryReason>,
+    },
 }
 
 impl Opening {
@@ -462,6 +465,8 @@ impl Opening {
         let route = self.ctx.extensions().get::<Route>().cloned();
         let mut tried: Vec<Arc<str>> = Vec::new();
         let mut failed: Option<Failed> = None;
+        // Why the last attempt failed, counted as a retry once another key is tried.
+        let mut retrying: Option<RetryReason> = None;
         for _ in 0..attempts {
             let now = tokio::time::Instant::now();
             let picked = match &bound {
@@ -494,6 +499,9 @@ impl Opening {
                 ));
                 continue;
             };
+            if let Some(reason) = retrying.take() {
+                self.gateway.metrics().retry(reason);
+            }
             match self.attempt(&key, &model, &setup, history.as_ref()).await {
                 Attempt::Open(upstream, first) => {
                     tracing::info!(
@@ -521,8 +529,9 @@ impl Opening {
                 Attempt::Failed { failed: f, retry } => {
                     failed = Some(f);
                     tried.push(key.id.clone());
-                    if !retry {
-                        break;
+                    match retry {
+                        Some(reason) => retrying = Some(reason),
+                        None => break,
                     }
                 }
             }
@@ -558,9 +567,9 @@ impl Opening {
         let mut headers = self.headers.clone();
         headers.insert(X_GOOG_API_KEY.clone(), key.api_key_header.clone());
         let started = std::time::Instant::now();
-        let unavailable = |why: &str| Attempt::Failed {
+        let unavailable = |why: &str, reason: RetryReason| Attempt::Failed {
             failed: Failed::Upstream(format!("UNAVAILABLE: {why}")),
-            retry: true,
+            retry: Some(reason),
         };
         let broke = |result: AttemptResult| {
             metrics.attempt(&key.id, result, started.elapsed());
@@ -595,25 +604,19 @@ impl Opening {
                     "Live handshake refused"
                 );
                 let text = google_message(&body, status, key);
-                return if verdict.retry_elsewhere() {
-                    let failed = match verdict {
-                        Verdict::Rest(..) => Failed::Quota,
-                        _ => Failed::Upstream(text),
-                    };
-                    Attempt::Failed {
-                        failed,
-                        retry: true,
-                    }
-                } else {
-                    Attempt::Failed {
-                        failed: Failed::Refused(text),
-                        retry: false,
-                    }
+                let failed = match verdict {
+                    Verdict::Rest(..) => Failed::Quota,
+                    _ if verdict.retry_elsewhere() => Failed::Upstream(text),
+                    _ => Failed::Refused(text),
+                };
+                return Attempt::Failed {
+                    failed,
+                    retry: RetryReason::for_verdict(&verdict),
                 };
             }
             Err(Failure::TimedOut) => {
                 broke(AttemptResult::Timeout);
-                return unavailable("the upstream did not answer in time");
+                return unavailable("the upstream did not answer in time", RetryReason::Timeout);
             }
             Err(Failure::Connect(e)) => {
                 tracing::warn!(
@@ -628,17 +631,20 @@ impl Opening {
                     let rest = Duration::from_secs(gemini.proxy_unreachable_rest_seconds);
                     gateway.rest_key(&key.id, model, rest, RestReason::ProxyUnreachable);
                 }
-                return unavailable("the upstream could not be reached");
+                return unavailable(
+                    "the upstream could not be reached",
+                    RetryReason::Unreachable,
+                );
             }
             Err(Failure::Other(e)) => {
                 tracing::warn!(key_id = %key.id, error = %e, "Live upstream handshake failed");
                 broke(AttemptResult::Unreachable);
-                return unavailable("the upstream handshake failed");
+                return unavailable("the upstream handshake failed", RetryReason::Unreachable);
             }
         };
         if upstream.send(setup.clone()).await.is_err() {
             broke(AttemptResult::Unreachable);
-            return unavailable("the upstream connection broke");
+            return unavailable("the upstream connection broke", RetryReason::Unreachable);
         }
         // Google's answer to the setup: a quota close there means this key cannot take the
         // session, and nothing has reached the client yet, so another key may.
@@ -659,13 +665,13 @@ impl Opening {
                     started.elapsed(),
                 );
                 let _ = upstream.flush().await;
-                rest_for_quota(gateway, &key.id, model, &frame.reason);
+                let verdict = rest_for_quota(gateway, &key.id, model, &frame.reason);
                 if let Some(h) = history {
                     h.attempt(&key.id, KeyOutcome::RateLimited);
                 }
                 Attempt::Failed {
                     failed: Failed::Quota,
-                    retry: true,
+                    retry: RetryReason::for_verdict(&verdict),
                 }
             }
             Ok(Some(Ok(msg))) => {
@@ -678,11 +684,14 @@ impl Opening {
             }
             Ok(Some(Err(_)) | None) => {
                 broke(AttemptResult::Unreachable);
-                unavailable("the upstream connection broke")
+                unavailable("the upstream connection broke", RetryReason::Unreachable)
             }
             Err(_) => {
                 broke(AttemptResult::Timeout);
-                unavailable("the upstream did not answer the setup in time")
+                unavailable(
+                    "the upstream did not answer the setup in time",
+                    RetryReason::Timeout,
+                )
             }
         }
     }
@@ -729,8 +738,8 @@ fn close_reason(text: &str) -> String {
 
 /// Google closed a session on `key` for a quota: the key rests for the model, like after an
 /// HTTP 429 (`gemini.default_retry_delay_seconds`, or until midnight Pacific for a daily
-/// quota).
-fn rest_for_quota(gateway: &Gateway, key: &str, model: &str, reason: &str) {
+/// quota). The verdict it applied.
+fn rest_for_quota(gateway: &Gateway, key: &str, model: &str, reason: &str) -> Verdict {
     let daily = reason.to_ascii_lowercase().contains("per day") || reason.contains("PerDay");
     let verdict = if daily {
         Verdict::Rest(RestFor::UntilMidnightPacific, RestReason::ExhaustedToday)
@@ -743,6 +752,7 @@ fn rest_for_quota(gateway: &Gateway, key: &str, model: &str, reason: &str) {
         "Live session closed for quota; key rests"
     );
     gateway.apply_verdict(key, model, &verdict);
+    verdict
 }
 
 /// `uri` with `name=value` added to its query.
@@ -1003,7 +1013,7 @@ impl Session {
             Message::Close(frame) => {
                 let quota = frame.as_ref().is_some_and(|f| is_quota(&f.reason));
                 if let Some(f) = frame.as_ref().filter(|_| quota) {
-                    rest_for_quota(&self.gateway, &self.key.id, &self.model, &f.reason);
+                    let _ = rest_for_quota(&self.gateway, &self.key.id, &self.model, &f.reason);
                 }
                 let _ = client.send(Message::Close(frame)).await;
                 let _ = upstream.flush().await;

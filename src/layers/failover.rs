@@ -211,7 +211,7 @@ where
         if !verdict.retry_elsewhere() || !replayable || last_attempt {
             return Ok(answer);
         }
-        if let Some(reason) = retry_reason(&verdict) {
+        if let Some(reason) = RetryReason::for_verdict(&verdict) {
             gateway.metrics().retry(reason);
         }
         tracing::info!(
@@ -313,20 +313,6 @@ impl Attempt {
             t.end(vec![], Some("no upstream key available"));
         }
     }
-}
-
-/// Why a verdict led failover to try another key.
-pub fn retry_reason(verdict: &Verdict) -> Option<RetryReason> {
-    Some(match verdict {
-        Verdict::Rest(_, RestReason::RateLimited) => RetryReason::RateLimited,
-        Verdict::Rest(_, RestReason::ExhaustedToday) => RetryReason::ExhaustedToday,
-        Verdict::Rest(_, RestReason::Unusable) => RetryReason::Unusable,
-        Verdict::Rest(_, RestReason::ProxyUnreachable) => RetryReason::Unreachable,
-        Verdict::Invalid(_) | Verdict::StaleCredential => RetryReason::InvalidKey,
-        Verdict::Overloaded => RetryReason::Overloaded,
-        Verdict::ServerError => RetryReason::ServerError,
-        Verdict::Success | Verdict::ClientError => return None,
-    })
 }
 
 /// Why an attempt that failed without an answer is retried.

@@ -72,7 +72,8 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 
 use crate::config::MetricsConfig;
 use crate::gateway::Gateway;
-use crate::key_pool::Tokens;
+use crate::key_pool::verdict::Verdict;
+use crate::key_pool::{RestReason, Tokens};
 use crate::route::RouteLabel;
 use errors::ErrorLog;
 use labels::{BoundedSet, Outcome, StatusClass};
@@ -135,6 +136,20 @@ impl RetryReason {
             RetryReason::Unreachable => "unreachable",
             RetryReason::Timeout => "timeout",
         }
+    }
+
+    /// Why a verdict leads to another key being tried; `None` when it does not.
+    pub fn for_verdict(verdict: &Verdict) -> Option<RetryReason> {
+        Some(match verdict {
+            Verdict::Rest(_, RestReason::RateLimited) => RetryReason::RateLimited,
+            Verdict::Rest(_, RestReason::ExhaustedToday) => RetryReason::ExhaustedToday,
+            Verdict::Rest(_, RestReason::Unusable) => RetryReason::Unusable,
+            Verdict::Rest(_, RestReason::ProxyUnreachable) => RetryReason::Unreachable,
+            Verdict::Invalid(_) | Verdict::StaleCredential => RetryReason::InvalidKey,
+            Verdict::Overloaded => RetryReason::Overloaded,
+            Verdict::ServerError => RetryReason::ServerError,
+            Verdict::Success | Verdict::ClientError => return None,
+        })
     }
 }
 

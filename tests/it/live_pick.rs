@@ -174,6 +174,11 @@ async fn a_handshake_refused_with_a_429_fails_over_and_rests_the_key_for_the_mod
     );
     assert_eq!(keys.iter().filter(|k| *k == KEY2).count(), 2, "{keys:?}");
     assert_eq!(resting_models(&h, "key1").await, [MODEL]);
+    let text = metrics(&h).await;
+    assert!(
+        text.contains(r#"gem_proxy_retries_total{reason="rate_limited"} 1"#),
+        "the failover is counted like an HTTP request's: {text}"
+    );
 }
 
 #[tokio::test]
