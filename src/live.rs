@@ -13,7 +13,8 @@
 //! - **Then the key,** picked for that model exactly as for an HTTP request: keys resting for
 //!   it, at their limit for it, invalid or disabled are skipped, and the session counts as one
 //!   request for the model on the key it gets; keys that carry
-//!   `gemini.live.max_sessions_per_key` sessions are left out.
+//!   `gemini.live.max_sessions_per_key` sessions are left out. With every key resting for the
+//!   model, its first fallback (`gemini.models.fallbacks`) the token allows serves the session.
 //!   The ephemeral-token endpoint (`…Constrained`) uses the key that minted the token.
 //! - **Then Google:** the WebSocket is opened with the key in `x-goog-api-key` and every client
 //!   credential removed (for the ephemeral-token endpoint the token goes as `access_token=`),
@@ -441,16 +442,9 @@ impl Opening {
                 "this token may not use the model in setup",
             ));
         }
-        let model: Arc<str> = Arc::from(model);
-        if let Some(route) = self.ctx.extensions_mut().get_mut::<Route>() {
-            route.model = Some(model.clone());
-        }
-        let history = self.gateway.usage().request(
-            &self.ctx,
-            &model,
-            live.config.auth.default_tokens_per_day,
-        );
-        let sink = TokenSink::for_request(&self.gateway, &self.ctx, &model);
+        let asked: Arc<str> = Arc::from(model);
+        let mut model = asked.clone();
+        let (mut history, mut sink) = self.count_as(&model);
 
         let gemini = &live.config.gemini;
         let bound = self.ctx.extensions().get::<BoundKey>().map(|b| b.0.clone());
@@ -460,8 +454,9 @@ impl Opening {
             gemini.max_retries + 1
         };
         let max_per_key = gemini.live.max_sessions_per_key;
-        let sessions = self.gateway.live_sessions();
-        let store = self.gateway.store();
+        let gateway = self.gateway.clone();
+        let sessions = gateway.live_sessions();
+        let store = gateway.store();
         let route = self.ctx.extensions().get::<Route>().cloned();
         let mut tried: Vec<Arc<str>> = Vec::new();
         let mut failed: Option<Failed> = None;
@@ -469,15 +464,36 @@ impl Opening {
         let mut retrying: Option<RetryReason> = None;
         for _ in 0..attempts {
             let now = tokio::time::Instant::now();
-            let picked = match &bound {
+            let mut exclude = sessions.full_keys(max_per_key);
+            exclude.extend(tried.iter().cloned());
+            let mut picked = match &bound {
                 Some(id) => live.keys.pick_bound(store, id, &model, now),
-                None => {
-                    let mut exclude = sessions.full_keys(max_per_key);
-                    exclude.extend(tried.iter().cloned());
-                    live.keys
-                        .pick_for(store, route.as_ref(), &model, &exclude, now)
-                }
+                None => live
+                    .keys
+                    .pick_for(store, route.as_ref(), &model, &exclude, now),
             };
+            // Every key resting (or at its limit) for the model: the first of its fallbacks
+            // the token allows and a key has headroom for, as key balance does. A session bound
+            // to a key stays on it.
+            if matches!(picked, Err(PickError::Exhausted { .. })) && bound.is_none() {
+                let fallback = gemini.models.fallbacks_of(&model).iter().find_map(|f| {
+                    if client_id.as_ref().is_some_and(|c| !c.allows_model(f)) {
+                        return None;
+                    }
+                    let key = live.keys.pick_for(store, route.as_ref(), f, &exclude, now);
+                    key.ok().map(|k| (f, k))
+                });
+                if let Some((f, key)) = fallback
+                    && let Some(switched) = with_setup_model(&setup, f)
+                {
+                    tracing::info!(model = &*model, fallback = %f, "Live session on a fallback model");
+                    self.gateway.metrics().model_fallback();
+                    model = Arc::from(f.as_str());
+                    setup = switched;
+                    (history, sink) = self.count_as(&model);
+                    picked = Ok(key);
+                }
+            }
             let key = match picked {
                 Ok(key) => key,
                 Err(PickError::Exhausted { .. }) => {
@@ -540,7 +556,7 @@ impl Opening {
             Some(Failed::Quota) | None => Refusal::new(
                 CloseReason::NoKey,
                 CloseCode::Again,
-                &format!("RESOURCE_EXHAUSTED: no upstream key has quota for {model}"),
+                &format!("RESOURCE_EXHAUSTED: no upstream key has quota for {asked}"),
             ),
             Some(Failed::Upstream(text)) => {
                 Refusal::new(CloseReason::NoKey, CloseCode::Error, &text)
@@ -549,6 +565,19 @@ impl Opening {
                 Refusal::new(CloseReason::Refused, CloseCode::Policy, &text)
             }
         })
+    }
+
+    /// Puts `model` in the session's route; where its tokens are reported (the usage history
+    /// and the client's budget, the token metrics).
+    fn count_as(&mut self, model: &Arc<str>) -> (Option<RequestUsage>, Option<TokenSink>) {
+        if let Some(route) = self.ctx.extensions_mut().get_mut::<Route>() {
+            route.model = Some(model.clone());
+        }
+        let tpd = self.gateway.live().config.auth.default_tokens_per_day;
+        (
+            self.gateway.usage().request(&self.ctx, model, tpd),
+            TokenSink::for_request(&self.gateway, &self.ctx, model),
+        )
     }
 
     /// Opens the upstream WebSocket with `key` and sends the setup; Google's answer to the

@@ -48,6 +48,11 @@ fn live_keys(h: &Harness, from: usize) -> Vec<String> {
         .collect()
 }
 
+/// The id of the test key `key`.
+fn key_id(key: &str) -> &'static str {
+    if key == KEY1 { "key1" } else { "key2" }
+}
+
 /// The models `id` rests for, per `/health`.
 async fn resting_models(h: &Harness, id: &str) -> Vec<String> {
     let health = health(h).await;
@@ -245,8 +250,7 @@ async fn an_alias_in_the_setup_is_its_real_model_for_the_token_and_the_key() {
     ws.send(turn("mock:quota")).await.unwrap();
     let _ = close_frame(&mut ws).await;
     let key = live_requests(&h)[0].key.clone().unwrap();
-    let id = if key == KEY1 { "key1" } else { "key2" };
-    assert_eq!(resting_models(&h, id).await, [MODEL]);
+    assert_eq!(resting_models(&h, key_id(&key)).await, [MODEL]);
 }
 
 async fn metrics(h: &Harness) -> String {
@@ -304,4 +308,38 @@ async fn a_sessions_tokens_reach_the_usage_history_and_spend_the_clients_budget(
         .await;
     assert_google_error(status, &body, 429, "RESOURCE_EXHAUSTED");
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn with_every_key_resting_for_the_model_its_fallback_serves_the_session() {
+    let h = Harness::start_with(MockOptions::default(), |c| {
+        c.gemini
+            .models
+            .fallbacks
+            .insert(MODEL.into(), vec![OTHER_MODEL.into()]);
+        // One HTTP request rests both keys (two attempts) without a fallback of its own.
+        c.gemini.max_retries = 1;
+    })
+    .await;
+    for key in [KEY1, KEY2] {
+        h.mock.set_key_failure(key, rate_limited());
+    }
+    let path = format!("/v1beta/models/{MODEL}:generateContent");
+    assert_eq!(h.post(&path, GENERATE_BODY).await.0, 429);
+    for key in [KEY1, KEY2] {
+        h.mock.set_key_failure(key, None);
+        assert_eq!(resting_models(&h, key_id(key)).await, [MODEL]);
+    }
+    let mut ws = connect(&h, LIVE, &[]).await.unwrap();
+    ws.send(setup_for(MODEL)).await.unwrap();
+    assert_eq!(next_json(&mut ws).await, json!({"setupComplete": {}}));
+    // The fallback served: a quota close now rests the key for it, not for the model asked.
+    ws.send(turn("mock:quota")).await.unwrap();
+    let _ = close_frame(&mut ws).await;
+    let key = live_requests(&h)[0].key.clone().unwrap();
+    let mut rests = resting_models(&h, key_id(&key)).await;
+    rests.sort();
+    assert_eq!(rests, [OTHER_MODEL, MODEL]);
+    let text = metrics(&h).await;
+    assert!(text.contains("gem_proxy_model_fallbacks_total 1"), "{text}");
 }
