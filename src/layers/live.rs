@@ -15,7 +15,7 @@
 //! - no key that could carry a session at all (every key invalid or disabled): 503;
 //! - `gemini.live.max_sessions_per_key`: 429 when every such key carries that many sessions;
 //! - the ephemeral-token endpoint (`…Constrained`): a token the gateway saw minted goes to the
-//!   key that minted it ([`BoundKey`]); 503 when that key is unusable.
+//!   key that minted it ([`BoundKey`]); 503 when that key is unusable, 429 when it is full.
 //!
 //! `POST /v1alpha/auth_tokens` (minting an ephemeral token): a successful answer's `name`
 //! (`auth_tokens/…`) is bound ([`KeyStateStore::bind`](crate::key_pool::KeyStateStore::bind))
@@ -165,6 +165,13 @@ impl<S> LiveSessionLimit<S> {
             // A token the gateway saw minted goes to the key that minted it, or nowhere.
             if !live.keys.keys().any(|k| k.id == binding.key && usable(k)) {
                 return Err(GatewayError::NoKey);
+            }
+            let max = live.config.gemini.live.max_sessions_per_key;
+            if sessions.full_keys(max).contains(&binding.key) {
+                return Err(GatewayError::TooManySessions(
+                    "the key that minted this ephemeral token carries \
+                     gemini.live.max_sessions_per_key Live sessions",
+                ));
             }
             req.extensions_mut().insert(BoundKey(binding.key));
             return Ok(());
