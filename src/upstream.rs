@@ -398,7 +398,10 @@ mod tests {
     fn the_host_header_names_the_port_only_when_it_is_not_the_schemes_default() {
         for (base, host) in [
             ("http://127.0.0.1:9/base", "127.0.0.1:9"),
-            ("https://generativelanguage.googleapis.com", "generativelanguage.googleapis.com"),
+            (
+                "https://generativelanguage.googleapis.com",
+                "generativelanguage.googleapis.com",
+            ),
             ("https://example.com:443/", "example.com"),
             ("http://example.com:80", "example.com"),
             ("http://example.com:443", "example.com:443"),
