@@ -4,11 +4,13 @@
 //! hyper-util's own connectors do the proxy's part: [`Tunnel`] (an HTTP `CONNECT` tunnel, to an
 //! `http://` proxy or over TLS to an `https://` one) and [`SocksV5`] (`socks5://` resolving names
 //! here, `socks5h://` letting the proxy resolve them), each with the proxy's user and password.
-//! The TLS to Google runs inside the tunnel as on a direct connection. There is one pooled
+//! The TLS to Google runs inside the tunnel as on a direct connection; a Live API WebSocket,
+//! which cannot ride the pool, opens its own tunnel ([`EgressClient::tunnel`]). There is one pooled
 //! client per distinct proxy, shared by the keys that name it; keys without one use the
 //! gateway's direct client ([`crate::gateway::Live::client`]). Built with each config snapshot.
 
 use std::collections::HashMap;
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +21,9 @@ use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::proxy::{SocksV5, Tunnel};
 use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower::ServiceExt;
 
 use crate::config::GeminiConfig;
 use crate::config::egress::{ProxyScheme, ProxyTarget};
@@ -30,8 +35,21 @@ type Https<C> = hyper_rustls::HttpsConnector<C>;
 #[derive(Debug)]
 pub struct EgressClient {
     via: Via,
+    /// The proxy's part alone, for connections that do not ride the pool (a Live WebSocket).
+    connector: Connector,
     shown: String,
 }
+
+#[derive(Debug, Clone)]
+enum Connector {
+    Tunnel(Tunnel<HttpConnector>),
+    TlsTunnel(Tunnel<Https<HttpConnector>>),
+    Socks(SocksV5<HttpConnector>),
+}
+
+/// A connection through a proxy to its destination, before any TLS to the destination.
+pub trait TunnelIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> TunnelIo for T {}
 
 #[derive(Debug)]
 enum Via {
@@ -57,8 +75,14 @@ impl EgressClient {
             .parse()
             .expect("a validated proxy host and port make a URI");
         let tcp = tcp_connector(connect_timeout);
-        let via = match proxy.scheme {
-            ProxyScheme::Http => Via::Tunnel(client_over(with_basic(Tunnel::new(dst, tcp), proxy))),
+        let (via, connector) = match proxy.scheme {
+            ProxyScheme::Http => {
+                let tunnel = with_basic(Tunnel::new(dst, tcp), proxy);
+                (
+                    Via::Tunnel(client_over(tunnel.clone())),
+                    Connector::Tunnel(tunnel),
+                )
+            }
             ProxyScheme::Https => {
                 // TLS to the proxy (HTTP/1.1: CONNECT), then Google's TLS inside the tunnel.
                 let to_proxy = hyper_rustls::HttpsConnectorBuilder::new()
@@ -67,7 +91,11 @@ impl EgressClient {
                     .https_or_http()
                     .enable_http1()
                     .wrap_connector(tcp);
-                Via::TlsTunnel(client_over(with_basic(Tunnel::new(dst, to_proxy), proxy)))
+                let tunnel = with_basic(Tunnel::new(dst, to_proxy), proxy);
+                (
+                    Via::TlsTunnel(client_over(tunnel.clone())),
+                    Connector::TlsTunnel(tunnel),
+                )
             }
             ProxyScheme::Socks5 | ProxyScheme::Socks5h => {
                 let mut socks =
@@ -75,13 +103,44 @@ impl EgressClient {
                 if let Some((user, pass)) = &proxy.credentials {
                     socks = socks.with_auth(user.clone(), pass.clone());
                 }
-                Via::Socks(client_over(socks))
+                (
+                    Via::Socks(client_over(socks.clone())),
+                    Connector::Socks(socks),
+                )
             }
         };
         Self {
             via,
+            connector,
             shown: proxy.shown(),
         }
+    }
+
+    /// A connection through the proxy to `host:port`, for what cannot ride the pooled client (a
+    /// Live API WebSocket): the TLS to Google runs inside it as on a direct connection.
+    pub async fn tunnel(&self, host: &str, port: u16) -> io::Result<Box<dyn TunnelIo>> {
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        let dst: Uri = format!("http://{host}:{port}")
+            .parse()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad tunnel destination"))?;
+        let failed = |e: &dyn std::fmt::Display| {
+            io::Error::new(io::ErrorKind::ConnectionRefused, e.to_string())
+        };
+        Ok(match &self.connector {
+            Connector::Tunnel(c) => Box::new(TokioIo::new(
+                c.clone().oneshot(dst).await.map_err(|e| failed(&e))?,
+            )),
+            Connector::TlsTunnel(c) => Box::new(TokioIo::new(
+                c.clone().oneshot(dst).await.map_err(|e| failed(&e))?,
+            )),
+            Connector::Socks(c) => Box::new(TokioIo::new(
+                c.clone().oneshot(dst).await.map_err(|e| failed(&e))?,
+            )),
+        })
     }
 
     /// Sends `req` through the proxy.

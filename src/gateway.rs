@@ -7,7 +7,7 @@
 //! snapshot, and a stream already under way finishes on the client and timeouts it started with.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, Uri, header};
@@ -17,8 +17,10 @@ use crate::config::document::ConfigDocument;
 use crate::config::versions::{ChangeError, ConfigVersions};
 use crate::config::{AuthConfig, Config, ConfigLoader, Problem};
 use crate::http_client::{self, HttpClient, UpstreamTarget};
-use crate::key_pool::{KeyPool, KeyStateStore};
+use crate::key_pool::verdict::{RestFor, Verdict};
+use crate::key_pool::{KeyPool, KeyStateStore, RestReason};
 use crate::tls::TlsStatus;
+use crate::usage::KeyEventKind;
 
 /// A configuration and what is built from it.
 #[derive(Debug)]
@@ -365,5 +367,55 @@ impl Gateway {
             Some(host) => format!("{scheme}://{host}"),
             None => String::new(),
         }
+    }
+
+    /// Applies what Google's answer means for `key` (a [`Verdict`] from
+    /// [`classify`](crate::key_pool::verdict::classify)) to its state: counted, rested for
+    /// `model`, or taken out of rotation. Failover does this for every attempt, the Live API for
+    /// every refused handshake and quota close.
+    pub fn apply_verdict(&self, key: &str, model: &str, verdict: &Verdict) {
+        let live = self.live();
+        let gemini = &live.config.gemini;
+        let store = self.store();
+        store.record(key, verdict.outcome());
+        match verdict {
+            Verdict::Rest(rest_for, reason) => {
+                let rest = match rest_for {
+                    RestFor::Delay(d) => *d,
+                    RestFor::Default => Duration::from_secs(gemini.default_retry_delay_seconds),
+                    RestFor::UntilMidnightPacific => crate::time::until_pacific_midnight(),
+                    RestFor::Unusable => Duration::from_secs(gemini.unusable_rest_seconds),
+                };
+                self.rest_key(key, model, rest, *reason);
+            }
+            Verdict::Invalid(reason) => {
+                tracing::warn!(key_id = key, reason = %reason, "upstream key taken out of rotation");
+                store.invalidate(key, reason);
+                self.usage()
+                    .key_event(key, KeyEventKind::Invalid, None, reason, None);
+            }
+            _ => {}
+        }
+    }
+
+    /// Rests `key` for `model` for `rest`: the store, the cooldown metric, the usage history.
+    pub fn rest_key(&self, key: &str, model: &str, rest: Duration, reason: RestReason) {
+        tracing::info!(
+            key_id = key,
+            model,
+            rest_seconds = rest.as_secs(),
+            ?reason,
+            "key rests for model"
+        );
+        let until = crate::deadline::after(tokio::time::Instant::now(), rest);
+        self.store().rest(key, model, until, reason);
+        self.metrics().cooldown(key, reason);
+        self.usage().key_event(
+            key,
+            KeyEventKind::Rest,
+            Some(model),
+            reason.as_str(),
+            Some(rest.as_secs()),
+        );
     }
 }

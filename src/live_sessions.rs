@@ -62,21 +62,25 @@ pub enum CloseReason {
     Quota,
     /// The gateway shut down and the grace period ran out (1001 "going away").
     GoingAway,
-    /// The first message was not a `setup`, or named a model the token does not allow.
+    /// The first message was not a `setup` (or none came in time), named a model the token
+    /// does not allow, or Google refused the session itself.
     Refused,
     /// A connection broke without a close frame.
     Broken,
+    /// No upstream key could take the session (quota, upstream errors): closed 1013 or 1011.
+    NoKey,
 }
 
 impl CloseReason {
     /// Every value, in index order.
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::Client,
         CloseReason::Upstream,
         CloseReason::Quota,
         CloseReason::GoingAway,
         CloseReason::Refused,
         CloseReason::Broken,
+        CloseReason::NoKey,
     ];
 
     /// The metric label.
@@ -88,6 +92,7 @@ impl CloseReason {
             CloseReason::GoingAway => "going_away",
             CloseReason::Refused => "refused",
             CloseReason::Broken => "broken",
+            CloseReason::NoKey => "no_key",
         }
     }
 }

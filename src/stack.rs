@@ -40,11 +40,11 @@
 //!     cannot spend a real client's budget.
 //! 14. **live** ([`LiveLayer`]) — Live API sessions (WebSocket): 400 for a Live route that is
 //!     not an upgrade, 429 over the token's `live_sessions` or when every key carries
-//!     `gemini.live.max_sessions_per_key` sessions (full keys are left out of the pick), the
-//!     ephemeral-token endpoint steered to the key that minted the token; and binds tokens
-//!     minted through `POST …/auth_tokens` to their key. Inside client limit, so a session
-//!     counts as one request there first; above key balance, whose pick it steers. The session
-//!     itself is opened by upstream ([`crate::live`]) once a key is picked.
+//!     `gemini.live.max_sessions_per_key` sessions, 503 when no key could carry one (invalid,
+//!     disabled); then it answers the upgrade itself and hands the
+//!     session to [`crate::live`], which picks the key once the `setup` names the model (the
+//!     layers below never see a session); and binds tokens minted through `POST …/auth_tokens`
+//!     to their key. Inside client limit, so a session counts as one request there first.
 //! 15. **buffer body** ([`BufferBodyLayer`]) — reads the body (≤ `server.max_request_body_bytes`;
 //!     all bodies at once ≤ `server.max_buffered_body_bytes`) so an attempt can be replayed;
 //!     413 / 408 / 503.
@@ -86,8 +86,7 @@
 //!     model and client; `gen_ai.usage.*` on the span; the usage history and the client's token
 //!     budget) without buffering them. Inside key balance: it needs the key. (Failover reports the
 //!     error answers and key rests to the usage history.)
-//! 24. **upstream** ([`Upstream`]) — (a Live session goes to [`crate::live`]: the upstream
-//!     WebSocket with the key, the client's 101, the relay of frames) strips client credentials and hop-by-hop headers, injects the
+//! 24. **upstream** ([`Upstream`]) — strips client credentials and hop-by-hop headers, injects the
 //!     key (and the attempt's `traceparent` when tracing; a Vertex AI member's URL, token or
 //!     express key and body fix-ups come from [`crate::vertex`]), sends, streams the answer back (with
 //!     heartbeats in a silent event stream when `gemini.stream_heartbeat_seconds` is set; the
@@ -103,15 +102,14 @@
 //!   capability of an upload or download link) → client stats, client limit (key and `rpm`),
 //!   body model (`models`), overrides (`match.clients`), model list, response cache (the key), affinity (who owns a resource); later the admin API (`role`) and
 //!   per-client statistics.
-//! - [`BoundKey`](crate::key_pool::BoundKey): affinity, live (ephemeral tokens) → failover (no
-//!   replay), key balance.
-//! - [`TriedKeys`](crate::key_pool::TriedKeys): failover (retries), live (keys full of
-//!   sessions) → key balance.
-//! - [`ClientSlot`](crate::live_sessions::ClientSlot): live → upstream's Live session, which
-//!   holds it while it runs.
-//! - [`SessionHold`](crate::live_sessions::SessionHold): server → upstream's Live session (the
+//! - [`BoundKey`](crate::key_pool::BoundKey): affinity → failover (no replay), key balance;
+//!   live (ephemeral tokens) → its Live session's pick.
+//! - [`TriedKeys`](crate::key_pool::TriedKeys): failover (retries) → key balance.
+//! - [`ClientSlot`](crate::live_sessions::ClientSlot): live → the Live session, which holds it
+//!   while it runs.
+//! - [`SessionHold`](crate::live_sessions::SessionHold): server → the Live session (the
 //!   connection's place and the shutdown signal).
-//! - `OnUpgrade` (hyper): hyper → upstream's Live session (the client's upgraded connection).
+//! - `OnUpgrade` (hyper): hyper → the Live session (the client's upgraded connection).
 //! - [`SelectedKey`](crate::key_pool::SelectedKey): key balance → usage, upstream, which copies it
 //!   onto the response for failover, affinity and the access log.
 //! - [`ClientAddr`](crate::client_addr::ClientAddr): server → client limit (per-IP key when auth is off).

@@ -17,7 +17,7 @@
 //! - the resumable-upload URL Google answers with (`X-Goog-Upload-URL`, which carries the key) is
 //!   rewritten to point at the gateway, without the key.
 //!
-//! A Live API session (WebSocket) is handed to [`crate::live`] with its key.
+//! A Live API session (WebSocket) never comes here: the Live layer hands it to [`crate::live`].
 //!
 //! Time limits: `gemini.connect_timeout_seconds` for the connection, `gemini.timeout_seconds` for the
 //! response headers (504), `gemini.stream_idle_timeout_seconds` between body frames. An upstream that
@@ -135,9 +135,6 @@ async fn forward(
         .cloned()
         .ok_or(GatewayError::Internal("no upstream key was selected"))?;
     let api = parts.extensions.get::<Route>().map(|r| r.api);
-    if api == Some(Api::Live) {
-        return crate::live::open(gateway.clone(), parts, key).await;
-    }
 
     let mut headers = parts.headers;
     // Where the client reached us, for rewriting the upload URL; read before Host is dropped.

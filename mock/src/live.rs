@@ -19,7 +19,8 @@
 //! Triggers, as the text of a client turn: `mock:goaway` (a `goAway` message), `mock:quota` (the
 //! quota close below), `mock:close:<code>:<reason>` (close with that code and reason). A key set
 //! to fail with a 429, or a `setup` model named `mock-error-429`, gets the quota close right after
-//! `setup`: code 1011 with Google's reason [`QUOTA_CLOSE_REASON`].
+//! `setup`: code 1011 with Google's reason [`QUOTA_CLOSE_REASON`] — or, when the upgrade request
+//! carries `x-mock-live-quota: handshake`, the key's 429 as the answer to the handshake.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -88,9 +89,13 @@ pub(crate) fn handle(
         return Some(reply::json(StatusCode::BAD_REQUEST, invalid_key()));
     }
     let failure = shared.key_failure(key);
+    let refuse_handshake = parts
+        .headers
+        .get("x-mock-live-quota")
+        .is_some_and(|v| v.as_bytes() == b"handshake");
     if let Some(f) = failure
         .as_ref()
-        .filter(|f| mint || !matches!(f, Failure::RateLimited { .. }))
+        .filter(|f| mint || refuse_handshake || !matches!(f, Failure::RateLimited { .. }))
     {
         let ctx = ErrorContext {
             model: None,

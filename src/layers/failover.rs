@@ -36,17 +36,14 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::body::GatewayBody;
-use crate::deadline;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::key_pool::verdict::{RestFor, Verdict, classify};
+use crate::key_pool::verdict::{Verdict, classify};
 use crate::key_pool::{BoundKey, KeyOutcome, RestReason, SelectedKey, TriedKeys};
 use crate::metrics::{AttemptResult, Metrics, RetryReason};
 use crate::replay::{ReplayPolicy, creates_resource};
 use crate::route::Route;
-use crate::time::until_pacific_midnight;
 use crate::trace::{AttemptTrace, RequestTrace};
-use crate::usage::KeyEventKind;
 use crate::vertex::TokenUsed;
 
 /// Error answers larger than this are passed on unread (and classified by status alone).
@@ -162,7 +159,7 @@ where
                 {
                     // The key's own way out is down: it rests, the others serve.
                     let rest = Duration::from_secs(gemini.proxy_unreachable_rest_seconds);
-                    rest_key(&gateway, &key, &model, rest, RestReason::ProxyUnreachable);
+                    gateway.rest_key(&key, &model, rest, RestReason::ProxyUnreachable);
                 }
                 if let Some(u) = &usage {
                     u.attempt(&key, KeyOutcome::ServerError);
@@ -203,7 +200,7 @@ where
             tracing::info!(key_id = %key.0.id, "vertex: access token refused, fetching a new one");
             verdict = Verdict::StaleCredential;
         }
-        apply(&gateway, &key.0.id, &model, &verdict, gemini);
+        gateway.apply_verdict(&key.0.id, &model, &verdict);
         if let Some(u) = &usage {
             u.attempt(&key.0.id, verdict.outcome());
         }
@@ -214,7 +211,7 @@ where
         if !verdict.retry_elsewhere() || !replayable || last_attempt {
             return Ok(answer);
         }
-        if let Some(reason) = retry_reason(&verdict) {
+        if let Some(reason) = RetryReason::for_verdict(&verdict) {
             gateway.metrics().retry(reason);
         }
         tracing::info!(
@@ -230,59 +227,6 @@ where
     last_failure.unwrap_or(Err(GatewayError::Internal(
         "failover ended without an answer",
     )))
-}
-
-/// Applies a verdict to the key's state.
-fn apply(
-    gateway: &Gateway,
-    key: &str,
-    model: &str,
-    verdict: &Verdict,
-    gemini: &crate::config::GeminiConfig,
-) {
-    let store = gateway.store();
-    store.record(key, verdict.outcome());
-    match verdict {
-        Verdict::Rest(rest_for, reason) => {
-            let rest = match rest_for {
-                RestFor::Delay(d) => *d,
-                RestFor::Default => Duration::from_secs(gemini.default_retry_delay_seconds),
-                RestFor::UntilMidnightPacific => until_pacific_midnight(),
-                RestFor::Unusable => Duration::from_secs(gemini.unusable_rest_seconds),
-            };
-            rest_key(gateway, key, model, rest, *reason);
-        }
-        Verdict::Invalid(reason) => {
-            tracing::warn!(key_id = key, reason = %reason, "upstream key taken out of rotation");
-            store.invalidate(key, reason);
-            gateway
-                .usage()
-                .key_event(key, KeyEventKind::Invalid, None, reason, None);
-        }
-        _ => {}
-    }
-}
-
-/// Rests `key` for `model` for `rest`: the store, the cooldown metric, the usage history.
-fn rest_key(gateway: &Gateway, key: &str, model: &str, rest: Duration, reason: RestReason) {
-    tracing::info!(
-        key_id = key,
-        model,
-        rest_seconds = rest.as_secs(),
-        ?reason,
-        "key rests for model"
-    );
-    gateway
-        .store()
-        .rest(key, model, deadline::after(Instant::now(), rest), reason);
-    gateway.metrics().cooldown(key, reason);
-    gateway.usage().key_event(
-        key,
-        KeyEventKind::Rest,
-        Some(model),
-        reason.as_str(),
-        Some(rest.as_secs()),
-    );
 }
 
 /// 50 ms × attempt, ±50 % jitter, at most 1 s.
@@ -369,20 +313,6 @@ impl Attempt {
             t.end(vec![], Some("no upstream key available"));
         }
     }
-}
-
-/// Why a verdict led failover to try another key.
-pub fn retry_reason(verdict: &Verdict) -> Option<RetryReason> {
-    Some(match verdict {
-        Verdict::Rest(_, RestReason::RateLimited) => RetryReason::RateLimited,
-        Verdict::Rest(_, RestReason::ExhaustedToday) => RetryReason::ExhaustedToday,
-        Verdict::Rest(_, RestReason::Unusable) => RetryReason::Unusable,
-        Verdict::Rest(_, RestReason::ProxyUnreachable) => RetryReason::Unreachable,
-        Verdict::Invalid(_) | Verdict::StaleCredential => RetryReason::InvalidKey,
-        Verdict::Overloaded => RetryReason::Overloaded,
-        Verdict::ServerError => RetryReason::ServerError,
-        Verdict::Success | Verdict::ClientError => return None,
-    })
 }
 
 /// Why an attempt that failed without an answer is retried.

@@ -1,20 +1,21 @@
-//! Live: decides on a Live API session (WebSocket upgrade) before anything is upgraded, and
-//! binds the ephemeral tokens minted through the gateway to the key that minted them.
+//! Live: decides on a Live API session (WebSocket upgrade) before anything is upgraded, hands it
+//! to [`crate::live`], and binds the ephemeral tokens minted through the gateway to the key that
+//! minted them.
 //!
 //! Sits right inside client limit (a session counts as one request against the client's RPM
-//! there, before anything here) and above failover and key balance, whose pick it steers.
-//! Every other request passes untouched, except `POST …/auth_tokens`.
+//! there, before anything here). A Live session goes no further down the stack: the key is
+//! picked once the session's `setup` names its model ([`crate::live`]), so buffer body,
+//! failover, key balance, usage and upstream never see it. Every other request passes
+//! untouched, except `POST …/auth_tokens`.
 //!
-//! For a request on a Live route ([`Api::Live`]):
-//! - the route's model becomes [`LIVE_MODEL`]: key balance, key limits and rests count sessions
-//!   under it;
+//! For a request on a Live route ([`Api::Live`]), before the upgrade:
 //! - not a WebSocket upgrade (`GET`, `Upgrade: websocket`, version 13, a key): 400;
 //! - the token's `live_sessions` claim: that many sessions of the client at once, the next one
 //!   429 `RESOURCE_EXHAUSTED` (a [`ClientSlot`] extension holds the place for the session);
-//! - `gemini.live.max_sessions_per_key`: keys that carry that many sessions are left out of the
-//!   pick ([`TriedKeys`]); 429 when every key does;
+//! - no key that could carry a session at all (every key invalid or disabled): 503;
+//! - `gemini.live.max_sessions_per_key`: 429 when every such key carries that many sessions;
 //! - the ephemeral-token endpoint (`…Constrained`): a token the gateway saw minted goes to the
-//!   key that minted it ([`BoundKey`]).
+//!   key that minted it ([`BoundKey`]); 503 when that key is unusable, 429 when it is full.
 //!
 //! `POST /v1alpha/auth_tokens` (minting an ephemeral token): a successful answer's `name`
 //! (`auth_tokens/…`) is bound ([`KeyStateStore::bind`](crate::key_pool::KeyStateStore::bind))
@@ -35,8 +36,8 @@ use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::key_pool::store::Binding;
-use crate::key_pool::{BoundKey, SelectedKey, TriedKeys};
-use crate::live::{LIVE_MODEL, ephemeral_token, not_an_upgrade};
+use crate::key_pool::{Admission, BoundKey, SelectedKey, UpstreamKey};
+use crate::live::{ephemeral_token, not_an_upgrade};
 use crate::live_sessions::ClientSlot;
 use crate::route::{Api, Route};
 
@@ -112,7 +113,10 @@ where
             if let Err(e) = self.admit(&mut req, constrained) {
                 return ShortCircuit::ready(Err(e));
             }
-            return ShortCircuit::inner(Either::Left(self.inner.call(req)));
+            // The session is answered here: the layers below (and their key pick) never see it.
+            let (parts, _body) = req.into_parts();
+            let gateway = self.gateway.clone();
+            return ShortCircuit::inner(Either::Right(Box::pin(crate::live::open(gateway, parts))));
         }
         if req.method() == Method::POST && req.uri().path().ends_with("/auth_tokens") {
             let owner = req.extensions().get::<Client>().map(|c| c.id.clone());
@@ -127,12 +131,11 @@ where
 }
 
 impl<S> LiveSessionLimit<S> {
+    /// The checks that do not depend on the session's model; what the session needs from them
+    /// goes into `req`'s extensions.
     fn admit<B>(&self, req: &mut Request<B>, constrained: bool) -> Result<(), GatewayError> {
         if let Some(why) = not_an_upgrade(req.method(), req.headers()) {
             return Err(GatewayError::InvalidArgument(why.into()));
-        }
-        if let Some(route) = req.extensions_mut().get_mut::<Route>() {
-            route.model = Some(Arc::from(LIVE_MODEL));
         }
         let sessions = self.gateway.live_sessions();
         if let Some(client) = req.extensions().get::<Client>()
@@ -146,45 +149,43 @@ impl<S> LiveSessionLimit<S> {
                     ))?;
             req.extensions_mut().insert(ClientSlot(Arc::new(slot)));
         }
+        let live = self.gateway.live();
+        let store = self.gateway.store();
+        let now = tokio::time::Instant::now();
+        let route = req.extensions().get::<Route>();
+        let usable = |k: &UpstreamKey| {
+            live.keys.is_enabled(&k.id)
+                && k.can_serve(route, now)
+                && store.admit(&k.id, "", &k.limits, now, false) != Admission::Never
+        };
         if constrained
             && let Some(token) = ephemeral_token(req.headers(), req.uri())
-            && let Some(binding) = self
-                .gateway
-                .store()
-                .bound(token, tokio::time::Instant::now())
+            && let Some(binding) = store.bound(token, now)
         {
+            // A token the gateway saw minted goes to the key that minted it, or nowhere.
+            if !live.keys.keys().any(|k| k.id == binding.key && usable(k)) {
+                return Err(GatewayError::NoKey);
+            }
+            let max = live.config.gemini.live.max_sessions_per_key;
+            if sessions.full_keys(max).contains(&binding.key) {
+                return Err(GatewayError::TooManySessions(
+                    "the key that minted this ephemeral token carries \
+                     gemini.live.max_sessions_per_key Live sessions",
+                ));
+            }
             req.extensions_mut().insert(BoundKey(binding.key));
+            return Ok(());
         }
-        let live = self.gateway.live();
-        // A Live session's WebSocket is opened directly, never through an egress proxy: keys
-        // that must leave through one are not used for it.
-        let proxied: Vec<Arc<str>> = live
-            .keys
-            .ids()
-            .filter(|id| live.egress.for_key(id).is_some())
-            .map(Arc::from)
-            .collect();
-        if !proxied.is_empty() && live.keys.ids().all(|id| live.egress.for_key(id).is_some()) {
-            tracing::warn!(
-                "a Live session was refused: every upstream key leaves through an egress proxy, \
-                 and Live sessions are opened directly"
-            );
+        let candidates: Vec<&Arc<UpstreamKey>> = live.keys.keys().filter(|k| usable(k)).collect();
+        if candidates.is_empty() {
             return Err(GatewayError::NoKey);
         }
-        let mut full = sessions.full_keys(live.config.gemini.live.max_sessions_per_key);
-        if !full.is_empty()
-            && live
-                .keys
-                .ids()
-                .all(|id| full.iter().any(|f| &**f == id) || proxied.iter().any(|p| &**p == id))
-        {
+        let max = live.config.gemini.live.max_sessions_per_key;
+        let full = sessions.full_keys(max);
+        if candidates.iter().all(|k| full.contains(&k.id)) {
             return Err(GatewayError::TooManySessions(
                 "every upstream key carries gemini.live.max_sessions_per_key Live sessions",
             ));
-        }
-        full.extend(proxied);
-        if !full.is_empty() {
-            req.extensions_mut().insert(TriedKeys(full));
         }
         Ok(())
     }

@@ -16,20 +16,16 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::auth::Client;
 use crate::body::{BodyEnd, BodyObserver, GatewayBody};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::key_pool::{KeyOutcome, KeyStateStore, SelectedKey, Tokens};
-use crate::metrics::Metrics;
+use crate::key_pool::{KeyOutcome, KeyStateStore, SelectedKey};
 use crate::route::Route;
-use crate::trace::RequestTrace;
-use crate::usage::{RequestUsage, find_usage};
+use crate::usage::{RequestUsage, TokenSink, find_usage};
 
 /// How much of an answer's end is kept to find its usage in.
 const TAIL_BYTES: usize = 16 * 1024;
@@ -249,61 +245,10 @@ impl BodyObserver for UsageTap {
     }
 }
 
-/// Where the usage layer's token counts go besides the key state: `gem_proxy_tokens_total` (by
-/// model), the client's tokens (`metrics.per_client`) and `gen_ai.usage.*` on the request's span.
-#[derive(Debug)]
-pub struct TokenSink {
-    metrics: Arc<Metrics>,
-    model: Arc<str>,
-    client: Option<usize>,
-    trace: Option<RequestTrace>,
-}
-
-impl TokenSink {
-    /// The sink for one request for `model`; `None` when neither metrics nor traces are on.
-    pub fn for_request<B>(gateway: &Gateway, req: &Request<B>, model: &Arc<str>) -> Option<Self> {
-        let metrics = gateway.metrics();
-        let trace = req.extensions().get::<RequestTrace>().cloned();
-        if !metrics.enabled() && trace.is_none() {
-            return None;
-        }
-        let client = req
-            .extensions()
-            .get::<Client>()
-            .filter(|_| metrics.per_client())
-            .map(|c| metrics.client_index(&c.id));
-        Some(Self {
-            metrics: metrics.clone(),
-            model: model.clone(),
-            client,
-            trace,
-        })
-    }
-
-    /// An answer reported these tokens (it succeeded: its model may join the label set).
-    pub fn record(&self, t: &Tokens) {
-        if self.metrics.enabled() {
-            let model = self.metrics.admit_model(&self.model);
-            self.metrics.tokens(model, t);
-            if let Some(c) = self.client {
-                self.metrics.client_tokens(c, t);
-            }
-        }
-        if let Some(trace) = &self.trace {
-            trace.set([
-                KeyValue::new("gen_ai.usage.input_tokens", t.prompt as i64),
-                KeyValue::new("gen_ai.usage.output_tokens", t.candidates as i64),
-                KeyValue::new("gen_ai.usage.reasoning_tokens", t.thoughts as i64),
-                KeyValue::new("gen_ai.usage.cache_read_tokens", t.cached as i64),
-                KeyValue::new("gen_ai.usage.total_tokens", t.total as i64),
-            ]);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key_pool::Tokens;
 
     #[test]
     fn finds_gemini_usage_in_a_pretty_answer_and_in_the_last_sse_event() {

@@ -18,7 +18,7 @@
 //! | `gem_proxy_model_fallbacks_total` | counter: requests served by a fallback model (`gemini.models.fallbacks`) | — |
 //! | `gem_proxy_stream_heartbeats_total` | counter: heartbeats written into silent event streams (`gemini.stream_heartbeat_seconds`) | — |
 //! | `gem_proxy_live_sessions_open` | gauge: Live API sessions (WebSocket) open now | — |
-//! | `gem_proxy_live_sessions_closed_total` | counter: Live sessions ended | `reason` (`client`, `upstream`, `quota`, `going_away`, `refused`, `broken`) |
+//! | `gem_proxy_live_sessions_closed_total` | counter: Live sessions ended | `reason` (`client`, `upstream`, `quota`, `going_away`, `refused`, `broken`, `no_key`) |
 //! | `gem_proxy_live_session_duration_seconds` | histogram (1 s … 1 h): Live sessions, upgrade to close | — |
 //! | `gem_proxy_live_frames_total`, `gem_proxy_live_payload_bytes_total` | counters: Live messages and their payload bytes relayed | `direction` (`to_upstream`, `to_client`) |
 //! | `gem_proxy_overridden_requests_total` | counter: request bodies changed by `gemini.overrides` | — |
@@ -72,7 +72,8 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 
 use crate::config::MetricsConfig;
 use crate::gateway::Gateway;
-use crate::key_pool::Tokens;
+use crate::key_pool::verdict::Verdict;
+use crate::key_pool::{RestReason, Tokens};
 use crate::route::RouteLabel;
 use errors::ErrorLog;
 use labels::{BoundedSet, Outcome, StatusClass};
@@ -135,6 +136,20 @@ impl RetryReason {
             RetryReason::Unreachable => "unreachable",
             RetryReason::Timeout => "timeout",
         }
+    }
+
+    /// Why a verdict leads to another key being tried; `None` when it does not.
+    pub fn for_verdict(verdict: &Verdict) -> Option<RetryReason> {
+        Some(match verdict {
+            Verdict::Rest(_, RestReason::RateLimited) => RetryReason::RateLimited,
+            Verdict::Rest(_, RestReason::ExhaustedToday) => RetryReason::ExhaustedToday,
+            Verdict::Rest(_, RestReason::Unusable) => RetryReason::Unusable,
+            Verdict::Rest(_, RestReason::ProxyUnreachable) => RetryReason::Unreachable,
+            Verdict::Invalid(_) | Verdict::StaleCredential => RetryReason::InvalidKey,
+            Verdict::Overloaded => RetryReason::Overloaded,
+            Verdict::ServerError => RetryReason::ServerError,
+            Verdict::Success | Verdict::ClientError => return None,
+        })
     }
 }
 

@@ -37,6 +37,7 @@ pub mod budget;
 pub(crate) mod db;
 pub mod query;
 mod shared;
+mod sink;
 mod tokens;
 mod writer;
 
@@ -56,6 +57,7 @@ use crate::time::now_unix as unix_now;
 
 pub use budget::{BudgetExceeded, BudgetLimits, Budgets};
 pub use db::GroupBy;
+pub use sink::TokenSink;
 pub use tokens::find_usage;
 
 /// The gateway's usage history and budgets. Always there; the history only once
@@ -426,6 +428,25 @@ impl RequestUsage {
             }
         }
         self.row(key, c);
+    }
+
+    /// A Live session on `key` reported `tokens` for a turn: counted in the history (no
+    /// request: the session counted as one when it opened) and against the client's budget.
+    pub fn tokens(&self, key: &Arc<str>, t: &Tokens) {
+        if let Some(client) = self.client.as_ref().filter(|_| self.budgeted) {
+            self.usage.budgets.spend(client, t.total, unix_now());
+        }
+        self.row(
+            key,
+            Counts {
+                input_tokens: t.prompt,
+                output_tokens: t.candidates,
+                thinking_tokens: t.thoughts,
+                cached_tokens: t.cached,
+                total_tokens: t.total,
+                ..Counts::default()
+            },
+        );
     }
 
     /// A successful answer's stream broke off mid-way.

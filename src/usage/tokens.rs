@@ -12,7 +12,8 @@ use crate::key_pool::Tokens;
 struct UsageMetadata {
     #[serde(default)]
     prompt_token_count: u64,
-    #[serde(default)]
+    /// The Live API says `responseTokenCount`.
+    #[serde(default, alias = "responseTokenCount")]
     candidates_token_count: u64,
     #[serde(default)]
     thoughts_token_count: u64,

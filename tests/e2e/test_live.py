@@ -82,10 +82,10 @@ def assert_pool_key_only(reqs: list[dict[str, Any]], token: str) -> None:
         assert token not in (r.get("query") or "")
 
 
-async def text_turn(client: genai.Client, text: str) -> list[str]:
+async def text_turn(client: genai.Client, text: str, model: str = LIVE_MODEL) -> list[str]:
     config = types.LiveConnectConfig(response_modalities=[types.Modality.TEXT])
     texts: list[str] = []
-    async with client.aio.live.connect(model=LIVE_MODEL, config=config) as session:
+    async with client.aio.live.connect(model=model, config=config) as session:
         await session.send_client_content(
             turns=types.Content(role="user", parts=[types.Part(text=text)]), turn_complete=True
         )
@@ -162,3 +162,33 @@ def test_a_js_sdk_text_session(live_gateway, upstream: Mock):
     assert result.returncode == 0, result.stderr
     assert "".join(json.loads(result.stdout)["texts"]) == "Echo: Hello from Node"
     assert_pool_key_only(live_sessions_seen(upstream), token)
+
+
+def test_a_key_resting_for_the_sessions_model_is_not_picked(live_gateway, trust, upstream: Mock):
+    """The key is picked once the SDK's setup names the model: a key Google rested for that model
+    (a 429 with RetryInfo on an HTTP request for it) carries no session on it."""
+    gw = live_gateway[0]
+    token = client_token(live_gateway, "py-rested")
+    client = sdk(gw.url, token)
+    model = "gemini-2.0-flash-live-001"  # not the module's other sessions' model
+    failing = UPSTREAM_KEYS[0]
+
+    def key_failure(failure: str | None) -> None:
+        body = {"key": failing, "failure": failure, "retry_delay_seconds": 3600}
+        upstream.http.post(f"{upstream.url}/_mock/key-failure", json=body).raise_for_status()
+
+    key_failure("429")
+    try:
+        for _ in range(2):  # round robin reaches the failing key: it rests for the model
+            assert client.models.generate_content(model=model, contents="hi").text
+    finally:
+        key_failure(None)
+    assert any(r["key"] == failing for r in upstream.requests()), "the 429 came from the failing key"
+    upstream.reset()
+
+    for i in range(3):
+        texts = asyncio.run(asyncio.wait_for(text_turn(client, f"session {i}", model), 30))
+        assert "".join(texts) == f"Echo: session {i}"
+    seen = live_sessions_seen(upstream)
+    assert [r["key"] for r in seen] == [UPSTREAM_KEYS[1]] * 3, "every session avoided the resting key"
+    assert_pool_key_only(seen, token)

@@ -328,3 +328,52 @@ async fn proxy_credentials_never_show_in_the_admin_api() {
     assert_eq!(h.post(FLASH, GENERATE_BODY).await.0, 200);
     assert!(!connect.keys().is_empty() || !socks.keys().is_empty());
 }
+
+/// Live API sessions leave through their key's proxy too (their own tunnel: a WebSocket cannot
+/// ride the pooled client), frames relayed both ways through it.
+#[tokio::test]
+async fn live_sessions_leave_through_their_keys_proxy() {
+    use crate::live::{LIVE, close_frame, connect, live_requests, next_json, setup, turn};
+    use futures_util::SinkExt;
+
+    let connect_proxy = Proxy::start(Kind::Connect).await;
+    let socks = Proxy::start(Kind::Socks5).await;
+    let (u1, u2) = (connect_proxy.url(Kind::Connect), socks.url(Kind::Socks5));
+    let h = Harness::start_with(MockOptions::default(), |c| proxied(c, &u1, &u2)).await;
+    for i in 0..4 {
+        let mut ws = connect(&h, LIVE, &[]).await.unwrap();
+        setup(&mut ws).await;
+        ws.send(turn(&format!("through a proxy {i}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_json(&mut ws).await["serverContent"]["modelTurn"]["parts"][0]["text"],
+            format!("Echo: through a proxy {i}")
+        );
+        ws.close(None).await.unwrap();
+        let _ = close_frame(&mut ws).await;
+    }
+    let seen: Vec<String> = live_requests(&h)
+        .into_iter()
+        .filter_map(|r| r.key)
+        .collect();
+    assert_eq!(seen.len(), 4);
+    assert!(
+        seen.contains(&KEY1.to_owned()) && seen.contains(&KEY2.to_owned()),
+        "{seen:?}"
+    );
+    // Each session's handshake went through its key's proxy, and only there.
+    let (through_connect, through_socks) = (connect_proxy.keys(), socks.keys());
+    assert!(
+        through_connect.iter().all(|k| k == KEY1),
+        "{through_connect:?}"
+    );
+    assert!(through_socks.iter().all(|k| k == KEY2), "{through_socks:?}");
+    assert_eq!(
+        (through_connect.len(), through_socks.len()),
+        (
+            seen.iter().filter(|k| *k == KEY1).count(),
+            seen.iter().filter(|k| *k == KEY2).count()
+        )
+    );
+}

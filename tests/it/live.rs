@@ -17,15 +17,16 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-const LIVE: &str = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent";
-const CONSTRAINED: &str =
+pub(crate) const LIVE: &str =
+    "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent";
+pub(crate) const CONSTRAINED: &str =
     "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateContentConstrained";
-const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
+pub(crate) const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
 const SETUP: &str = r#"{"setup":{"model":"models/gemini-live-2.5-flash"}}"#;
 
-type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<TcpStream>;
 
-fn enable_auth(c: &mut Config) {
+pub(crate) fn enable_auth(c: &mut Config) {
     c.auth.enabled = true;
     c.auth.jwt_secret = Secret::new(SECRET);
 }
@@ -46,12 +47,20 @@ fn token(h: &Harness, sub: &str, live_sessions: Option<u32>) -> String {
 }
 
 /// Opens a WebSocket to the gateway at `path_and_query` with extra `headers`.
-async fn connect(
+pub(crate) async fn connect(
     h: &Harness,
     path_and_query: &str,
     headers: &[(&str, &str)],
 ) -> Result<Ws, WsError> {
-    let addr = h.server.proxy_addr();
+    connect_to(h.server.proxy_addr(), path_and_query, headers).await
+}
+
+/// [`connect`] to the gateway listening at `addr`.
+pub(crate) async fn connect_to(
+    addr: std::net::SocketAddr,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, WsError> {
     let mut req = format!("ws://{addr}{path_and_query}")
         .into_client_request()
         .unwrap();
@@ -69,7 +78,7 @@ async fn connect(
 }
 
 /// The next server message that carries JSON (binary frames, as Google sends them).
-async fn next_json(ws: &mut Ws) -> Value {
+pub(crate) async fn next_json(ws: &mut Ws) -> Value {
     loop {
         match within("server message", ws.next()).await {
             Some(Ok(Message::Binary(b))) => return json(&b),
@@ -81,7 +90,7 @@ async fn next_json(ws: &mut Ws) -> Value {
 }
 
 /// Reads until the close frame and returns it.
-async fn close_frame(ws: &mut Ws) -> Option<CloseFrame> {
+pub(crate) async fn close_frame(ws: &mut Ws) -> Option<CloseFrame> {
     loop {
         match within("close frame", ws.next()).await {
             Some(Ok(Message::Close(frame))) => return frame,
@@ -91,12 +100,12 @@ async fn close_frame(ws: &mut Ws) -> Option<CloseFrame> {
     }
 }
 
-async fn setup(ws: &mut Ws) {
+pub(crate) async fn setup(ws: &mut Ws) {
     ws.send(Message::text(SETUP)).await.unwrap();
     assert_eq!(next_json(ws).await, json!({"setupComplete": {}}));
 }
 
-fn turn(text: &str) -> Message {
+pub(crate) fn turn(text: &str) -> Message {
     Message::text(
         json!({"clientContent": {"turns": [{"role": "user", "parts": [{"text": text}]}], "turnComplete": true}})
             .to_string(),
@@ -104,7 +113,7 @@ fn turn(text: &str) -> Message {
 }
 
 /// The handshakes of Live sessions the mock received.
-fn live_requests(h: &Harness) -> Vec<gem_proxy_mock::RecordedRequest> {
+pub(crate) fn live_requests(h: &Harness) -> Vec<gem_proxy_mock::RecordedRequest> {
     h.mock
         .requests()
         .into_iter()
@@ -114,7 +123,11 @@ fn live_requests(h: &Harness) -> Vec<gem_proxy_mock::RecordedRequest> {
 
 /// Sends the HTTP request a refused session gets its answer to (an upgrade that is not
 /// upgraded) and returns the Google-shaped answer.
-async fn refused(h: &Harness, path: &str, headers: &[(&str, &str)]) -> (StatusCode, bytes::Bytes) {
+pub(crate) async fn refused(
+    h: &Harness,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, bytes::Bytes) {
     match connect(h, path, headers).await {
         Err(WsError::Http(res)) => {
             let status = res.status();
@@ -368,7 +381,8 @@ async fn a_setup_naming_a_model_the_token_does_not_allow_is_closed_before_google
     ws.send(Message::text(SETUP)).await.unwrap();
     let frame = close_frame(&mut ws).await.expect("a close frame");
     assert_eq!(frame.code, CloseCode::Policy);
-    // The mock saw the handshake, but no setup was answered: the session never started there.
+    // The key is picked after the setup: Google never saw the session.
+    assert!(live_requests(&h).is_empty());
     let health = health(&h).await;
     assert_eq!(key_state(&health, "key1")["state"], "active");
 }
@@ -571,9 +585,9 @@ async fn live_metrics_count_sessions_frames_and_close_reasons() {
 }
 
 #[tokio::test]
-async fn a_key_that_leaves_through_an_egress_proxy_never_carries_a_live_session() {
-    // key1 must leave through a proxy (nobody listens there); Live sessions are opened directly,
-    // so they all go to key2.
+async fn a_key_whose_egress_proxy_is_down_rests_and_sessions_go_to_the_other_key() {
+    // key1 must leave through a proxy nobody listens at: its session attempt fails before
+    // anything is sent, key1 rests (proxy_unreachable) and every session opens on key2.
     let h = Harness::start_with(MockOptions::default(), |c| {
         c.gemini.api_keys[0].proxy = Some(Secret::new("http://127.0.0.1:9"));
     })
@@ -589,15 +603,24 @@ async fn a_key_that_leaves_through_an_egress_proxy_never_carries_a_live_session(
         .filter_map(|r| r.key)
         .collect();
     assert_eq!(keys, vec![KEY2.to_owned(); 4]);
+    let health = health(&h).await;
+    let rests = &key_state(&health, "key1")["resting"];
+    assert_eq!(rests[0]["reason"], "proxy_unreachable", "{health}");
 
-    // With every key behind a proxy, a session is refused before the upgrade.
+    // With every key's proxy down, the client gets Google's "try later" kind of close: 1011.
     let h = Harness::start_with(MockOptions::default(), |c| {
         for k in &mut c.gemini.api_keys {
             k.proxy = Some(Secret::new("http://127.0.0.1:9"));
         }
     })
     .await;
-    let (status, body) = refused(&h, LIVE, &[]).await;
-    assert_google_error(status, &body, 503, "UNAVAILABLE");
+    let mut ws = connect(&h, LIVE, &[]).await.unwrap();
+    ws.send(Message::text(SETUP)).await.unwrap();
+    let frame = close_frame(&mut ws).await.expect("a close frame");
+    assert_eq!(frame.code, CloseCode::Error);
+    assert_eq!(
+        frame.reason,
+        "UNAVAILABLE: the upstream could not be reached"
+    );
     assert!(live_requests(&h).is_empty());
 }

@@ -12,6 +12,7 @@ mod egress;
 mod hostile;
 mod key_pool;
 mod live;
+mod live_pick;
 mod metrics;
 mod model_names;
 mod properties;
