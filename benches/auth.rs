@@ -6,15 +6,13 @@
 //! - `layers`: the auth and client-limit layers together, as a request passes them (token in
 //!   `x-goog-api-key`, model policy, limit), in front of a service that answers at once.
 
-use std::future::Future;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
 use gem_proxy::auth::{Role, TokenRequest, Verifier, issue, unix_now};
 use gem_proxy::config::{AuthConfig, ConfigLoader};
 use gem_proxy::error::GatewayError;
@@ -24,8 +22,10 @@ use gem_proxy::layers::client_limit::{ClientKey, ClientLimitLayer, ClientLimiter
 use gem_proxy::layers::route::RouteLayer;
 use http::{Request, Response};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use tower::{Layer, Service};
+use tower::Layer;
 
+#[path = "support/mod.rs"]
+mod support;
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
 fn auth_config() -> AuthConfig {
@@ -128,7 +128,6 @@ fn layers(c: &mut Criterion) {
     });
     let mut service = RouteLayer::new(gateway.clone())
         .layer(AuthLayer::new(gateway.clone()).layer(ClientLimitLayer::new(gateway).layer(inner)));
-    let mut cx = Context::from_waker(Waker::noop());
     let make = || {
         Request::builder()
             .method("POST")
@@ -140,18 +139,7 @@ fn layers(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("layers");
     g.bench_function("route+auth+limit", |b| {
-        b.iter_batched(
-            make,
-            |req| {
-                assert!(service.poll_ready(&mut cx).is_ready());
-                let mut fut = std::pin::pin!(service.call(req));
-                match fut.as_mut().poll(&mut cx) {
-                    Poll::Ready(res) => res.unwrap(),
-                    Poll::Pending => unreachable!("answers at once"),
-                }
-            },
-            BatchSize::SmallInput,
-        )
+        support::bench_ready_service(b, &mut service, make)
     });
     g.finish();
 }

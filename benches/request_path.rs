@@ -8,9 +8,7 @@
 //! - `layers`: the route and affinity layers as a generate request passes them (path and body
 //!   searched for key-owned resources), in front of a service that answers at once.
 
-use std::future::Future;
 use std::hint::black_box;
-use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
@@ -24,8 +22,10 @@ use gem_proxy::route::Route;
 use gem_proxy::upstream::strip_hop_by_hop;
 use gem_proxy::usage::find_usage;
 use http::{HeaderMap, HeaderValue, Request, Response};
-use tower::{Layer, Service};
+use tower::Layer;
 
+#[path = "support/mod.rs"]
+mod support;
 const PATH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 const BODY: &str =
     r#"{"contents":[{"role":"user","parts":[{"text":"Say hello in one short paragraph."}]}]}"#;
@@ -96,7 +96,6 @@ fn layers(c: &mut Criterion) {
     });
     let mut service =
         RouteLayer::new(gateway.clone()).layer(AffinityLayer::new(gateway).layer(inner));
-    let mut cx = Context::from_waker(Waker::noop());
     let make = || {
         Request::builder()
             .method("POST")
@@ -107,18 +106,7 @@ fn layers(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("layers");
     g.bench_function("route+affinity", |b| {
-        b.iter_batched(
-            make,
-            |req| {
-                assert!(service.poll_ready(&mut cx).is_ready());
-                let mut fut = std::pin::pin!(service.call(req));
-                match fut.as_mut().poll(&mut cx) {
-                    Poll::Ready(res) => res.unwrap(),
-                    Poll::Pending => unreachable!("answers at once"),
-                }
-            },
-            BatchSize::SmallInput,
-        )
+        support::bench_ready_service(b, &mut service, make)
     });
     g.finish();
 }
