@@ -105,6 +105,9 @@ fn config(base_url: &str, redis: &Redis, key1_rpm: Option<u32>) -> Config {
     c
 }
 
+/// The JWT secret of the replicas [`Replicas::start_with_auth`] starts.
+const AUTH_SECRET: &str = "a-test-secret-of-at-least-32-characters";
+
 struct Replicas {
     mock: MockUpstream,
     servers: Vec<Server>,
@@ -112,6 +115,18 @@ struct Replicas {
 }
 
 impl Replicas {
+    /// `n` replicas with auth on (secret [`AUTH_SECRET`]), once each is connected to Redis.
+    async fn start_with_auth(redis: &Redis, n: usize) -> Replicas {
+        let r = Replicas::start(redis, n, |c| {
+            c.auth.enabled = true;
+            c.auth.jwt_secret = gem_proxy::config::Secret::new(AUTH_SECRET);
+        })
+        .await;
+        r.until_all("connected", |h| connected(h) == Some(true))
+            .await;
+        r
+    }
+
     async fn start(redis: &Redis, n: usize, edit: impl Fn(&mut Config)) -> Replicas {
         let mock = MockUpstream::start(MockOptions::default()).await.unwrap();
         let mut servers = Vec::new();
@@ -496,15 +511,9 @@ async fn an_upload_started_on_one_replica_is_finished_and_used_through_the_other
 /// refuses the token, although the capability itself has not expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_url_dies_on_every_replica_with_the_token_revoked_on_one() {
-    const SECRET: &str = "a-test-secret-of-at-least-32-characters";
+    const SECRET: &str = AUTH_SECRET;
     let redis = Redis::start();
-    let r = Replicas::start(&redis, 2, |c| {
-        c.auth.enabled = true;
-        c.auth.jwt_secret = gem_proxy::config::Secret::new(SECRET);
-    })
-    .await;
-    r.until_all("connected", |h| connected(h) == Some(true))
-        .await;
+    let r = Replicas::start_with_auth(&redis, 2).await;
     let issued = issued_client_token(SECRET, "leaver", &[]);
     let url = r.start_upload(0, Some(&issued.token)).await;
     r.until_bindings(1).await;
@@ -685,7 +694,7 @@ async fn the_redis_password_never_shows_and_a_refused_login_still_serves() {
 /// reach the upstream at most 30 + the bound times; the rest are 429 with `Retry-After`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_rpm_claim_is_shared_by_three_replicas() {
-    const SECRET: &str = "a-test-secret-of-at-least-32-characters";
+    const SECRET: &str = AUTH_SECRET;
     let redis = Redis::start();
     let r = Replicas::start(&redis, 3, |c| {
         c.auth.enabled = true;
@@ -749,15 +758,9 @@ async fn a_clients_rpm_claim_is_shared_by_three_replicas() {
 /// their history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_revoked_on_one_replica_is_refused_by_every_replica() {
-    const SECRET: &str = "a-test-secret-of-at-least-32-characters";
+    const SECRET: &str = AUTH_SECRET;
     let redis = Redis::start();
-    let r = Replicas::start(&redis, 3, |c| {
-        c.auth.enabled = true;
-        c.auth.jwt_secret = gem_proxy::config::Secret::new(SECRET);
-    })
-    .await;
-    r.until_all("connected", |h| connected(h) == Some(true))
-        .await;
+    let r = Replicas::start_with_auth(&redis, 3).await;
     let issued = issued_client_token(SECRET, "leaver", &[]);
     let call = |i: usize| {
         let mut req = request(Method::POST, &r.url(i, FLASH), GENERATE_BODY);
@@ -868,7 +871,7 @@ impl Drop for Partition {
 /// Redis again: it reads the latest config change back and refuses the token too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_apart_when_the_config_changes_catches_up_when_it_reconnects() {
-    const SECRET: &str = "a-test-secret-of-at-least-32-characters";
+    const SECRET: &str = AUTH_SECRET;
     let redis = Redis::start();
     let partition = Partition::start(redis.port).await;
     let mock = MockUpstream::start(MockOptions::default()).await.unwrap();
