@@ -122,7 +122,8 @@ pub const OTHER: usize = 1;
 #[derive(Debug)]
 pub struct BoundedSet {
     cap: usize,
-    map: ArcSwap<HashMap<Box<str>, usize>>,
+    /// Looked up on every request (foldhash, seeded per process; the set is bounded anyway).
+    map: ArcSwap<HashMap<Box<str>, usize, foldhash::fast::RandomState>>,
     names: ArcSwap<Vec<Arc<str>>>,
     admit: Mutex<()>,
 }
@@ -132,7 +133,7 @@ impl BoundedSet {
     pub fn new(cap: usize) -> Self {
         Self {
             cap,
-            map: ArcSwap::from_pointee(HashMap::new()),
+            map: ArcSwap::from_pointee(HashMap::default()),
             names: ArcSwap::from_pointee(vec![Arc::from(""), Arc::from("other")]),
             admit: Mutex::new(()),
         }

@@ -331,7 +331,8 @@ pub struct Metrics {
     model_cells: Box<[OnceLock<ModelCells>]>,
     clients: BoundedSet,
     client_cells: Box<[OnceLock<ClientCells>]>,
-    keys: ArcSwap<HashMap<Arc<str>, Arc<KeyCells>>>,
+    /// Per key, looked up on every request (foldhash: a key id is hashed each time).
+    keys: ArcSwap<HashMap<Arc<str>, Arc<KeyCells>, foldhash::fast::RandomState>>,
     keys_admit: Mutex<()>,
     overall: Window,
     errors: ErrorLog,
@@ -367,7 +368,7 @@ impl Metrics {
             models,
             client_cells: cells(clients.slots()),
             clients,
-            keys: ArcSwap::from_pointee(HashMap::new()),
+            keys: ArcSwap::from_pointee(HashMap::default()),
             keys_admit: Mutex::new(()),
             overall: Window::default(),
             errors: ErrorLog::default(),
