@@ -39,6 +39,7 @@ use crate::body::{BodyEnd, BodyObserver, GatewayBody};
 use crate::cache::{CacheKey, CachedAnswer, ResponseCache, cacheable_answer, cacheable_route};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::http_client::strip_key_param;
 use crate::metrics::CacheResult;
 use crate::route::{Route, RouteLabel};
 
@@ -114,16 +115,6 @@ fn asks_for_stream(body: &[u8]) -> bool {
     }
 }
 
-/// The query without credentials (`key=`), as it goes into the key.
-fn query_without_key(query: Option<&str>) -> String {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty() && *p != "key" && !p.starts_with("key="))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 impl<S> Service<Request<Bytes>> for ResponseCacheService<S>
 where
     S: Service<Request<Bytes>, Response = Response<GatewayBody>, Error = GatewayError>,
@@ -168,7 +159,8 @@ where
             .get::<Client>()
             .filter(|_| !config.shared)
             .map(|c| c.id.clone());
-        let query = query_without_key(req.uri().query());
+        // Without credentials (`key=`): the key never holds one.
+        let query = strip_key_param(req.uri().query().unwrap_or(""));
         let key = crate::cache::key(&[
             req.method().as_str().as_bytes(),
             req.uri().path().as_bytes(),
@@ -379,9 +371,9 @@ mod tests {
 
     #[test]
     fn the_key_never_holds_the_credential() {
-        assert_eq!(query_without_key(Some("key=AIza&alt=json")), "alt=json");
-        assert_eq!(query_without_key(Some("alt=sse")), "alt=sse");
-        assert_eq!(query_without_key(None), "");
+        assert_eq!(strip_key_param("key=AIza&alt=json"), "alt=json");
+        assert_eq!(strip_key_param("alt=sse"), "alt=sse");
+        assert_eq!(strip_key_param(""), "");
     }
 
     #[test]

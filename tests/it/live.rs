@@ -514,11 +514,7 @@ log: {{ format: json }}
     .await
     .unwrap();
     setup(&mut ws).await;
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    crate::shutdown::sigterm(&child);
     // New connections are refused; the open session goes on.
     within("listener closes", async {
         while TcpStream::connect(&addr).await.is_ok() {
@@ -536,15 +532,7 @@ log: {{ format: json }}
         (frame.code, frame.reason.as_str()),
         (CloseCode::Away, "going away")
     );
-    let status = within("process exits", async {
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let status = crate::shutdown::exits(&mut child).await;
     assert!(status.success(), "{status:?}");
 }
 

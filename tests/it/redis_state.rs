@@ -247,6 +247,21 @@ impl Replicas {
     }
 
     /// Revokes the token id `jti` through replica `i`'s admin API.
+    /// Replica `i`'s config history (`GET /api/config/history`), as text.
+    async fn config_history(&self, i: usize) -> String {
+        let url = format!(
+            "http://{}/api/config/history",
+            self.servers[i].admin_addr().unwrap()
+        );
+        let req = Request::get(url)
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (status, _, body) = read_all(self.client.request(req).await.unwrap()).await;
+        assert_eq!(status, 200);
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
     async fn revoke(&self, i: usize, jti: &str) {
         let url = format!(
             "http://{}/api/tokens/revoke",
@@ -784,17 +799,7 @@ async fn a_token_revoked_on_one_replica_is_refused_by_every_replica() {
         }
     }
     // B's history names the change as made elsewhere; the upstream keys still work there.
-    let url = format!(
-        "http://{}/api/config/history",
-        r.servers[1].admin_addr().unwrap()
-    );
-    let req = Request::get(url)
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let (status, _, body) = read_all(r.client.request(req).await.unwrap()).await;
-    assert_eq!(status, 200);
-    let text = String::from_utf8_lossy(&body);
+    let text = r.config_history(1).await;
     assert!(text.contains("on another replica"), "{text}");
     let other = issued_client_token(SECRET, "stayer", &[]);
     let mut req = request(Method::POST, &r.url(1, FLASH), GENERATE_BODY);
@@ -938,16 +943,6 @@ async fn a_replica_apart_when_the_config_changes_catches_up_when_it_reconnects()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let url = format!(
-        "http://{}/api/config/history",
-        r.servers[2].admin_addr().unwrap()
-    );
-    let req = Request::get(url)
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let (status, _, body) = read_all(r.client.request(req).await.unwrap()).await;
-    assert_eq!(status, 200);
-    let text = String::from_utf8_lossy(&body);
+    let text = r.config_history(2).await;
     assert!(text.contains("on another replica"), "{text}");
 }

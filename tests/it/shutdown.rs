@@ -38,6 +38,28 @@ pub(crate) fn spawn_gateway(config: &str) -> (std::process::Child, String, tempf
     (child, addr, dir)
 }
 
+/// Sends the gateway process SIGTERM (what Kubernetes and Compose send on stop).
+pub(crate) fn sigterm(child: &std::process::Child) {
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
+/// Waits (with [`within`]'s deadline) for the gateway process to exit, and its status.
+pub(crate) async fn exits(child: &mut std::process::Child) -> std::process::ExitStatus {
+    within("process exits", async {
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_running_stream_finish_then_exits_zero() {
     let mock = MockUpstream::start(MockOptions {
@@ -73,11 +95,7 @@ log: {{ format: json }}
     let first = within("first event", body.frame()).await.unwrap().unwrap();
     let mut received = first.into_data().unwrap().to_vec();
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    sigterm(&child);
 
     // The listener closes: new connections are refused (polled, with a deadline).
     within("listener closes", async {
@@ -101,14 +119,6 @@ log: {{ format: json }}
     assert_eq!(text.matches("data: ").count(), 3, "{text}");
     assert!(text.contains("\"finishReason\":\"STOP\""), "{text}");
 
-    let status = within("process exits", async {
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let status = exits(&mut child).await;
     assert!(status.success(), "{status:?}");
 }
