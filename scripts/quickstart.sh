@@ -26,6 +26,8 @@ fi
 scripts/build-ui.sh
 log "building (release)"
 cargo build --release --quiet -p gem-proxy -p gem-proxy-mock --bins
+# Where cargo put them (a CARGO_TARGET_DIR set in the environment moves them).
+BIN="${CARGO_TARGET_DIR:-target}/release"
 
 CONFIG="${GEM_PROXY_CONFIG:-config/proxy.yaml}"
 if [ ! -f "$CONFIG" ]; then
@@ -43,7 +45,7 @@ if [ -z "${GEMINI_API_KEY_1:-}" ]; then
     log "GEMINI_API_KEY_1 is not set: demo mode, with the bundled mock upstream instead of Google"
     mkdir -p .run
     rm -f .run/quickstart-mock.out
-    target/release/gem-proxy-mock --host 127.0.0.1 --port 0 --pid-file .run/quickstart-mock.pid \
+    "$BIN/gem-proxy-mock" --host 127.0.0.1 --port 0 --pid-file .run/quickstart-mock.pid \
         > .run/quickstart-mock.out &
     mock_pid=$!
     for _ in $(seq 1 100); do
@@ -64,10 +66,10 @@ if [ -z "${GEMINI_API_KEY_1:-}" ]; then
 fi
 export GEMINI_API_KEY_2="${GEMINI_API_KEY_2:-$GEMINI_API_KEY_1}"
 
-summary="$(target/release/gem-proxy check-config --config "$CONFIG")"
+summary="$("$BIN/gem-proxy" check-config --config "$CONFIG")"
 echo "$summary"
 log "starting gem-proxy (Ctrl-C to stop)"
-target/release/gem-proxy serve --config "$CONFIG" &
+"$BIN/gem-proxy" serve --config "$CONFIG" &
 gw_pid=$!
 trap 'kill -TERM "$gw_pid" 2>/dev/null; wait "$gw_pid"; cleanup' INT TERM
 
