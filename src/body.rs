@@ -8,10 +8,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::conn_pool::PooledBody;
 use crate::heartbeat::{Beat, Heartbeat};
 
 /// Errors of a response body.
@@ -30,10 +30,15 @@ pin_project! {
     pub enum GatewayBody {
         /// A body the gateway built (errors, health).
         Full { #[pin] inner: Full<Bytes> },
-        /// The upstream's body, streamed through.
-        Upstream { #[pin] inner: Heartbeat<Observed<IdleTimeout<Incoming>, Box<dyn BodyObserver + Send>>> },
+        /// The upstream's body, streamed through. Boxed: a response is moved through every layer
+        /// on its way out, and this keeps it small.
+        Upstream { inner: Pin<Box<UpstreamBody>> },
     }
 }
+
+/// What [`GatewayBody::Upstream`] holds: the upstream's body, its idle timeout, its observers and
+/// heartbeats.
+type UpstreamBody = Heartbeat<Observed<IdleTimeout<PooledBody>, Box<dyn BodyObserver + Send>>>;
 
 impl GatewayBody {
     /// A body made of one buffer.
@@ -44,9 +49,12 @@ impl GatewayBody {
     }
 
     /// The upstream's body, ended with [`StreamIdle`] if no frame arrives within `idle`.
-    pub fn upstream(inner: Incoming, idle: Duration) -> Self {
+    pub fn upstream(inner: impl Into<PooledBody>, idle: Duration) -> Self {
         GatewayBody::Upstream {
-            inner: Heartbeat::new(Observed::new(IdleTimeout::new(inner, idle), None), None),
+            inner: Box::pin(Heartbeat::new(
+                Observed::new(IdleTimeout::new(inner.into(), idle), None),
+                None,
+            )),
         }
     }
 
@@ -54,7 +62,7 @@ impl GatewayBody {
     /// [`crate::heartbeat`]). Observers never see the beats. A body the gateway built gets none.
     pub fn heartbeat(&mut self, beat: Beat) {
         if let GatewayBody::Upstream { inner } = self {
-            inner.set_beat(beat);
+            inner.as_mut().set_beat(beat);
         }
     }
 
@@ -63,8 +71,8 @@ impl GatewayBody {
     /// built has nothing to observe, and `observer` is dropped.
     pub fn tap(&mut self, observer: Box<dyn BodyObserver + Send>) {
         if let GatewayBody::Upstream { inner } = self {
-            let body = inner.get_mut();
-            let observer = match body.observer.take() {
+            let mut body = inner.as_mut().inner();
+            let observer = match body.as_mut().take_observer() {
                 Some(first) => Box::new(Both(first, observer)),
                 None => observer,
             };
@@ -98,7 +106,7 @@ impl Body for GatewayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             GatewayBodyProj::Full { inner } => inner.poll_frame(cx).map_err(|never| match never {}),
-            GatewayBodyProj::Upstream { inner } => inner.poll_frame(cx),
+            GatewayBodyProj::Upstream { inner } => inner.as_mut().poll_frame(cx),
         }
     }
 
@@ -230,14 +238,20 @@ impl<B: Body, O: BodyObserver> Observed<B, O> {
         Self { inner, observer }
     }
 
-    /// Starts watching a body that had no observer yet.
-    pub fn observe(&mut self, observer: O) {
-        if self.inner.is_end_stream() {
+    /// Starts watching a body (in place of any observer it had).
+    pub fn observe(self: Pin<&mut Self>, observer: O) {
+        let this = self.project();
+        if this.inner.is_end_stream() {
             let mut o = observer;
             o.on_end(BodyEnd::Complete);
         } else {
-            self.observer = Some(observer);
+            *this.observer = Some(observer);
         }
+    }
+
+    /// Takes the body's observer away.
+    pub fn take_observer(self: Pin<&mut Self>) -> Option<O> {
+        self.project().observer.take()
     }
 }
 

@@ -16,7 +16,7 @@ use crate::auth::{Jwks, Verifier};
 use crate::config::document::ConfigDocument;
 use crate::config::versions::{ChangeError, ConfigVersions};
 use crate::config::{AuthConfig, Config, ConfigLoader, Problem};
-use crate::http_client::{self, HttpClient, UpstreamTarget};
+use crate::http_client::{self, UpstreamClient, UpstreamTarget};
 use crate::key_pool::verdict::{RestFor, Verdict};
 use crate::key_pool::{KeyPool, KeyStateStore, RestReason};
 use crate::tls::TlsStatus;
@@ -32,7 +32,7 @@ pub struct Live {
     /// `gemini.api_keys`, ready to use.
     pub keys: KeyPool,
     /// The pooled client to the upstream.
-    pub client: HttpClient,
+    pub client: UpstreamClient,
     /// The pooled clients through egress proxies, for the keys that have one.
     pub egress: crate::egress::Egress,
     /// Checks client and admin tokens; built once per `auth` section (kept across reloads that
@@ -53,7 +53,7 @@ impl Live {
             .ok_or_else(|| vec![Problem::new("gemini.base_url", "not a usable URL")])?;
         let keys = KeyPool::new(&config.gemini.api_keys)
             .map_err(|e| vec![Problem::new("", e.to_string())])?;
-        let client = http_client::build_client(config.gemini.connect_timeout());
+        let client = http_client::build_upstream_client(config.gemini.connect_timeout());
         let egress = crate::egress::Egress::build(&config.gemini);
         let verifier = match previous {
             Some(p) if p.config.auth == config.auth => p.verifier.clone(),

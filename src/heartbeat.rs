@@ -68,14 +68,15 @@ impl<B> Heartbeat<B> {
     }
 
     /// Turns beats on (a body that had none).
-    pub fn set_beat(&mut self, beat: Beat) {
-        self.timer = Some(Box::pin(tokio::time::sleep(beat.every)));
-        self.beat = Some(beat);
+    pub fn set_beat(self: Pin<&mut Self>, beat: Beat) {
+        let this = self.project();
+        *this.timer = Some(Box::pin(tokio::time::sleep(beat.every)));
+        *this.beat = Some(beat);
     }
 
     /// The wrapped body.
-    pub fn get_mut(&mut self) -> &mut B {
-        &mut self.inner
+    pub fn inner(self: Pin<&mut Self>) -> Pin<&mut B> {
+        self.project().inner
     }
 }
 

@@ -14,11 +14,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::conn_pool::ConnPool;
 use crate::error::GatewayError;
 
 /// The pooled HTTP client: HTTP/2 by ALPN, HTTP/1.1 otherwise, rustls with the
 /// aws-lc-rs provider, `TCP_NODELAY`.
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The client that forwards requests to the upstream (Gemini, Vertex AI): the gateway's own
+/// connection pool ([`crate::conn_pool`]) over the same connector as [`HttpClient`].
+pub type UpstreamClient = ConnPool<hyper_rustls::HttpsConnector<HttpConnector>>;
 
 /// `x-goog-api-key`.
 pub static X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
@@ -31,6 +36,11 @@ pub static X_GOOG_UPLOAD_CONTROL_URL: HeaderName =
 /// Builds a client (the gateway's upstream client, OTLP over HTTP and JWKS refresh each have one).
 pub fn build_client(connect_timeout: Duration) -> HttpClient {
     client_over(tcp_connector(connect_timeout))
+}
+
+/// The upstream client: `TCP_NODELAY`, keep-alive, `connect_timeout`, TLS with ALPN.
+pub fn build_upstream_client(connect_timeout: Duration) -> UpstreamClient {
+    ConnPool::new(https_over(tcp_connector(connect_timeout)))
 }
 
 /// The TCP connector every client starts from: `TCP_NODELAY`, keep-alive, the connect timeout.
@@ -50,19 +60,25 @@ where
     hyper_rustls::HttpsConnector<C>:
         hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(provider)
-        .expect("aws-lc-rs supports the default TLS versions")
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(connector);
+    let https = https_over(connector);
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .build(https)
+}
+
+/// TLS (rustls, aws-lc-rs, the web roots) with ALPN `h2` and `http/1.1` over `connector`; plain
+/// HTTP passes through.
+fn https_over<C>(connector: C) -> hyper_rustls::HttpsConnector<C> {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(provider)
+        .expect("aws-lc-rs supports the default TLS versions")
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(connector)
 }
 
 /// Google's API host, whose URLs in answers (download links) are the upstream's whatever

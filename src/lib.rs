@@ -15,6 +15,7 @@ pub mod cache;
 pub mod cli;
 pub mod client_addr;
 pub mod config;
+pub mod conn_pool;
 pub mod connection;
 pub mod console;
 pub mod deadline;

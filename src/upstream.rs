@@ -35,6 +35,7 @@ use http_body_util::Full;
 use tower::Service;
 
 use crate::body::GatewayBody;
+use crate::conn_pool::PooledBody;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::heartbeat::Beat;
@@ -185,30 +186,37 @@ async fn forward(
     let mut up = Request::new(Full::new(body));
     *up.method_mut() = parts.method;
     *up.uri_mut() = uri;
-    // The pooled client picks HTTP/2 or HTTP/1.1 per connection (ALPN); it wants 1.1 here.
+    // The pool sends HTTP/2 or HTTP/1.1 per connection (ALPN) whatever the version says.
     *up.version_mut() = Version::HTTP_11;
     *up.headers_mut() = headers;
 
     let gemini = &live.config.gemini;
     let egress = live.egress.for_key(&key.0.id);
     let sent = match egress {
-        Some(proxy) => proxy.request(up),
-        None => live.client.request(up),
+        Some(proxy) => tokio::time::timeout(gemini.timeout(), proxy.request(up))
+            .await
+            .map(|r| {
+                r.map(|res| res.map(PooledBody::from))
+                    .map_err(|e| (e.is_connect(), error_chain(&e)))
+            }),
+        None => tokio::time::timeout(gemini.timeout(), live.client.request(up))
+            .await
+            .map(|r| r.map_err(|e| (e.is_connect(), error_chain(&e)))),
     };
-    let res = match tokio::time::timeout(gemini.timeout(), sent).await {
+    let res = match sent {
         Err(_) => {
             return Err(GatewayError::UpstreamTimeout {
                 seconds: gemini.timeout_seconds,
                 key: key.0.id.clone(),
             });
         }
-        Ok(Err(e)) => {
+        Ok(Err((is_connect, error))) => {
             let proxy = egress.map(|p| p.shown());
-            tracing::warn!(key_id = %key.0.id, proxy, error = %error_chain(&e), "upstream request failed");
+            tracing::warn!(key_id = %key.0.id, proxy, error = %error, "upstream request failed");
             let key = key.0.id.clone();
             // Only a failed connect proves the request never left: anything later may have
             // reached Google (see `gemini.retry_on_timeout`).
-            return Err(if e.is_connect() {
+            return Err(if is_connect {
                 GatewayError::UpstreamConnect {
                     key,
                     via_proxy: egress.is_some(),
@@ -261,7 +269,7 @@ async fn forward(
 /// `batchEmbedContents`' shape.
 async fn predict_answer(
     mut parts: http::response::Parts,
-    body: hyper::body::Incoming,
+    body: PooledBody,
     limit: std::time::Duration,
 ) -> Response<GatewayBody> {
     use http_body_util::BodyExt;

@@ -15,6 +15,7 @@ mod live;
 mod live_pick;
 mod metrics;
 mod model_names;
+mod pool;
 mod properties;
 mod proxy;
 mod redis_state;
