@@ -13,6 +13,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,28 +21,28 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// How long a connection asked to close (idle, or the server shutting down an idle one) may take
 /// before it is cut.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Requests {
-    in_progress: usize,
-    /// Requests begun so far: tells a new request from the end of an old one.
-    begun: u64,
-}
-
-/// The requests in progress on one connection.
+/// The requests in progress on one connection: counted with atomics, so a request begins and
+/// ends without waking anything; the idle watcher looks at them when its timer fires.
 #[derive(Debug)]
 pub struct Activity {
-    requests: watch::Sender<Requests>,
+    in_progress: AtomicUsize,
+    /// When the last request ended (or the connection began), as time since `origin`.
+    last_end_nanos: AtomicU64,
+    origin: Instant,
 }
 
 impl Default for Activity {
     fn default() -> Self {
         Self {
-            requests: watch::Sender::new(Requests::default()),
+            in_progress: AtomicUsize::new(0),
+            last_end_nanos: AtomicU64::new(0),
+            origin: Instant::now(),
         }
     }
 }
@@ -54,26 +55,29 @@ impl Activity {
 
     /// A request has begun; it is in progress until the guard is dropped.
     pub fn begin(self: &Arc<Self>) -> InProgress {
-        self.requests.send_modify(|r| {
-            r.in_progress += 1;
-            r.begun += 1;
-        });
+        self.in_progress.fetch_add(1, Ordering::AcqRel);
         InProgress(self.clone())
     }
 
     /// Resolves once no request has been in progress for `timeout`.
+    ///
+    /// It wakes at most once per `timeout` while requests come and go: when a request is in
+    /// progress it looks again a whole `timeout` later, which is never after the moment that
+    /// request's end plus `timeout` would be (it ended after the look), so the close is exact.
     pub async fn idle_for(&self, timeout: Duration) {
-        let mut rx = self.requests.subscribe();
         loop {
-            let begun = match rx.wait_for(|r| r.in_progress == 0).await {
-                Ok(r) => r.begun,
-                // The sender lives as long as `self`: cannot happen.
-                Err(_) => return,
-            };
-            tokio::select! {
-                () = tokio::time::sleep(timeout) => return,
-                _ = rx.wait_for(|r| r.begun != begun) => {}
+            let now = Instant::now();
+            if self.in_progress.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep_until(crate::deadline::after(now, timeout)).await;
+                continue;
             }
+            let last_end = self.last_end_nanos.load(Ordering::Acquire);
+            let idle_since = self.origin + Duration::from_nanos(last_end);
+            let deadline = crate::deadline::after(idle_since, timeout);
+            if now >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
         }
     }
 }
@@ -84,7 +88,11 @@ pub struct InProgress(Arc<Activity>);
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        self.0.requests.send_modify(|r| r.in_progress -= 1);
+        let a = &self.0;
+        let since = Instant::now().saturating_duration_since(a.origin);
+        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+        a.last_end_nanos.fetch_max(nanos, Ordering::AcqRel);
+        a.in_progress.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
