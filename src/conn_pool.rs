@@ -218,20 +218,13 @@ where
             .await
             .map_err(|e| PoolError::Connect(e.into()))?;
         if io.connected().is_negotiated_h2() {
-            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .handshake(io)
-                .await
-                .map_err(|e| PoolError::Connect(e.into()))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-                }
-            });
-            *host.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
-            return Ok(Conn::H2 { tx, reused: false });
+            // Boxed on its own: HTTP/2's handshake state is several KiB, and every HTTP/1.1
+            // connect would carry it otherwise (a thousand streams opening at once add up).
+            return Box::pin(connect_h2(host, io)).await;
         }
-        let (tx, conn) = http1::handshake(io)
+        // The stream boxed once here (it holds TLS state inline): the handshake then moves a
+        // pointer, not a kilobyte, and so does this future.
+        let (tx, conn) = http1::handshake(Box::new(io))
             .await
             .map_err(|e| PoolError::Connect(e.into()))?;
         tokio::spawn(async move {
@@ -265,6 +258,25 @@ where
             })
             .sum()
     }
+}
+
+/// The HTTP/2 handshake on `io`; the connection becomes `host`'s shared one.
+async fn connect_h2<T>(host: &Host, io: T) -> Result<Conn, PoolError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(io)
+        .await
+        .map_err(|e| PoolError::Connect(e.into()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+        }
+    });
+    *host.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
+    Ok(Conn::H2 { tx, reused: false })
 }
 
 /// Rewrites `req` for an HTTP/1.1 connection: origin-form target, `Host` when it has none.
