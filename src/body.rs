@@ -14,6 +14,12 @@ use tokio::time::{Instant, Sleep};
 use crate::conn_pool::PooledBody;
 use crate::heartbeat::{Beat, Heartbeat};
 
+/// How much of a request body the gateway reads and throws away when it answered without reading
+/// it (a refused token, a client limit, a bad path), so that an HTTP/1.1 connection can take the
+/// client's next request (`crate::connection::Drained`); a body announced longer, or sent in
+/// chunks, gets `Connection: close` with the refusal instead.
+pub const DRAIN_LIMIT: usize = 64 * 1024;
+
 /// Errors of a response body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -9,6 +9,11 @@
 //!
 //! A request is in progress from the moment its headers are in until its response body has been
 //! sent (or dropped): a long stream never counts as idle.
+//!
+//! A request the gateway answers without reading its body (a refused token, a client limit, a bad
+//! path) would end an HTTP/1.1 connection: the next request can only be read once this one's
+//! body is off the wire. [`Drained`] reads such a body in the background instead, when it is
+//! short ([`DRAIN_LIMIT`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -132,6 +137,96 @@ impl<B: Body<Data = Bytes>> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+pub use crate::body::DRAIN_LIMIT;
+
+/// How long the gateway waits for the rest of a body it drains.
+pub const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// A request body that, dropped before its end, is read to its end in the background (up to
+/// [`DRAIN_LIMIT`] within [`DRAIN_TIME`]) instead of ending the connection: HTTP/1.1 can only
+/// read the next request once this one's body is off the wire, and hyper closes a connection
+/// whose request body was dropped unread. A refusal then keeps its connection, as at nginx.
+#[derive(Debug)]
+pub struct Drained<B: Body + Send + Unpin + 'static> {
+    inner: Option<B>,
+    /// Read to its end (`poll_frame` said so).
+    ended: bool,
+}
+
+impl<B: Body + Send + Unpin + 'static> Drained<B> {
+    /// Wraps a request body.
+    pub fn new(inner: B) -> Self {
+        Self {
+            inner: Some(inner),
+            ended: false,
+        }
+    }
+}
+
+impl<B: Body + Send + Unpin + 'static> Body for Drained<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = std::task::ready!(Pin::new(inner).poll_frame(cx));
+        if frame.is_none() {
+            self.ended = true;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(B::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), B::size_hint)
+    }
+}
+
+impl<B: Body + Send + Unpin + 'static> Drop for Drained<B> {
+    fn drop(&mut self) {
+        let Some(body) = self.inner.take() else {
+            return;
+        };
+        // Announced longer than the limit: not worth reading.
+        let too_long = body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n > DRAIN_LIMIT as u64);
+        if self.ended || body.is_end_stream() || too_long {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(DRAIN_TIME, drain(body)).await;
+            });
+        }
+    }
+}
+
+/// Reads `body` to its end, or gives up past [`DRAIN_LIMIT`] bytes or on an error.
+async fn drain<B: Body + Unpin>(mut body: B) {
+    let mut read = 0usize;
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let Ok(frame) = frame else { return };
+        if let Some(data) = frame.data_ref() {
+            read += bytes::Buf::remaining(data);
+            if read > DRAIN_LIMIT {
+                return;
+            }
+        }
     }
 }
 

@@ -47,7 +47,7 @@ use tower::{Service, ServiceExt};
 use crate::body::BoxError;
 use crate::client_addr::ClientAddr;
 use crate::config::Http2Config;
-use crate::connection::{self, Activity, Tracked};
+use crate::connection::{self, Activity, Drained, Tracked};
 use crate::gateway::{Gateway, Live};
 use crate::live_sessions::SessionHold;
 use crate::metrics::{Listener, Metrics};
@@ -141,7 +141,12 @@ impl Server {
         let mut tasks = JoinSet::new();
         tasks.spawn(serve(
             proxy,
-            stack::build::<Incoming>(gateway.clone()),
+            // A request body a layer refused without reading is drained, not the connection
+            // closed ([`Drained`]).
+            tower::ServiceExt::map_request(
+                stack::build::<Drained<Incoming>>(gateway.clone()),
+                |req: Request<Incoming>| req.map(Drained::new),
+            ),
             proxy_opts.clone(),
             watch_rx.clone(),
             tls,

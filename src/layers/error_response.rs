@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, Version, header};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::body::GatewayBody;
+use crate::body::{DRAIN_LIMIT, GatewayBody};
 use crate::error::GatewayError;
 
 /// Applies [`ErrorResponse`].
@@ -56,7 +56,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let body_may_be_unread = req.version() < Version::HTTP_2 && declares_body(req.headers());
+        let body_may_be_unread = req.version() < Version::HTTP_2 && body_not_drained(req.headers());
         ResponseFuture {
             future: self.inner.call(req),
             body_may_be_unread,
@@ -87,8 +87,9 @@ where
             if e.status().is_server_error() {
                 tracing::warn!(kind = e.kind(), error = %e, "request failed");
             }
-            // hyper closes an HTTP/1 connection whose request body was left unread; saying so
-            // keeps a client from sending its next request on a connection about to close.
+            // A refused request's short body is drained (`connection::Drained`) and its
+            // connection kept; one that is not (chunked, or over `DRAIN_LIMIT`) ends the
+            // connection, and saying so keeps a client from sending its next request on it.
             let close = body_may_be_unread && e.refused_before_body();
             let mut res = e.into_response();
             if close {
@@ -100,10 +101,14 @@ where
     }
 }
 
-/// Whether the request says a body follows (`Content-Length` above 0, or chunked).
-fn declares_body(headers: &HeaderMap) -> bool {
+/// Whether the request's body, if a refusal leaves it unread, stays on the wire: chunked, or a
+/// `Content-Length` above [`DRAIN_LIMIT`] (a shorter one is drained and the connection kept).
+fn body_not_drained(headers: &HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
+        || headers.get(header::CONTENT_LENGTH).is_some_and(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_none_or(|n| n > DRAIN_LIMIT as u64)
+        })
 }

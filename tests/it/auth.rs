@@ -681,39 +681,76 @@ async fn tokens_from_the_cli_are_accepted() {
     assert!(out.stdout.is_empty());
 }
 
-/// A refusal sent before the request body was read says `Connection: close`: hyper does not keep
-/// such a connection, and a client that sent its next request on it would see that one fail.
-/// Answers after the body was read keep the connection.
+/// A refusal sent before the request body was read keeps the connection when the body is short:
+/// the gateway reads the rest of it off the wire, and the client's next request on the same
+/// connection is served. A body announced longer than the drain limit gets `Connection: close`
+/// (hyper does not keep such a connection, and a client that sent its next request on it would
+/// see that one fail).
 #[tokio::test]
-async fn a_refusal_before_the_body_is_read_says_the_connection_closes() {
+async fn a_refusal_before_the_body_is_read_keeps_a_short_bodys_connection_only() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let h = Harness::start_with(MockOptions::default(), enable_auth).await;
-    let mut tcp = tokio::net::TcpStream::connect(h.server.proxy_addr())
-        .await
-        .unwrap();
-    // The head and the start of a body the gateway never reads (no token: 401).
-    let head = format!(
-        "POST {GENERATE} HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
-         content-length: 1000\r\n\r\n{{\"contents\":"
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = within("the 401's head", tcp.read(&mut buf)).await.unwrap();
-        assert!(
-            n > 0,
-            "closed before answering: {:?}",
-            String::from_utf8_lossy(&answer)
-        );
-        answer.extend_from_slice(&buf[..n]);
+    /// Reads up to the end of a response's head; the head, lowercased.
+    async fn head_of(tcp: &mut tokio::net::TcpStream) -> String {
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = within("an answer's head", tcp.read(&mut buf))
+                .await
+                .unwrap();
+            assert!(
+                n > 0,
+                "closed before answering: {:?}",
+                String::from_utf8_lossy(&answer)
+            );
+            answer.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&answer).to_ascii_lowercase()
     }
-    let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 401"), "{head}");
-    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
 
+    let h = Harness::start_with(MockOptions::default(), enable_auth).await;
     let token = hs256(&claims("alice"));
+    for (length, kept) in [(1000, true), (gem_proxy::body::DRAIN_LIMIT + 1, false)] {
+        let mut tcp = tokio::net::TcpStream::connect(h.server.proxy_addr())
+            .await
+            .unwrap();
+        // The head and the start of a body the gateway does not read (no token: 401).
+        let start = "{\"contents\":";
+        let head = format!(
+            "POST {GENERATE} HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
+             content-length: {length}\r\n\r\n{start}"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let answer = head_of(&mut tcp).await;
+        assert!(answer.starts_with("http/1.1 401"), "{answer}");
+        assert_eq!(
+            answer.contains("\r\nconnection: close\r\n"),
+            !kept,
+            "{length}: {answer}"
+        );
+        if kept {
+            // The rest of the refused body, then a request with a token on the same connection.
+            let rest = " ".repeat(length - start.len());
+            let next = format!(
+                "POST {GENERATE} HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
+                 x-goog-api-key: {token}\r\ncontent-length: {}\r\n\r\n{GENERATE_BODY}",
+                GENERATE_BODY.len()
+            );
+            tcp.write_all(format!("{rest}{next}").as_bytes())
+                .await
+                .unwrap();
+            // Past the 401's body, the next answer's head.
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&seen).contains("HTTP/1.1 200") {
+                let n = within("the next answer", tcp.read(&mut buf)).await.unwrap();
+                assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&seen));
+                seen.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+
+    // Answers after the body was read keep the connection and say nothing about it.
     let mut req = request(Method::POST, &h.url(GENERATE), GENERATE_BODY);
     req.headers_mut()
         .insert("x-goog-api-key", token.parse().unwrap());

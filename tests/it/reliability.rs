@@ -502,3 +502,86 @@ async fn a_stream_broken_mid_way_is_an_error_over_http2_too() {
     // The connection itself survives: the next request on it succeeds.
     assert_eq!(h.post(FLASH, GENERATE_BODY).await.0, 200);
 }
+
+/// A request refused before its body was read (here: an ambiguous path, answered by the route
+/// layer) keeps its HTTP/1.1 connection: the gateway reads the body off the wire and the client's
+/// next request on the same connection is served. A body announced longer than the drain limit
+/// closes the connection instead.
+mod refused_bodies {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use crate::support::*;
+
+    const BODY: &str = r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#;
+
+    fn head(path: &str, content_length: usize) -> String {
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+             content-length: {content_length}\r\n\r\n"
+        )
+    }
+
+    /// Reads one response with a `content-length` from `c`; its status code, or `None` when the
+    /// connection ended first.
+    async fn response(c: &mut TcpStream) -> Option<u16> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let read = async {
+            loop {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if buf.len() >= end + 4 + len {
+                        return head.get(9..12).and_then(|s| s.parse().ok());
+                    }
+                }
+                match c.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("an answer or a close within 10 s")
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_keeps_its_connection_once_its_body_is_drained() {
+        let h = Harness::start().await;
+        let mut c = TcpStream::connect(h.server.proxy_addr()).await.unwrap();
+        // The headers alone: the gateway answers before the body is even sent.
+        let refused = "/v1beta//models/gemini-2.5-flash:generateContent";
+        c.write_all(head(refused, BODY.len()).as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(response(&mut c).await, Some(400));
+        c.write_all(BODY.as_bytes()).await.unwrap();
+        let ok = "/v1beta/models/gemini-2.5-flash:generateContent";
+        c.write_all(format!("{}{BODY}", head(ok, BODY.len())).as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(
+            response(&mut c).await,
+            Some(200),
+            "the next request on the connection is served"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_with_a_long_body_closes_its_connection() {
+        let h = Harness::start().await;
+        let mut c = TcpStream::connect(h.server.proxy_addr()).await.unwrap();
+        let refused = "/v1beta//models/gemini-2.5-flash:generateContent";
+        let long = gem_proxy::body::DRAIN_LIMIT + 1;
+        c.write_all(head(refused, long).as_bytes()).await.unwrap();
+        assert_eq!(response(&mut c).await, Some(400));
+        assert_eq!(response(&mut c).await, None, "closed, not drained");
+    }
+}
