@@ -49,9 +49,17 @@ pub struct UpstreamKey {
     pub limits: KeyLimits,
     /// A Vertex AI member's URL, credential and fix-ups; `None` for an AI Studio key.
     pub vertex: Option<Arc<VertexMember>>,
+    /// Its state slot in the gateway's store, once the pool is attached to it
+    /// ([`KeyPool::attach`]): the store and the per-key metrics go there directly.
+    slot: OnceLock<Slot>,
 }
 
 impl UpstreamKey {
+    /// Its state slot in the store its pool is attached to (see [`KeyPool::attach`]).
+    pub fn slot(&self) -> Option<Slot> {
+        self.slot.get().copied()
+    }
+
     /// Whether this member can carry a request for `route` now: an AI Studio key carries every
     /// route; a Vertex member only those Vertex has, and only while it can sign in.
     pub fn can_serve(&self, route: Option<&Route>, now: Instant) -> bool {
@@ -139,6 +147,7 @@ impl KeyPool {
                             tokens_per_minute: k.max_tokens_per_minute,
                         },
                         vertex: VertexMember::from_config(k),
+                        slot: OnceLock::new(),
                     }),
                     weight: i64::from(k.weight.max(1)),
                     enabled: k.enabled,
@@ -157,12 +166,17 @@ impl KeyPool {
         })
     }
 
-    /// Resolves every key's state slot in `store` (done once; later calls do nothing).
+    /// Resolves every key's state slot in `store` (done once; later calls do nothing). A pool
+    /// is used with one store: a pick attaches it to its store if this was not done before.
     pub fn attach(&self, store: &dyn KeyStateStore) -> &[(Slot, KeyLimits)] {
         self.slots.get_or_init(|| {
             self.keys
                 .iter()
-                .map(|k| (store.slot(&k.key.id), k.key.limits))
+                .map(|k| {
+                    let slot = store.slot(&k.key.id);
+                    let _ = k.key.slot.set(slot);
+                    (slot, k.key.limits)
+                })
                 .collect()
         })
     }
@@ -200,14 +214,17 @@ impl KeyPool {
                 .map(|(i, _)| i)
                 .collect()
         };
+        let slots = self.attach(store);
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         queues
             .pick(model, store.generation(), now, &excluded, |i, now| {
                 let k = &self.keys[i].key;
-                if exclude.contains(&k.id) || (route.is_some() && !k.can_serve(route, now)) {
+                if (!exclude.is_empty() && exclude.contains(&k.id))
+                    || (route.is_some() && !k.can_serve(route, now))
+                {
                     return None;
                 }
-                Some(store.admit(&k.id, model, &k.limits, now, true))
+                Some(store.admit_at(slots[i].0, &k.id, model, &k.limits, now, true))
             })
             .map(|i| self.keys[i].key.clone())
     }
@@ -220,10 +237,16 @@ impl KeyPool {
         model: &str,
         now: Instant,
     ) -> Result<Arc<UpstreamKey>, PickError> {
-        let Some(k) = self.keys.iter().find(|k| &*k.key.id == id && k.enabled) else {
+        let slots = self.attach(store);
+        let Some((i, k)) = self
+            .keys
+            .iter()
+            .enumerate()
+            .find(|(_, k)| &*k.key.id == id && k.enabled)
+        else {
             return Err(PickError::NoUsableKey);
         };
-        match store.admit(id, model, &k.key.limits, now, true) {
+        match store.admit_at(slots[i].0, id, model, &k.key.limits, now, true) {
             Admission::Yes => Ok(k.key.clone()),
             Admission::NotUntil(t) => Err(PickError::Exhausted {
                 retry_after: t.saturating_duration_since(now),

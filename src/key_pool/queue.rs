@@ -22,6 +22,7 @@
 //! once per time it runs out, however many keys the pool has.
 
 use std::cmp::Reverse;
+use std::collections::binary_heap::PeekMut;
 use std::collections::{BinaryHeap, HashMap};
 
 use tokio::time::Instant;
@@ -103,18 +104,25 @@ impl Queues {
             q.ready.push(Reverse((q.pass[i], i)));
         }
         let mut picked = None;
-        while let Some(Reverse((pass, i))) = q.ready.pop() {
+        // The first key is looked at in place: one that serves gets its next pass there (one
+        // sift down, not a pop and a push); only one that cannot serve leaves `ready`.
+        while let Some(mut first) = q.ready.peek_mut() {
+            let Reverse((pass, i)) = *first;
             if pass < q.pass[i] {
                 // Moved back by a replay's pick (below) since it was queued.
-                q.ready.push(Reverse((q.pass[i], i)));
+                *first = Reverse((q.pass[i], i));
                 continue;
             }
             match admit(i, now) {
-                None => self.skipped.push((pass, i)),
+                None => {
+                    PeekMut::pop(first);
+                    self.skipped.push((pass, i));
+                }
                 Some(Admission::Yes) => {
                     q.now = pass;
                     q.pass[i] = pass + keys[i].1;
-                    q.ready.push(Reverse((q.pass[i], i)));
+                    *first = Reverse((q.pass[i], i));
+                    drop(first);
                     // A replay (the caller excluded keys already tried) moves those keys back
                     // by the same step: relative to them the turn was free, so a failing key is
                     // still tried first for only its share of requests.
@@ -126,9 +134,14 @@ impl Queues {
                     picked = Some(i);
                     break;
                 }
-                Some(Admission::NotUntil(t)) => q.waiting.push(Reverse((t, i))),
+                Some(Admission::NotUntil(t)) => {
+                    PeekMut::pop(first);
+                    q.waiting.push(Reverse((t, i)));
+                }
                 // Back when the store's generation changes.
-                Some(Admission::Never) => {}
+                Some(Admission::Never) => {
+                    PeekMut::pop(first);
+                }
             }
         }
         let skipped = &self.skipped;

@@ -137,6 +137,19 @@ pub struct ErrorCounts {
     pub client: u64,
 }
 
+impl ErrorCounts {
+    fn count(&mut self, outcome: KeyOutcome) {
+        match outcome {
+            KeyOutcome::Success => {}
+            KeyOutcome::RateLimited => self.rate_limited += 1,
+            KeyOutcome::Invalid => self.invalid += 1,
+            KeyOutcome::Overloaded => self.overloaded += 1,
+            KeyOutcome::ServerError => self.server += 1,
+            KeyOutcome::ClientError => self.client += 1,
+        }
+    }
+}
+
 /// Shared key state. Every method is quick and never waits on I/O.
 pub trait KeyStateStore: Send + Sync + fmt::Debug {
     /// A stable handle for `key`'s state, resolved once when a pool is built so a pick need not
@@ -161,6 +174,20 @@ pub trait KeyStateStore: Send + Sync + fmt::Debug {
         now: Instant,
         take: bool,
     ) -> Admission;
+    /// [`KeyStateStore::admit`] for a key whose [`slot`](KeyStateStore::slot) is known: a store
+    /// that keeps its state by slot goes there directly instead of looking `key` up.
+    fn admit_at(
+        &self,
+        slot: Slot,
+        key: &str,
+        model: &str,
+        limits: &KeyLimits,
+        now: Instant,
+        take: bool,
+    ) -> Admission {
+        let _ = slot;
+        self.admit(key, model, limits, now, take)
+    }
     /// A number that changes whenever a key may have become usable sooner than the store last
     /// said (re-enabled, state from another replica, new leases); pools rebuild their turn order
     /// when it does. `None` (the default): unknown, so every pick asks about every key.
@@ -169,6 +196,19 @@ pub trait KeyStateStore: Send + Sync + fmt::Debug {
     }
     /// Counts the tokens of an answer against the key's tokens-per-minute and its counters.
     fn add_tokens(&self, key: &str, model: &str, limits: &KeyLimits, tokens: Tokens, now: Instant);
+    /// [`KeyStateStore::add_tokens`] for a key whose slot is known.
+    fn add_tokens_at(
+        &self,
+        slot: Slot,
+        key: &str,
+        model: &str,
+        limits: &KeyLimits,
+        tokens: Tokens,
+        now: Instant,
+    ) {
+        let _ = slot;
+        self.add_tokens(key, model, limits, tokens, now);
+    }
     /// Rests `key` for `model` until `until`.
     fn rest(&self, key: &str, model: &str, until: Instant, reason: RestReason);
     /// Takes `key` out of rotation until it is re-enabled (or replaced).
@@ -177,6 +217,11 @@ pub trait KeyStateStore: Send + Sync + fmt::Debug {
     fn set_disabled(&self, key: &str, disabled: bool);
     /// Counts one request's outcome.
     fn record(&self, key: &str, outcome: KeyOutcome);
+    /// [`KeyStateStore::record`] for a key whose slot is known.
+    fn record_at(&self, slot: Slot, key: &str, outcome: KeyOutcome) {
+        let _ = slot;
+        self.record(key, outcome);
+    }
     /// What an operator sees of `key`.
     fn status(&self, key: &str, now: Instant) -> KeyStatus;
     /// Drops the state of keys not in `keep` (after a reload removed them).
@@ -351,6 +396,16 @@ impl Keys {
         &mut self.states[slot]
     }
 
+    /// The state at `slot` (from [`Keys::slot`]): no lookup by name. A slot this store never
+    /// handed out falls back to the name.
+    fn state_at(&mut self, slot: Slot, key: &str) -> &mut KeyState {
+        if slot.0 < self.states.len() {
+            &mut self.states[slot.0]
+        } else {
+            self.state(key)
+        }
+    }
+
     fn model(&mut self, model: &str) -> u32 {
         self.clock += 1;
         if let Some(&id) = self.models.get(model) {
@@ -511,6 +566,36 @@ impl MemoryStore {
 
     fn with_key<R>(&self, key: &str, f: impl FnOnce(&mut KeyState) -> R) -> R {
         f(self.keys().state(key))
+    }
+
+    fn add_tokens_to(
+        &self,
+        slot: Option<Slot>,
+        key: &str,
+        model: &str,
+        limits: &KeyLimits,
+        tokens: Tokens,
+        now: Instant,
+    ) {
+        let mut keys = self.keys();
+        let model = (!model.is_empty()).then(|| keys.model(model));
+        let k = match slot {
+            Some(slot) => keys.state_at(slot, key),
+            None => keys.state(key),
+        };
+        k.tokens.prompt += tokens.prompt;
+        k.tokens.candidates += tokens.candidates;
+        k.tokens.thoughts += tokens.thoughts;
+        k.tokens.cached += tokens.cached;
+        k.tokens.total += tokens.total;
+        if let (Some(tpm), Some(model)) = (limits.tokens_per_minute, model) {
+            let m = k.model_mut(model);
+            let cost = u32::try_from(tokens.total).unwrap_or(u32::MAX);
+            // Overdrawing is allowed: the key then waits until the budget recovers.
+            let interval = MINUTE / tpm.max(1);
+            let base = m.tpm_tat.map_or(now, |t| t.max(now));
+            m.tpm_tat = Some(after(base, interval.saturating_mul(cost)));
+        }
     }
 
     /// `key`'s state for `model`, created if new.
@@ -683,25 +768,34 @@ impl KeyStateStore for MemoryStore {
         keys.state(key).admit(model, limits, now, take)
     }
 
-    fn add_tokens(&self, key: &str, model: &str, limits: &KeyLimits, tokens: Tokens, now: Instant) {
+    fn admit_at(
+        &self,
+        slot: Slot,
+        key: &str,
+        model: &str,
+        limits: &KeyLimits,
+        now: Instant,
+        take: bool,
+    ) -> Admission {
         let mut keys = self.keys();
         let model = (!model.is_empty()).then(|| keys.model(model));
-        let k = keys.state(key);
-        {
-            k.tokens.prompt += tokens.prompt;
-            k.tokens.candidates += tokens.candidates;
-            k.tokens.thoughts += tokens.thoughts;
-            k.tokens.cached += tokens.cached;
-            k.tokens.total += tokens.total;
-            if let (Some(tpm), Some(model)) = (limits.tokens_per_minute, model) {
-                let m = k.model_mut(model);
-                let cost = u32::try_from(tokens.total).unwrap_or(u32::MAX);
-                // Overdrawing is allowed: the key then waits until the budget recovers.
-                let interval = MINUTE / tpm.max(1);
-                let base = m.tpm_tat.map_or(now, |t| t.max(now));
-                m.tpm_tat = Some(after(base, interval.saturating_mul(cost)));
-            }
-        }
+        keys.state_at(slot, key).admit(model, limits, now, take)
+    }
+
+    fn add_tokens(&self, key: &str, model: &str, limits: &KeyLimits, tokens: Tokens, now: Instant) {
+        self.add_tokens_to(None, key, model, limits, tokens, now);
+    }
+
+    fn add_tokens_at(
+        &self,
+        slot: Slot,
+        key: &str,
+        model: &str,
+        limits: &KeyLimits,
+        tokens: Tokens,
+        now: Instant,
+    ) {
+        self.add_tokens_to(Some(slot), key, model, limits, tokens, now);
     }
 
     fn rest(&self, key: &str, model: &str, until: Instant, reason: RestReason) {
@@ -731,17 +825,11 @@ impl KeyStateStore for MemoryStore {
     }
 
     fn record(&self, key: &str, outcome: KeyOutcome) {
-        self.with_key(key, |k| {
-            let e = &mut k.errors;
-            match outcome {
-                KeyOutcome::Success => {}
-                KeyOutcome::RateLimited => e.rate_limited += 1,
-                KeyOutcome::Invalid => e.invalid += 1,
-                KeyOutcome::Overloaded => e.overloaded += 1,
-                KeyOutcome::ServerError => e.server += 1,
-                KeyOutcome::ClientError => e.client += 1,
-            }
-        });
+        self.with_key(key, |k| k.errors.count(outcome));
+    }
+
+    fn record_at(&self, slot: Slot, key: &str, outcome: KeyOutcome) {
+        self.keys().state_at(slot, key).errors.count(outcome);
     }
 
     fn status(&self, key: &str, now: Instant) -> KeyStatus {

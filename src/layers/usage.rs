@@ -211,7 +211,11 @@ impl BodyObserver for UsageTap {
     fn on_end(&mut self, end: BodyEnd) {
         let history = self.history.take();
         if end == BodyEnd::Error {
-            self.store.record(&self.key.0.id, KeyOutcome::ServerError);
+            let k = &self.key.0;
+            match k.slot() {
+                Some(slot) => self.store.record_at(slot, &k.id, KeyOutcome::ServerError),
+                None => self.store.record(&k.id, KeyOutcome::ServerError),
+            }
             if let Some(h) = history {
                 h.broke_off(&self.key.0.id);
             }
@@ -233,8 +237,16 @@ impl BodyObserver for UsageTap {
         let tokens = find_usage(tail);
         if let Some(tokens) = tokens {
             let k = &self.key.0;
-            self.store
-                .add_tokens(&k.id, &self.model, &k.limits, tokens, Instant::now());
+            let now = Instant::now();
+            match k.slot() {
+                Some(slot) => {
+                    self.store
+                        .add_tokens_at(slot, &k.id, &self.model, &k.limits, tokens, now)
+                }
+                None => self
+                    .store
+                    .add_tokens(&k.id, &self.model, &k.limits, tokens, now),
+            }
             if let Some(sink) = &self.sink {
                 sink.record(&tokens);
             }

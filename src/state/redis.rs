@@ -473,6 +473,66 @@ const NO_LIMITS: KeyLimits = KeyLimits {
     tokens_per_minute: None,
 };
 
+impl RedisStore {
+    /// [`KeyStateStore::admit`]: the local store (by `slot` when known), then the leases.
+    fn admit_in(
+        &self,
+        slot: Option<Slot>,
+        key: &str,
+        model: &str,
+        limits: &KeyLimits,
+        now: Instant,
+        take: bool,
+    ) -> Admission {
+        let local = |take| match slot {
+            Some(slot) => self.local.admit_at(slot, key, model, &NO_LIMITS, now, take),
+            None => self.local.admit(key, model, &NO_LIMITS, now, take),
+        };
+        let first = local(false);
+        if first != Admission::Yes {
+            return first;
+        }
+        if !model.is_empty() && has_limits(limits) {
+            let link = self.link();
+            let mut leases = self.leases();
+            let a = if take {
+                let m = leases.model_mut(key, model);
+                let a = m.take(limits, now, link);
+                if m.runs_low(now) {
+                    self.wake.notify_one();
+                }
+                a
+            } else {
+                leases
+                    .model(key, model)
+                    .map_or(Admission::Yes, |m| m.check(limits, now, link))
+            };
+            if a != Admission::Yes {
+                return a;
+            }
+        }
+        if take { local(true) } else { Admission::Yes }
+    }
+
+    /// The token side of [`KeyStateStore::add_tokens`]: the key's tokens-per-minute lease.
+    fn lease_tokens(
+        &self,
+        key: &str,
+        model: &str,
+        limits: &KeyLimits,
+        tokens: Tokens,
+        now: Instant,
+    ) {
+        if let (Some(tpm), false) = (limits.tokens_per_minute, model.is_empty()) {
+            let link = self.link();
+            let mut leases = self.leases();
+            let m = leases.model_mut(key, model);
+            let (_, meter) = m.tpm.get_or_insert_with(|| (tpm, TokenMeter::default()));
+            meter.add(tokens.total, tpm, now, link);
+        }
+    }
+}
+
 fn has_limits(l: &KeyLimits) -> bool {
     l.requests_per_minute.is_some() || l.requests_per_day.is_some() || l.tokens_per_minute.is_some()
 }
@@ -534,45 +594,38 @@ impl KeyStateStore for RedisStore {
         now: Instant,
         take: bool,
     ) -> Admission {
-        let local = self.local.admit(key, model, &NO_LIMITS, now, false);
-        if local != Admission::Yes {
-            return local;
-        }
-        if !model.is_empty() && has_limits(limits) {
-            let link = self.link();
-            let mut leases = self.leases();
-            let a = if take {
-                let m = leases.model_mut(key, model);
-                let a = m.take(limits, now, link);
-                if m.runs_low(now) {
-                    self.wake.notify_one();
-                }
-                a
-            } else {
-                leases
-                    .model(key, model)
-                    .map_or(Admission::Yes, |m| m.check(limits, now, link))
-            };
-            if a != Admission::Yes {
-                return a;
-            }
-        }
-        if take {
-            self.local.admit(key, model, &NO_LIMITS, now, true)
-        } else {
-            Admission::Yes
-        }
+        self.admit_in(None, key, model, limits, now, take)
+    }
+
+    fn admit_at(
+        &self,
+        slot: Slot,
+        key: &str,
+        model: &str,
+        limits: &KeyLimits,
+        now: Instant,
+        take: bool,
+    ) -> Admission {
+        self.admit_in(Some(slot), key, model, limits, now, take)
     }
 
     fn add_tokens(&self, key: &str, model: &str, limits: &KeyLimits, tokens: Tokens, now: Instant) {
         self.local.add_tokens(key, model, &NO_LIMITS, tokens, now);
-        if let (Some(tpm), false) = (limits.tokens_per_minute, model.is_empty()) {
-            let link = self.link();
-            let mut leases = self.leases();
-            let m = leases.model_mut(key, model);
-            let (_, meter) = m.tpm.get_or_insert_with(|| (tpm, TokenMeter::default()));
-            meter.add(tokens.total, tpm, now, link);
-        }
+        self.lease_tokens(key, model, limits, tokens, now);
+    }
+
+    fn add_tokens_at(
+        &self,
+        slot: Slot,
+        key: &str,
+        model: &str,
+        limits: &KeyLimits,
+        tokens: Tokens,
+        now: Instant,
+    ) {
+        self.local
+            .add_tokens_at(slot, key, model, &NO_LIMITS, tokens, now);
+        self.lease_tokens(key, model, limits, tokens, now);
     }
 
     fn rest(&self, key: &str, model: &str, until: Instant, reason: RestReason) {
@@ -603,6 +656,10 @@ impl KeyStateStore for RedisStore {
 
     fn record(&self, key: &str, outcome: KeyOutcome) {
         self.local.record(key, outcome);
+    }
+
+    fn record_at(&self, slot: Slot, key: &str, outcome: KeyOutcome) {
+        self.local.record_at(slot, key, outcome);
     }
 
     fn status(&self, key: &str, now: Instant) -> KeyStatus {
