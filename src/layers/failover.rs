@@ -39,7 +39,7 @@ use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::key_pool::verdict::{Verdict, classify};
-use crate::key_pool::{BoundKey, KeyOutcome, RestReason, SelectedKey, TriedKeys};
+use crate::key_pool::{BoundKey, KeyOutcome, RestReason, SelectedKey, TriedKeys, UpstreamKey};
 use crate::metrics::{AttemptResult, Metrics, RetryReason};
 use crate::replay::{ReplayPolicy, creates_resource};
 use crate::route::Route;
@@ -180,7 +180,7 @@ where
             telemetry.no_key();
             return Ok(res);
         };
-        telemetry.answered(gateway.metrics(), &key.0.id, status);
+        telemetry.answered(gateway.metrics(), &key.0, status);
         if !status.is_client_error() && !status.is_server_error() {
             return Ok(res);
         }
@@ -269,8 +269,10 @@ impl Attempt {
     }
 
     /// The attempt got response headers from `key`.
-    pub fn answered(self, metrics: &Metrics, key: &str, status: StatusCode) {
-        self.end(metrics, Some(key), AttemptResult::Status(status));
+    pub fn answered(self, metrics: &Metrics, key: &UpstreamKey, status: StatusCode) {
+        let result = AttemptResult::Status(status);
+        metrics.key_attempt(key, result, self.started.elapsed());
+        self.end_trace(Some(&key.id), result);
     }
 
     /// The attempt failed before an answer: `error` is the gateway's error for it.
@@ -286,6 +288,11 @@ impl Attempt {
         if let Some(key) = key {
             metrics.attempt(key, result, self.started.elapsed());
         }
+        self.end_trace(key, result);
+    }
+
+    /// Ends the attempt's span, with its key and result.
+    fn end_trace(self, key: Option<&str>, result: AttemptResult) {
         if let Some(t) = self.trace {
             let mut attrs = Vec::with_capacity(2);
             if let Some(key) = key {

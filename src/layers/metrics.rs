@@ -46,7 +46,7 @@ use tower::{Layer, Service};
 use crate::body::{BodyEnd, BodyObserver, Observed};
 use crate::error::{ErrorKind, ErrorReason};
 use crate::gateway::Gateway;
-use crate::key_pool::SelectedKey;
+use crate::key_pool::{SelectedKey, Slot};
 use crate::metrics::errors::{ErrorEntry, message_of};
 use crate::metrics::labels::{OTHER, Outcome};
 use crate::metrics::{Finished, Limiter, Metrics};
@@ -204,7 +204,9 @@ where
                 .get(header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let record = RequestRecord {
-            key_id: ext.get::<SelectedKey>().map(|k| k.0.id.clone()),
+            key: ext
+                .get::<SelectedKey>()
+                .map(|k| (k.0.id.clone(), k.0.slot())),
             status,
             kind,
             streamed,
@@ -220,7 +222,8 @@ where
 /// Everything recorded about one request; recorded when dropped, i.e. when the body is done.
 pub struct RequestRecord {
     p: Pending,
-    key_id: Option<Arc<str>>,
+    /// The upstream key of the last attempt: its id and state slot.
+    key: Option<(Arc<str>, Option<Slot>)>,
     status: StatusCode,
     kind: Option<&'static str>,
     streamed: bool,
@@ -256,7 +259,8 @@ impl Drop for RequestRecord {
             outcome,
             duration,
             ttfb: self.ttfb,
-            key_id: self.key_id.clone(),
+            key_id: self.key.as_ref().map(|(id, _)| id.clone()),
+            key_slot: self.key.as_ref().and_then(|(_, slot)| *slot),
         });
         if self.error_body.is_some() || outcome == Outcome::StreamError {
             let now = SystemTime::now()
@@ -287,7 +291,7 @@ impl Drop for RequestRecord {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned),
                 route: self.p.route.as_str(),
-                key_id: self.key_id.clone(),
+                key_id: self.key.as_ref().map(|(id, _)| id.clone()),
                 status: self.status.as_u16(),
                 kind,
                 message,

@@ -73,7 +73,7 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use crate::config::MetricsConfig;
 use crate::gateway::Gateway;
 use crate::key_pool::verdict::Verdict;
-use crate::key_pool::{RestReason, Tokens};
+use crate::key_pool::{RestReason, Slot, Tokens, UpstreamKey};
 use crate::route::RouteLabel;
 use errors::ErrorLog;
 use labels::{BoundedSet, Outcome, StatusClass};
@@ -215,12 +215,16 @@ impl ModelCells {
     }
 }
 
+/// Slots beyond this are looked up by id (a store hands out one slot per key id it has seen).
+const MAX_KEY_SLOTS: usize = 1 << 16;
+
 fn cells<T>(n: usize) -> Box<[OnceLock<T>]> {
     (0..n).map(|_| OnceLock::new()).collect()
 }
 
 /// Bound instruments and the `/performance` window of one upstream key.
 struct KeyCells {
+    id: Arc<str>,
     attempts: [OnceLock<BoundCounter<u64>>; AttemptResult::COUNT],
     attempt_duration: Option<BoundHistogram<f64>>,
     cooldowns: [OnceLock<BoundCounter<u64>>; 4],
@@ -317,6 +321,8 @@ pub struct Finished {
     pub ttfb: Option<Duration>,
     /// The upstream key of the last attempt.
     pub key_id: Option<Arc<str>>,
+    /// That key's state slot ([`UpstreamKey::slot`]), when known: its cells are found by it.
+    pub key_slot: Option<Slot>,
 }
 
 /// Every metric of one gateway: instruments, the Prometheus registry that reads them, the
@@ -333,6 +339,9 @@ pub struct Metrics {
     client_cells: Box<[OnceLock<ClientCells>]>,
     /// Per key, looked up on every request (foldhash: a key id is hashed each time).
     keys: ArcSwap<HashMap<Arc<str>, Arc<KeyCells>, foldhash::fast::RandomState>>,
+    /// The same cells by the key's state slot ([`UpstreamKey::slot`]): what a request uses, so
+    /// it indexes a vector instead of hashing the id. Filled from `keys` on a key's first use.
+    key_slots: ArcSwap<Vec<Option<Arc<KeyCells>>>>,
     keys_admit: Mutex<()>,
     overall: Window,
     errors: ErrorLog,
@@ -369,6 +378,7 @@ impl Metrics {
             client_cells: cells(clients.slots()),
             clients,
             keys: ArcSwap::from_pointee(HashMap::default()),
+            key_slots: ArcSwap::from_pointee(Vec::new()),
             keys_admit: Mutex::new(()),
             overall: Window::default(),
             errors: ErrorLog::default(),
@@ -521,7 +531,7 @@ impl Metrics {
         };
         self.overall.record(now, sample);
         if let Some(key) = &f.key_id {
-            self.key(key).window.record(now, sample);
+            self.with_key(f.key_slot, key, |k| k.window.record(now, sample));
         }
     }
 
@@ -553,20 +563,36 @@ impl Metrics {
 
     /// One upstream attempt ended (response headers, or a failure to get them).
     pub fn attempt(&self, key_id: &str, result: AttemptResult, duration: Duration) {
+        self.attempt_at(None, key_id, result, duration);
+    }
+
+    /// [`Metrics::attempt`] for a key whose state slot is known (found by it, not by its id).
+    pub fn key_attempt(&self, key: &UpstreamKey, result: AttemptResult, duration: Duration) {
+        self.attempt_at(key.slot(), &key.id, result, duration);
+    }
+
+    fn attempt_at(
+        &self,
+        slot: Option<Slot>,
+        key_id: &str,
+        result: AttemptResult,
+        duration: Duration,
+    ) {
         let Some(inst) = &self.inst else { return };
-        let k = self.key(key_id);
-        let i = result.index();
-        k.attempts[i]
-            .get_or_init(|| {
-                inst.attempts.bind(&[
-                    KeyValue::new("key_id", key_id.to_owned()),
-                    KeyValue::new("result", AttemptResult::label(i)),
-                ])
-            })
-            .add(1);
-        if let Some(h) = &k.attempt_duration {
-            h.record(duration.as_secs_f64());
-        }
+        self.with_key(slot, key_id, |k| {
+            let i = result.index();
+            k.attempts[i]
+                .get_or_init(|| {
+                    inst.attempts.bind(&[
+                        KeyValue::new("key_id", key_id.to_owned()),
+                        KeyValue::new("result", AttemptResult::label(i)),
+                    ])
+                })
+                .add(1);
+            if let Some(h) = &k.attempt_duration {
+                h.record(duration.as_secs_f64());
+            }
+        });
     }
 
     /// A failed attempt is replayed on another key.
@@ -730,6 +756,7 @@ impl Metrics {
         }
         let inst = self.inst.as_ref();
         let cells = Arc::new(KeyCells {
+            id: Arc::from(id),
             attempts: Default::default(),
             attempt_duration: inst.map(|i| {
                 i.attempt_duration
@@ -742,6 +769,28 @@ impl Metrics {
         next.insert(Arc::from(id), cells.clone());
         self.keys.store(Arc::new(next));
         cells
+    }
+
+    /// Runs `f` on the cells of key `id`, found by its state `slot` when given (a vector index,
+    /// the cells' id checked), else by id.
+    fn with_key<R>(&self, slot: Option<Slot>, id: &str, f: impl FnOnce(&KeyCells) -> R) -> R {
+        let Some(Slot(slot)) = slot.filter(|s| s.0 < MAX_KEY_SLOTS) else {
+            return f(&self.key(id));
+        };
+        if let Some(Some(k)) = self.key_slots.load().get(slot)
+            && *k.id == *id
+        {
+            return f(k);
+        }
+        let cells = self.key(id);
+        let _guard = self.keys_admit.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = Vec::clone(&self.key_slots.load());
+        if next.len() <= slot {
+            next.resize(slot + 1, None);
+        }
+        next[slot] = Some(cells.clone());
+        self.key_slots.store(Arc::new(next));
+        f(&cells)
     }
 }
 
@@ -1221,6 +1270,7 @@ mod tests {
             duration: Duration::from_millis(120),
             ttfb: None,
             key_id: Some(Arc::from("key1")),
+            key_slot: None,
         });
         m.attempt(
             "key1",
