@@ -49,7 +49,11 @@ impl Slot {
 
     fn clear(&self) {
         self.successes.store(0, Relaxed);
-        for b in self.latency.iter().chain(self.ttfb.iter()) {
+        // Two plain loops: a chained iterator costs several times the stores themselves.
+        for b in &self.latency {
+            b.store(0, Relaxed);
+        }
+        for b in &self.ttfb {
             b.store(0, Relaxed);
         }
     }
