@@ -1312,6 +1312,40 @@ mod tests {
     }
 
     #[test]
+    fn per_key_figures_found_by_slot_belong_to_that_key() {
+        let m = metrics();
+        let finished = |id: &str, slot: usize| Finished {
+            route: RouteLabel::Generate,
+            model: 0,
+            status: http::StatusCode::OK,
+            outcome: Outcome::Success,
+            duration: Duration::from_millis(5),
+            ttfb: None,
+            key_id: Some(Arc::from(id)),
+            key_slot: Some(Slot(slot)),
+        };
+        // Slot 0 first seen for "a"; a key given the same slot by another store (a stale
+        // handle) is still counted as itself, and by-id lookups see the same cells.
+        m.request_finished(&finished("a", 0));
+        m.request_finished(&finished("a", 0));
+        m.request_finished(&finished("b", 0));
+        m.attempt(
+            "a",
+            AttemptResult::Status(http::StatusCode::OK),
+            Duration::from_millis(1),
+        );
+        let perf = m.performance();
+        assert_eq!(perf["keys"]["a"]["requests_1m"], 2);
+        assert_eq!(perf["keys"]["b"]["requests_1m"], 1);
+        assert!(
+            m.render()
+                .contains(r#"gem_proxy_upstream_attempts_total{key_id="a",result="2xx"} 1"#),
+            "{}",
+            m.render()
+        );
+    }
+
+    #[test]
     fn unknown_models_are_other_and_disabled_metrics_record_nothing() {
         let m = metrics();
         assert_eq!(m.model_index("made-up"), labels::OTHER);
