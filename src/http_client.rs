@@ -1,6 +1,8 @@
-//! The HTTP client the gateway sends with (to Gemini, to an OTLP collector, to a JWKS endpoint),
-//! where upstream requests go ([`UpstreamTarget`]), and the Gemini header names several modules
-//! share. The service that forwards client requests is [`crate::upstream`].
+//! The HTTP clients the gateway sends with: [`UpstreamClient`] to Gemini and Vertex AI (the
+//! gateway's own connection pool, [`crate::conn_pool`]), [`HttpClient`] to an OTLP collector, a
+//! JWKS endpoint and Vertex AI's token endpoint; where upstream requests go
+//! ([`UpstreamTarget`]); and the Gemini header names several modules share. The service that
+//! forwards client requests is [`crate::upstream`].
 
 use std::borrow::Cow;
 use std::time::Duration;
