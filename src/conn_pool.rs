@@ -227,11 +227,7 @@ where
         let (tx, conn) = http1::handshake(Box::new(io))
             .await
             .map_err(|e| PoolError::Connect(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
-            }
-        });
+        drive(conn, "HTTP/1.1");
         Ok(Conn::H1 { tx, reused: false })
     }
 
@@ -270,13 +266,21 @@ where
         .handshake(io)
         .await
         .map_err(|e| PoolError::Connect(e.into()))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-        }
-    });
+    drive(conn, "HTTP/2");
     *host.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
     Ok(Conn::H2 { tx, reused: false })
+}
+
+/// Runs a connection (`conn`, hyper's connection future) in a task of its own until it ends.
+fn drive<F>(conn: F, protocol: &'static str)
+where
+    F: Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, protocol, "upstream connection ended");
+        }
+    });
 }
 
 /// Rewrites `req` for an HTTP/1.1 connection: origin-form target, `Host` when it has none.
