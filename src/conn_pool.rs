@@ -127,8 +127,8 @@ where
     ) -> Result<Response<PooledBody>, PoolError> {
         let host = self.host(req.uri())?;
         // HTTP/1.1 wants the origin form and a Host header; HTTP/2 the absolute URI and none.
-        let absolute = req.uri().clone();
-        let mut h1_form = false;
+        // The absolute URI is kept aside while the request is in the origin form.
+        let mut absolute: Option<Uri> = None;
         let mut retries = 0;
         loop {
             let conn = match host.checkout().await {
@@ -139,9 +139,8 @@ where
             };
             let (sent, reused) = match conn {
                 Conn::H1 { mut tx, reused } => {
-                    if !h1_form {
-                        to_h1_form(&mut req, &host);
-                        h1_form = true;
+                    if absolute.is_none() {
+                        absolute = Some(to_h1_form(&mut req, &host));
                     }
                     match tx.try_send_request(req).await {
                         Ok(res) => {
@@ -152,9 +151,8 @@ where
                     }
                 }
                 Conn::H2 { mut tx, reused } => {
-                    if h1_form {
-                        *req.uri_mut() = absolute.clone();
-                        h1_form = false;
+                    if let Some(uri) = absolute.take() {
+                        *req.uri_mut() = uri;
                     }
                     req.headers_mut().remove(HOST);
                     match tx.try_send_request(req).await {
@@ -283,8 +281,9 @@ where
     });
 }
 
-/// Rewrites `req` for an HTTP/1.1 connection: origin-form target, `Host` when it has none.
-fn to_h1_form(req: &mut Request<Full<Bytes>>, host: &Host) {
+/// Rewrites `req` for an HTTP/1.1 connection: origin-form target, `Host` when it has none. The
+/// absolute URI it had is returned.
+fn to_h1_form(req: &mut Request<Full<Bytes>>, host: &Host) -> Uri {
     if !req.headers().contains_key(HOST)
         && let Some(value) = &host.host_header
     {
@@ -295,22 +294,27 @@ fn to_h1_form(req: &mut Request<Full<Bytes>>, host: &Host) {
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    *req.uri_mut() = Uri::from(pq);
+    std::mem::replace(req.uri_mut(), Uri::from(pq))
+}
+
+/// The `Host` header for `authority` reached over `scheme`: its host, and its port unless the
+/// scheme's default.
+pub fn host_header(scheme: &Scheme, authority: &Authority) -> Option<HeaderValue> {
+    let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+    match authority.port_u16() {
+        Some(port) if port != default_port => {
+            HeaderValue::try_from(format!("{}:{port}", authority.host())).ok()
+        }
+        _ => HeaderValue::try_from(authority.host()).ok(),
+    }
 }
 
 impl Host {
     fn new(scheme: Scheme, authority: Authority) -> Self {
-        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
-        let host_header = match authority.port_u16() {
-            Some(port) if port != default_port => {
-                HeaderValue::try_from(format!("{}:{port}", authority.host())).ok()
-            }
-            _ => HeaderValue::try_from(authority.host()).ok(),
-        };
         Self {
+            host_header: host_header(&scheme, &authority),
             scheme,
             authority,
-            host_header,
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
             reaping: AtomicBool::new(false),
@@ -459,6 +463,30 @@ impl Drop for PooledBody {
         // hyper stops polling a body that says it has ended; the connection is reusable then.
         if self.back.is_some() && self.inner.is_end_stream() {
             self.release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_header_names_the_port_only_when_it_is_not_the_schemes_default() {
+        for (url, host) in [
+            ("http://127.0.0.1:9/base", "127.0.0.1:9"),
+            (
+                "https://generativelanguage.googleapis.com",
+                "generativelanguage.googleapis.com",
+            ),
+            ("https://example.com:443/", "example.com"),
+            ("http://example.com:80", "example.com"),
+            ("http://example.com:443", "example.com:443"),
+            ("http://[::1]:8080", "[::1]:8080"),
+        ] {
+            let uri: Uri = url.parse().unwrap();
+            let header = host_header(uri.scheme().unwrap(), uri.authority().unwrap());
+            assert_eq!(header.unwrap(), host, "{url}");
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Uri;
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderName;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
@@ -94,9 +94,6 @@ pub struct UpstreamTarget {
     authority: Authority,
     /// Path prefix of the base URL without a trailing slash (usually empty).
     prefix: String,
-    /// The `Host` header of every request to it: its host, and its port unless the scheme's
-    /// default (what the pooled client would write for each request otherwise).
-    host: HeaderValue,
 }
 
 impl UpstreamTarget {
@@ -106,13 +103,7 @@ impl UpstreamTarget {
         let parts = uri.into_parts();
         let scheme = parts.scheme?;
         let authority = parts.authority?;
-        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
-        let host = match authority.port_u16() {
-            Some(port) if port != default_port => format!("{}:{port}", authority.host()),
-            _ => authority.host().to_owned(),
-        };
         Some(Self {
-            host: HeaderValue::try_from(host).ok()?,
             scheme,
             authority,
             prefix: parts
@@ -120,11 +111,6 @@ impl UpstreamTarget {
                 .map(|pq| pq.path().trim_end_matches('/').to_owned())
                 .unwrap_or_default(),
         })
-    }
-
-    /// The `Host` header for requests to it.
-    pub fn host_header(&self) -> &HeaderValue {
-        &self.host
     }
 
     /// The path prefix of the base URL, without a trailing slash (usually empty).

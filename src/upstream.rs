@@ -167,9 +167,6 @@ async fn forward(
                 }
                 _ => headers.insert(X_GOOG_API_KEY.clone(), key.0.api_key_header.clone()),
             };
-            // Written here from the target, once parsed, rather than by the client from the
-            // URI for every request.
-            headers.insert(header::HOST, live.target.host_header().clone());
             (live.target.uri_for(&parts.uri)?, body, Answer::AsIs)
         }
     };
@@ -400,24 +397,6 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-end-to-end"]);
-    }
-
-    #[test]
-    fn the_host_header_names_the_port_only_when_it_is_not_the_schemes_default() {
-        for (base, host) in [
-            ("http://127.0.0.1:9/base", "127.0.0.1:9"),
-            (
-                "https://generativelanguage.googleapis.com",
-                "generativelanguage.googleapis.com",
-            ),
-            ("https://example.com:443/", "example.com"),
-            ("http://example.com:80", "example.com"),
-            ("http://example.com:443", "example.com:443"),
-            ("http://[::1]:8080", "[::1]:8080"),
-        ] {
-            let t = UpstreamTarget::parse(base).unwrap();
-            assert_eq!(t.host_header(), host, "{base}");
-        }
     }
 
     #[test]
